@@ -1,0 +1,42 @@
+"""Error codes shared by every part of the bus.
+
+Every failure a client can see is a `BusError` with a stable machine-readable `code` and a
+human-readable `message`. docs/protocol.md lists the codes; keep the two in step.
+"""
+
+from __future__ import annotations
+
+# Request problems: the client can fix them.
+BAD_REQUEST = "bad_request"  # undecodable frame, not a map, malformed JSON/msgpack
+UNKNOWN_ACTION = "unknown_action"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"  # wrong type or out-of-range value
+INVALID_AUDIO = "invalid_audio"  # empty, NaN/inf, wrong dtype, bad sample rate
+AUDIO_TOO_LONG = "audio_too_long"
+TEXT_TOO_LONG = "text_too_long"
+TOO_MANY_ITEMS = "too_many_items"
+UNKNOWN_MODEL = "unknown_model"
+UNKNOWN_VOICE = "unknown_voice"
+NOT_FOUND = "not_found"  # get_result for an unknown or expired request_id
+DUPLICATE_REQUEST_ID = "duplicate_request_id"
+
+# Server problems: retry later or elsewhere.
+OVERLOADED = "overloaded"
+TIMEOUT = "timeout"
+SHUTTING_DOWN = "shutting_down"
+MODEL_UNAVAILABLE = "model_unavailable"  # the model manager is not reachable or not ready
+INFERENCE_FAILED = "inference_failed"
+OUT_OF_MEMORY = "out_of_memory"
+INTERNAL = "internal_error"
+
+
+class BusError(Exception):
+    """A failure with a code from this module, safe to send to a client as-is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
