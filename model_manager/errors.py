@@ -24,6 +24,7 @@ DUPLICATE_REQUEST_ID = "duplicate_request_id"
 OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
 SHUTTING_DOWN = "shutting_down"
+BUS_UNAVAILABLE = "bus_unavailable"  # client side: no agent answers at the address
 MODEL_UNAVAILABLE = "model_unavailable"  # the model manager is not reachable or not ready
 INFERENCE_FAILED = "inference_failed"
 OUT_OF_MEMORY = "out_of_memory"

@@ -62,8 +62,12 @@ class Engine(ABC):
         return 1.0
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "device": self.device,
-                "num_parameters": self.num_parameters}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "device": self.device,
+            "num_parameters": self.num_parameters,
+        }
 
 
 def resolve_device(device: str) -> str:

@@ -1,0 +1,473 @@
+"""A service agent: the thin socket adapter between clients and the ModelManagerAgent.
+
+Clients connect plain zmq REQ (or DEALER) sockets to the agent's ROUTER socket. ROUTER,
+unlike REP, lets the agent keep many clients' requests in flight at once, which is what lets
+the model manager batch across clients. Each request is validated here (bad input is
+answered at once and never reaches a model), forwarded over a DEALER socket to the model
+manager, and answered when the result comes back.
+
+Guarantees (see docs/protocol.md):
+- every request gets exactly one reply: a result, or an error with a code;
+- nothing waits forever: a request unanswered after its timeout gets a "timeout" error;
+- garbage on the socket costs one error reply; the agent keeps serving.
+
+Run: ``python -m agents.service_agent stt`` (or ``tts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from agents.results import ResultStore
+from agents.services import SERVICES, Service
+from model_manager import protocol
+from model_manager.batcher import BULK, INTERACTIVE
+from model_manager.config import Config, ConfigError, load_config
+from model_manager.errors import (
+    BAD_REQUEST,
+    DUPLICATE_REQUEST_ID,
+    INTERNAL,
+    INVALID_FIELD,
+    MISSING_FIELD,
+    MODEL_UNAVAILABLE,
+    NOT_FOUND,
+    SHUTTING_DOWN,
+    TIMEOUT,
+    TOO_MANY_ITEMS,
+    UNKNOWN_ACTION,
+    BusError,
+)
+from model_manager.protocol import Encoding
+from model_manager.runtime import setup_logging, stop_on_signals
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 50
+PING_INTERVAL_S = 1.0
+# The model manager counts as dead after this many ping intervals without a pong.
+LIVENESS_INTERVALS = 3
+# Beyond the model manager's own deadline, so that its timeout error normally arrives first.
+DEADLINE_GRACE_S = 2.0
+SHUTDOWN_GRACE_S = 30.0
+STATS_TIMEOUT_S = 2.0
+PRIORITIES = {"interactive": INTERACTIVE, "bulk": BULK}
+
+
+@dataclass
+class ClientCall:
+    """A client waiting for one reply."""
+
+    envelope: list[bytes]
+    encoding: Encoding
+    request_id: Any = None
+
+
+@dataclass
+class BatchCall:
+    """A batch request: the reply goes out when every item has an outcome."""
+
+    call: ClientCall
+    items: list[dict[str, Any] | None]  # the reply entry of each item, None while pending
+    fields: list[dict[str, Any]]  # the client's fields of each item, for rendering results
+    pending: int = 0
+
+
+@dataclass
+class Waiter:
+    """What to do with the model manager's answer to one job."""
+
+    deadline: float
+    single: ClientCall | None = None
+    batch: BatchCall | None = None
+    batch_index: int = 0
+    queued_id: str | None = None  # a queue_for_batch request_id: the result goes to the store
+    fields: dict[str, Any] = field(default_factory=dict)
+    is_stats: bool = False
+
+
+class ServiceAgent:
+    def __init__(
+        self, service: Service, config: Config, context: zmq.Context | None = None, port: int | None = None
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.limits = config.limits
+        self.context = context or zmq.Context.instance()
+        self.port = port or (
+            config.endpoints.stt_port if service.task == "stt" else config.endpoints.tts_port
+        )
+        self.results = ResultStore(ttl_s=config.limits.result_ttl_s)
+        self.waiters: dict[str, Waiter] = {}
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.last_pong: dict[str, Any] = {}
+        self.last_pong_at = float("-inf")
+        self.stopping = False
+
+    # --- sockets ------------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        self.front = self.context.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.front.setsockopt(zmq.LINGER, 1000)
+        self.front.bind(f"tcp://{self.config.endpoints.host}:{self.port}")
+        self.back = self.context.socket(zmq.DEALER)
+        self.back.setsockopt(zmq.LINGER, 0)
+        self.back.connect(f"tcp://127.0.0.1:{self.config.endpoints.model_manager_port}")
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
+        next_ping = 0.0
+        shutdown_by = float("inf")
+        try:
+            while True:
+                now = time.monotonic()
+                if stop.is_set() and not self.stopping:
+                    self.stopping = True
+                    shutdown_by = now + SHUTDOWN_GRACE_S
+                    log.info("shutting down: %d requests in flight will finish", len(self.waiters))
+                if self.stopping and (not self._client_waiters() or now >= shutdown_by):
+                    break
+                if now >= next_ping:
+                    self._to_model_manager({"type": "ping"})
+                    next_ping = now + PING_INTERVAL_S
+                for sock, _ in poller.poll(POLL_MS):
+                    if sock is self.front:
+                        self._on_client(self.front.recv_multipart())
+                    else:
+                        self._on_model_manager(self.back.recv_multipart())
+                self._expire(time.monotonic())
+            for job_id in list(self.waiters):
+                self._resolve(
+                    job_id, BusError(SHUTTING_DOWN, "the agent shut down before this request finished")
+                )
+        finally:
+            self.front.close()
+            self.back.close()
+
+    def _client_waiters(self) -> bool:
+        return any(w.single or w.batch for w in self.waiters.values())
+
+    def _send(self, call: ClientCall, reply: dict[str, Any]) -> None:
+        if reply.get("status") == "error":
+            self.errors[reply["error"]["code"]] += 1
+        try:
+            self.front.send_multipart([*call.envelope, protocol.encode_reply(reply, call.encoding)])
+        except zmq.ZMQError as exc:
+            log.warning("cannot reply to a client: %s", exc)
+
+    def _to_model_manager(self, message: dict[str, Any]) -> None:
+        try:
+            self.back.send_multipart([protocol.INTERNAL_VERSION, protocol.pack(message)], zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("model manager link is full; %s not sent", message.get("type"))
+
+    @property
+    def model_manager_alive(self) -> bool:
+        return time.monotonic() - self.last_pong_at < PING_INTERVAL_S * LIVENESS_INTERVALS
+
+    # --- client side ----------------------------------------------------------------------
+
+    def _on_client(self, frames: list[bytes]) -> None:
+        # REQ clients put an empty delimiter after their identity; DEALER clients may not.
+        split = frames.index(b"") + 1 if b"" in frames else 1
+        envelope, body = frames[:split], frames[split:]
+        call = ClientCall(envelope, Encoding.JSON)
+        try:
+            if len(body) != 1:
+                raise BusError(BAD_REQUEST, f"expected one body frame, got {len(body)}")
+            message, call.encoding = protocol.decode_request(body[0])
+            call.request_id = message.get("request_id")
+            self._dispatch(call, message)
+        except BusError as exc:
+            self._send(call, protocol.error_reply(exc, call.request_id))
+        except Exception as exc:  # a bug must cost one request, not the agent
+            log.exception("unexpected error handling a request")
+            self._send(call, protocol.error_reply(BusError(INTERNAL, repr(exc)), call.request_id))
+
+    def _dispatch(self, call: ClientCall, message: dict[str, Any]) -> None:
+        action = message.get("action")
+        if action is None:
+            raise BusError(MISSING_FIELD, "action is required")
+        self.counts[str(action)] += 1
+        svc = self.service
+        handlers = {
+            "health": self._health,
+            "stats": self._stats,
+            "get_result": self._get_result,
+            svc.single_action: self._single,
+            "queue_for_batch": self._queue_for_batch,
+            svc.batch_action: self._batch,
+        }
+        handler = handlers.get(action) if isinstance(action, str) else None
+        if handler is None:
+            raise BusError(
+                UNKNOWN_ACTION,
+                f"unknown action {action!r}; this {svc.task} agent serves: {', '.join(handlers)}",
+            )
+        if self.stopping and action not in ("health", "stats", "get_result"):
+            raise BusError(SHUTTING_DOWN, "the agent is shutting down")
+        handler(call, message)
+
+    def _health(self, call: ClientCall, _message: dict[str, Any]) -> None:
+        alive = self.model_manager_alive
+        pong = self.last_pong if alive else {}
+        state = (
+            "down"
+            if not alive
+            else "loading"
+            if pong.get("loading")
+            else "error"
+            if pong.get("error")
+            else "up"
+        )
+        models = [m for m in pong.get("models", []) if m.get("task") == self.service.task]
+        self._send(
+            call,
+            {
+                "status": "success",
+                "service": self.service.task,
+                "live": True,
+                "ready": alive and bool(pong.get("ready")) and bool(models) and not self.stopping,
+                "model_manager": state,
+                "model_manager_error": pong.get("error"),
+                "models": models,
+            },
+        )
+
+    def _stats(self, call: ClientCall, _message: dict[str, Any]) -> None:
+        job_id = uuid.uuid4().hex
+        self.waiters[job_id] = Waiter(deadline=time.monotonic() + STATS_TIMEOUT_S, single=call, is_stats=True)
+        self._to_model_manager({"type": "stats", "job_id": job_id})
+
+    def _agent_stats(self) -> dict[str, Any]:
+        return {
+            "service": self.service.task,
+            "requests_by_action": dict(self.counts),
+            "errors_by_code": dict(self.errors),
+            "in_flight": len(self.waiters),
+            "results_stored": len(self.results),
+        }
+
+    def _get_result(self, call: ClientCall, message: dict[str, Any]) -> None:
+        request_id = _required(message, "request_id")
+        found = self.results.fetch(str(request_id), time.monotonic())
+        if found is None:
+            raise BusError(
+                NOT_FOUND, f"no result for request_id {request_id!r}: unknown, already fetched, or expired"
+            )
+        self._send(call, found)
+
+    def _single(self, call: ClientCall, message: dict[str, Any]) -> None:
+        _check_options(message)
+        request = self.service.parse_item(message, self.limits)
+        self._check_model_manager()
+        job_id = uuid.uuid4().hex
+        self.waiters[job_id] = Waiter(self._deadline(message), single=call, fields=message)
+        self._submit(job_id, message, request, INTERACTIVE)
+
+    def _queue_for_batch(self, call: ClientCall, message: dict[str, Any]) -> None:
+        _check_options(message)
+        request = self.service.parse_item(message, self.limits)
+        self._check_model_manager()
+        request_id = str(message.get("request_id") or uuid.uuid4().hex)
+        now = time.monotonic()
+        if self.results.contains(request_id, now):
+            raise BusError(DUPLICATE_REQUEST_ID, f"request_id {request_id!r} is already queued or unfetched")
+        self.results.add_pending(request_id, now)
+        job_id = uuid.uuid4().hex
+        self.waiters[job_id] = Waiter(self._deadline(message), queued_id=request_id, fields=message)
+        self._submit(job_id, message, request, BULK)
+        self._send(call, {"status": "queued", "request_id": request_id})
+
+    def _batch(self, call: ClientCall, message: dict[str, Any]) -> None:
+        items = _required(message, "batch_data")
+        if not isinstance(items, list) or not items:
+            raise BusError(INVALID_FIELD, "batch_data must be a non-empty list of items")
+        if len(items) > self.limits.max_batch_items:
+            raise BusError(
+                TOO_MANY_ITEMS,
+                f"batch_data has {len(items)} items; the limit is {self.limits.max_batch_items}",
+            )
+        self._check_model_manager()
+        batch = BatchCall(call, [None] * len(items), [])
+        shared = {k: message[k] for k in ("model_pref", "timeout_ms", "priority") if k in message}
+        deadline = self._deadline(message)
+        for index, item in enumerate(items):
+            fields = {**shared, **item} if isinstance(item, dict) else {}
+            batch.fields.append(fields)
+            rid = fields.get("request_id", index)
+            try:
+                if not isinstance(item, dict):
+                    raise BusError(INVALID_FIELD, f"batch_data[{index}] must be a map/object")
+                _check_options(fields)
+                request = self.service.parse_item(fields, self.limits)
+            except BusError as exc:
+                batch.items[index] = protocol.error_reply(exc, rid)
+                continue
+            job_id = uuid.uuid4().hex
+            self.waiters[job_id] = Waiter(deadline, batch=batch, batch_index=index, fields=fields)
+            batch.pending += 1
+            self._submit(job_id, fields, request, INTERACTIVE)
+        if batch.pending == 0:
+            self._finish_batch(batch)
+
+    def _submit(
+        self, job_id: str, fields: dict[str, Any], request: dict[str, Any], default_priority: int
+    ) -> None:
+        priority = fields.get("priority")
+        self._to_model_manager(
+            {
+                "type": "infer",
+                "job_id": job_id,
+                "task": self.service.task,
+                "model_pref": fields.get("model_pref"),
+                "request": request,
+                "priority": PRIORITIES.get(priority, default_priority),
+                "timeout_ms": _timeout_ms(fields),
+            }
+        )
+
+    def _check_model_manager(self) -> None:
+        if not self.model_manager_alive:
+            raise BusError(MODEL_UNAVAILABLE, "the model manager is not reachable; retry shortly")
+
+    def _deadline(self, fields: dict[str, Any]) -> float:
+        timeout_ms = _timeout_ms(fields) or self.limits.request_timeout_ms
+        timeout_ms = min(timeout_ms, self.limits.request_timeout_ms)
+        return time.monotonic() + timeout_ms / 1000.0 + DEADLINE_GRACE_S
+
+    # --- model manager side ---------------------------------------------------------------
+
+    def _on_model_manager(self, frames: list[bytes]) -> None:
+        if len(frames) != 2 or frames[0] != protocol.INTERNAL_VERSION:
+            log.warning("dropping malformed message from the model manager")
+            return
+        message = protocol.unpack(frames[1])
+        kind = message.get("type")
+        if kind == "pong":
+            self.last_pong, self.last_pong_at = message, time.monotonic()
+        elif kind == "stats":
+            waiter = self.waiters.pop(message.get("job_id", ""), None)
+            if waiter and waiter.single:
+                models = [m for m in message.get("models", []) if m.get("task") == self.service.task]
+                self._send(
+                    waiter.single,
+                    {
+                        "status": "success",
+                        **self._agent_stats(),
+                        "models": models,
+                        "memory": message.get("memory"),
+                    },
+                )
+        elif kind == "result":
+            if message.get("ok"):
+                self._resolve(message["job_id"], message["result"])
+            else:
+                error = message.get("error") or {}
+                self._resolve(
+                    message["job_id"], BusError(error.get("code", INTERNAL), error.get("message", ""))
+                )
+
+    def _resolve(self, job_id: str, outcome: dict[str, Any] | BusError) -> None:
+        waiter = self.waiters.pop(job_id, None)
+        if waiter is None:
+            return  # already timed out and answered
+        if waiter.is_stats:
+            # The model manager did not answer in time: report what the agent knows.
+            reply = {"status": "success", **self._agent_stats(), "models": [], "model_manager": "unavailable"}
+            self._send(waiter.single, reply)  # type: ignore[arg-type]
+            return
+        rid = waiter.fields.get("request_id")
+        if isinstance(outcome, BusError):
+            entry = protocol.error_reply(outcome, rid)
+        else:
+            encoding = (
+                waiter.single.encoding
+                if waiter.single
+                else (waiter.batch.call.encoding if waiter.batch else Encoding.MSGPACK)
+            )
+            entry = {
+                "status": "success",
+                "request_id": rid,
+                **self.service.render_result(outcome, waiter.fields, encoding),
+            }
+        if waiter.single:
+            self._send(waiter.single, entry)
+        elif waiter.batch:
+            batch = waiter.batch
+            if entry.get("request_id") is None:
+                entry["request_id"] = batch.fields[waiter.batch_index].get("request_id", waiter.batch_index)
+            batch.items[waiter.batch_index] = entry
+            batch.pending -= 1
+            if batch.pending == 0:
+                self._finish_batch(batch)
+        elif waiter.queued_id is not None:
+            entry["request_id"] = waiter.queued_id
+            self.results.complete(waiter.queued_id, entry, time.monotonic())
+
+    def _finish_batch(self, batch: BatchCall) -> None:
+        self._send(batch.call, {"status": "success", "results": batch.items})
+
+    def _expire(self, now: float) -> None:
+        expired = [job_id for job_id, w in self.waiters.items() if w.deadline <= now]
+        if expired:
+            self._to_model_manager({"type": "cancel", "job_ids": expired})
+        for job_id in expired:
+            self._resolve(job_id, BusError(TIMEOUT, "no result within the request timeout"))
+        self.results.purge(now)
+
+
+def _required(message: dict[str, Any], key: str) -> Any:
+    if message.get(key) is None:
+        raise BusError(MISSING_FIELD, f"{key} is required")
+    return message[key]
+
+
+def _check_options(fields: dict[str, Any]) -> None:
+    """Validate the per-request options every action shares (raises BusError)."""
+    priority = fields.get("priority")
+    if priority is not None and priority not in PRIORITIES:
+        raise BusError(INVALID_FIELD, f"priority must be one of {sorted(PRIORITIES)}, got {priority!r}")
+    _timeout_ms(fields)
+    model_pref = fields.get("model_pref")
+    if model_pref is not None and not isinstance(model_pref, str):
+        raise BusError(INVALID_FIELD, f"model_pref must be a string, got {model_pref!r}")
+
+
+def _timeout_ms(fields: dict[str, Any]) -> int | None:
+    value = fields.get("timeout_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise BusError(INVALID_FIELD, f"timeout_ms must be a positive number, got {value!r}")
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a voicebus service agent.")
+    parser.add_argument("service", choices=sorted(SERVICES))
+    args = parser.parse_args(argv)
+    setup_logging(f"{args.service}-agent")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    ServiceAgent(SERVICES[args.service], config).serve(stop_on_signals())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

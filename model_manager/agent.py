@@ -1,0 +1,267 @@
+"""ModelManagerAgent: loads every configured model once and serves batched inference.
+
+Agents talk to it over one ROUTER socket (127.0.0.1 only) with the internal protocol in
+docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message types:
+- "infer"  {job_id, task, model_pref, request, priority, timeout_ms} -> one "result"
+- "cancel" {job_ids}: the client has gone; queued jobs are dropped unanswered
+- "ping"   -> "pong" {ready, loading, models, error}
+- "stats"  {job_id} -> "stats" {job_id, models: [...], memory}
+
+Every "infer" gets exactly one "result" {job_id, ok, result | error}, including on
+shutdown (queued jobs get shutting_down) and on failure (never placeholder output).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from model_manager import protocol
+from model_manager.batcher import BatchPolicy
+from model_manager.config import Config, ModelSpec
+from model_manager.engines.base import Engine
+from model_manager.errors import (
+    BAD_REQUEST,
+    INTERNAL,
+    MODEL_UNAVAILABLE,
+    SHUTTING_DOWN,
+    UNKNOWN_MODEL,
+    BusError,
+)
+from model_manager.memory import read_memory
+from model_manager.scheduler import Job, ModelWorker, Outcome
+
+log = logging.getLogger(__name__)
+
+RESULTS_ENDPOINT = "inproc://model-manager-results"
+POLL_MS = 100
+
+
+def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) -> Engine:
+    """model_pref: None/"default" = first configured, "fast" = smallest, "quality" = largest, or a name."""
+    candidates = [e for e in engines if e.task == task]
+    if not candidates:
+        raise BusError(MODEL_UNAVAILABLE, f"no {task} model is loaded")
+    if model_pref in (None, "", "default"):
+        return candidates[0]
+    if model_pref == "fast":
+        return min(candidates, key=lambda e: e.num_parameters)
+    if model_pref == "quality":
+        return max(candidates, key=lambda e: e.num_parameters)
+    for engine in candidates:
+        if engine.name == model_pref:
+            return engine
+    names = ", ".join(e.name for e in candidates)
+    raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: {names}")
+
+
+def policy_from_config(config: Config) -> BatchPolicy:
+    b = config.batch_processing_config
+    return BatchPolicy(
+        enabled=b.enabled,
+        max_batch_size=b.max_batch_size,
+        min_batch_size=b.min_batch_size,
+        max_wait_s=b.max_batch_wait_ms / 1000.0,
+        max_queue_size=b.max_queue_size,
+    )
+
+
+class ModelManagerAgent:
+    def __init__(
+        self, config: Config, engines: Sequence[Engine] | None = None, context: zmq.Context | None = None
+    ) -> None:
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.engines: list[Engine] = list(engines or [])
+        self.workers: dict[str, ModelWorker] = {}
+        self.load_error: str | None = None
+        self._loaded = threading.Event()
+        self._local = threading.local()
+        self._preloaded = engines is not None
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """Build every configured model; optional ones whose weights are missing are skipped."""
+        from model_manager.engines.registry import build_engine, weights_installed
+
+        try:
+            specs: list[ModelSpec] = [*self.config.stt_models, *self.config.tts_models]
+            for spec in specs:
+                if spec.optional and not weights_installed(spec):
+                    log.info("skipping optional model %s: weights %s not installed", spec.name, spec.weights)
+                    continue
+                started = time.perf_counter()
+                engine = build_engine(spec)
+                log.info("loaded %s on %s in %.1f s", spec.name, engine.device, time.perf_counter() - started)
+                self.engines.append(engine)
+            self._start_workers()
+        except Exception as exc:  # reported through ping so agents and the launcher can say why
+            log.exception("model loading failed")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._loaded.set()
+
+    def _start_workers(self) -> None:
+        policy = policy_from_config(self.config)
+        dynamic = self.config.batch_processing_config.dynamic_batching
+        for engine in self.engines:
+            worker = ModelWorker(engine, policy, self._deliver, dynamic_batching=dynamic)
+            self.workers[engine.name] = worker
+            worker.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.is_set() and self.load_error is None and bool(self.workers)
+
+    # --- the socket loop ----------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        router = self.context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 2000)
+        router.bind(f"tcp://127.0.0.1:{self.config.endpoints.model_manager_port}")
+        results = self.context.socket(zmq.PULL)
+        results.bind(RESULTS_ENDPOINT)
+        if self._preloaded:
+            self._start_workers()
+            self._loaded.set()
+        else:
+            threading.Thread(target=self.load_models, name="model-loader", daemon=True).start()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(results, zmq.POLLIN)
+        log.info("model manager listening on 127.0.0.1:%d", self.config.endpoints.model_manager_port)
+        stopping = False
+        try:
+            while True:
+                if stop.is_set() and not stopping:
+                    stopping = True
+                    log.info("shutting down: queued work gets shutting_down, running batches finish")
+                    for worker in self.workers.values():
+                        threading.Thread(target=worker.stop, daemon=True).start()
+                if stopping and not any(w.alive for w in self.workers.values()):
+                    break  # every worker has finished; the final forward below flushes their replies
+                for sock, _ in poller.poll(POLL_MS):
+                    if sock is results:
+                        self._forward_results(results, router)
+                    else:
+                        self._handle(router, router.recv_multipart(), stopping)
+            self._forward_results(results, router)
+        finally:
+            results.close(linger=0)
+            router.close()
+
+    def _forward_results(self, results: zmq.Socket, router: zmq.Socket) -> None:
+        while True:
+            try:
+                identity, body = results.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._send(router, identity, body)
+
+    def _send(self, router: zmq.Socket, identity: bytes, body: bytes) -> None:
+        try:
+            router.send_multipart([identity, protocol.INTERNAL_VERSION, body])
+        except zmq.ZMQError as exc:  # the agent went away; it will time the request out
+            log.warning("cannot reply to agent %r: %s", identity, exc)
+
+    def _reply(self, router: zmq.Socket, identity: bytes, message: dict[str, Any]) -> None:
+        self._send(router, identity, protocol.pack(message))
+
+    def _deliver(self, job: Job, outcome: Outcome) -> None:
+        """Called on worker threads: hand the answer to the socket thread (sockets are not thread-safe)."""
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self.context.socket(zmq.PUSH)
+            push.connect(RESULTS_ENDPOINT)
+        message = result_message(job.job_id, outcome, model=job.model)
+        push.send_multipart([job.reply_to, protocol.pack(message)])
+
+    def _handle(self, router: zmq.Socket, frames: list[bytes], stopping: bool) -> None:
+        identity = frames[0]
+        if len(frames) != 3 or frames[1] != protocol.INTERNAL_VERSION:
+            log.warning("dropping malformed internal message from %r (%d frames)", identity, len(frames))
+            return
+        try:
+            message = protocol.unpack(frames[2])
+            kind = message["type"]
+        except Exception:
+            log.warning("dropping undecodable internal message from %r", identity)
+            return
+        if kind == "ping":
+            self._reply(router, identity, self.pong())
+        elif kind == "stats":
+            self._reply(router, identity, {"type": "stats", "job_id": message.get("job_id"), **self.stats()})
+        elif kind == "cancel":
+            ids = set(message.get("job_ids", []))
+            for worker in self.workers.values():
+                worker.cancel(ids)
+        elif kind == "infer":
+            job_id = message.get("job_id", "")
+            try:
+                if stopping:
+                    raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
+                self._submit(identity, message)
+            except BusError as exc:
+                self._reply(router, identity, result_message(job_id, exc))
+            except Exception as exc:
+                log.exception("cannot submit job %s", job_id)
+                self._reply(router, identity, result_message(job_id, BusError(INTERNAL, repr(exc))))
+        else:
+            log.warning("unknown internal message type %r", kind)
+
+    def _submit(self, identity: bytes, message: dict[str, Any]) -> None:
+        if not self.ready:
+            reason = self.load_error or "models are still loading"
+            raise BusError(MODEL_UNAVAILABLE, reason)
+        try:
+            job_id, task, request = message["job_id"], message["task"], message["request"]
+        except KeyError as exc:
+            raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
+        engine = select_engine(self.engines, task, message.get("model_pref"))
+        request = engine.prepare(request)
+        limit_ms = self.config.limits.request_timeout_ms
+        timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
+        job = Job(
+            job_id=job_id,
+            model=engine.name,
+            request=request,
+            key=(engine.name, engine.batch_key(request)),
+            deadline=time.monotonic() + timeout_ms / 1000.0,
+            priority=int(message.get("priority", 0)),
+            reply_to=identity,
+            cost=engine.cost(request),
+        )
+        self.workers[engine.name].submit(job)
+
+    def pong(self) -> dict[str, Any]:
+        return {
+            "type": "pong",
+            "ready": self.ready,
+            "loading": not self._loaded.is_set(),
+            "error": self.load_error,
+            "models": [e.describe() for e in self.engines],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        devices = sorted({e.device for e in self.engines} or {"cpu"})
+        memory = {}
+        for device in devices:
+            reading = read_memory(device)
+            memory[device] = {
+                "free_bytes": reading.free_bytes,
+                "total_bytes": reading.total_bytes,
+                "process_rss_bytes": reading.process_rss_bytes,
+            }
+        return {"models": [w.snapshot() for w in self.workers.values()], "memory": memory}
+
+
+def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:
+    if isinstance(outcome, BusError):
+        return {"type": "result", "job_id": job_id, "ok": False, "error": outcome.to_wire()}
+    return {"type": "result", "job_id": job_id, "ok": True, "result": {**outcome, "model": model}}

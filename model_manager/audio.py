@@ -1,0 +1,81 @@
+"""Turning client audio into what Whisper wants: mono float32 at 16 kHz, checked.
+
+Clients send `audio_data` as a list of numbers (JSON or msgpack) or as raw bytes (msgpack
+only) with a `dtype` of "float32" (samples in [-1, 1]) or "int16" (PCM). Every problem is a
+`BusError` with a precise message; nothing is clipped, guessed or silently fixed.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+from typing import Any
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, MISSING_FIELD, BusError
+
+WHISPER_SAMPLE_RATE = 16_000
+SUPPORTED_DTYPES = {"float32": np.float32, "int16": np.int16}
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+# float32 samples are nominally in [-1, 1]; allow a little overshoot from resampling filters.
+FLOAT_HEADROOM = 1.5
+
+
+def decode_audio(fields: dict[str, Any], max_seconds: float) -> np.ndarray:
+    """Validate `audio_data`/`sample_rate`/`dtype` and return float32 mono 16 kHz samples."""
+    if "audio_data" not in fields or fields["audio_data"] is None:
+        raise BusError(MISSING_FIELD, "audio_data is required")
+    rate = fields.get("sample_rate", WHISPER_SAMPLE_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BusError(
+            INVALID_AUDIO,
+            f"sample_rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {rate!r}",
+        )
+    samples = _to_array(fields["audio_data"], fields.get("dtype"))
+    if samples.size == 0:
+        raise BusError(INVALID_AUDIO, "audio_data is empty")
+    seconds = samples.size / rate
+    if seconds > max_seconds:
+        raise BusError(AUDIO_TOO_LONG, f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s")
+    if not np.isfinite(samples).all():
+        raise BusError(INVALID_AUDIO, "audio_data contains NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > FLOAT_HEADROOM:
+        raise BusError(
+            INVALID_AUDIO,
+            f"float samples must lie in [-1, 1] (peak {peak:g}); send integer PCM with dtype 'int16'",
+        )
+    return resample(samples, rate, WHISPER_SAMPLE_RATE)
+
+
+def _to_array(data: Any, dtype: Any) -> np.ndarray:
+    if dtype is not None and dtype not in SUPPORTED_DTYPES:
+        raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {dtype!r}")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if dtype is None:
+            raise BusError(MISSING_FIELD, "dtype ('float32' or 'int16') is required with raw audio bytes")
+        np_dtype = np.dtype(SUPPORTED_DTYPES[dtype]).newbyteorder("<")
+        if len(data) % np_dtype.itemsize:
+            raise BusError(INVALID_AUDIO, f"{len(data)} bytes is not a whole number of {dtype} samples")
+        raw = np.frombuffer(data, dtype=np_dtype)
+    elif isinstance(data, list):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
+            raise BusError(INVALID_AUDIO, "audio_data must be a flat list of numbers (mono)")
+        raw = np.asarray(data, dtype=np.float64)
+        if dtype == "int16" and raw.size and (np.abs(raw[np.isfinite(raw)]).max(initial=0) > 32768):
+            raise BusError(INVALID_AUDIO, "int16 samples must lie in [-32768, 32767]")
+    else:
+        kind = type(data).__name__
+        raise BusError(INVALID_AUDIO, f"audio_data must be a list of numbers or bytes, got {kind}")
+    if dtype == "int16":
+        return (raw.astype(np.float32) / 32768.0).astype(np.float32)
+    return raw.astype(np.float32)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    if from_rate == to_rate:
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    g = gcd(from_rate, to_rate)
+    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)

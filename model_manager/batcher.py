@@ -1,0 +1,163 @@
+"""The dynamic batcher: a pure queue that decides which requests run together, and when.
+
+No sockets, threads or clocks live here: the caller passes `now` (seconds, monotonic) to
+every method, so the policy is tested with a simulated clock. `scheduler.py` drives it.
+
+Contract
+--------
+- `add(item, key, now)` queues an item. Items with equal `key` are compatible: they may
+  share one forward pass. Keys are computed from request content by the engine. Raises
+  `QueueFull` at once when `max_queue_size` items are already waiting.
+- A group of compatible items becomes *due* when any of these holds:
+  - `full`: it holds `max_batch_size` items;
+  - `min_reached`: it holds `min_batch_size` items;
+  - `timeout`: its oldest item has waited `max_wait_s` (counted from that item's arrival,
+    so a lone request waits at most `max_wait_s` and then runs alone);
+  - `unbatched`: batching is disabled, so every item is due at once, alone.
+- `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
+  returns at most `max_batch_size` of its items (or fewer, if `limit` says so), oldest
+  first; None when nothing is due. Items that do not fit stay queued with their arrival
+  times unchanged, so they are due again immediately.
+- `seconds_until_due(now)` says how long the caller may sleep before something can be
+  due without a new `add`: 0 when something is due now, None when the queue is empty.
+- `drain()` empties the queue and returns every item (for shutdown replies).
+
+Nothing is ever dropped silently: an item leaves only through `next_batch` or `drain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+INTERACTIVE = 0
+BULK = 1
+
+
+class QueueFull(Exception):
+    """The batcher already holds max_queue_size items."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    enabled: bool = True
+    max_batch_size: int = 8
+    min_batch_size: int = 2
+    max_wait_s: float = 0.1
+    max_queue_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch_size <= self.max_batch_size:
+            raise ValueError("need 1 <= min_batch_size <= max_batch_size")
+        if self.max_wait_s < 0 or self.max_queue_size < 1:
+            raise ValueError("need max_wait_s >= 0 and max_queue_size >= 1")
+
+
+@dataclass
+class _Queued(Generic[T]):
+    item: T
+    arrival: float
+    priority: int
+
+
+@dataclass
+class _Group(Generic[T]):
+    entries: list[_Queued[T]] = field(default_factory=list)
+
+    def urgency(self) -> tuple[int, float]:
+        return (min(e.priority for e in self.entries), self.entries[0].arrival)
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    key: Hashable
+    items: list[T]
+    reason: str  # full | min_reached | timeout | unbatched
+    waited_s: list[float]  # queue wait of each item, in the same order
+
+
+class DynamicBatcher(Generic[T]):
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._groups: dict[Hashable, _Group[T]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, item: T, key: Hashable, now: float, priority: int = INTERACTIVE) -> None:
+        if self._size >= self.policy.max_queue_size:
+            raise QueueFull(f"{self._size} requests already queued")
+        self._groups.setdefault(key, _Group()).entries.append(_Queued(item, now, priority))
+        self._size += 1
+
+    def _due_reason(self, group: _Group[T], now: float) -> str | None:
+        p = self.policy
+        n = len(group.entries)
+        if not p.enabled:
+            return "unbatched"
+        if n >= p.max_batch_size:
+            return "full"
+        if n >= p.min_batch_size:
+            return "min_reached"
+        if now - group.entries[0].arrival >= p.max_wait_s:
+            return "timeout"
+        return None
+
+    def next_batch(self, now: float, limit: int | None = None) -> Batch[T] | None:
+        due = [
+            (g.urgency(), key, reason)
+            for key, g in self._groups.items()
+            if (reason := self._due_reason(g, now)) is not None
+        ]
+        if not due:
+            return None
+        _, key, reason = min(due, key=lambda d: d[0])
+        group = self._groups[key]
+        size = 1 if not self.policy.enabled else self.policy.max_batch_size
+        if limit is not None:
+            size = max(1, min(size, limit))
+        # Within a group, urgent items go first; the sort is stable, so arrival order holds.
+        group.entries.sort(key=lambda e: e.priority)
+        taken, group.entries = group.entries[:size], group.entries[size:]
+        if not group.entries:
+            del self._groups[key]
+        self._size -= len(taken)
+        return Batch(key, [e.item for e in taken], reason, [now - e.arrival for e in taken])
+
+    def seconds_until_due(self, now: float) -> float | None:
+        if not self._groups:
+            return None
+        waits = []
+        for group in self._groups.values():
+            if self._due_reason(group, now) is not None:
+                return 0.0
+            waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
+        return max(0.0, min(waits))
+
+    def remove(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Take out every queued item for which predicate is true (expired or cancelled)."""
+        removed: list[_Queued[T]] = []
+        for key in list(self._groups):
+            group = self._groups[key]
+            keep = []
+            for entry in group.entries:
+                (removed if predicate(entry.item) else keep).append(entry)
+            if keep:
+                group.entries = keep
+            else:
+                del self._groups[key]
+        self._size -= len(removed)
+        return [e.item for e in removed]
+
+    def drain(self) -> list[T]:
+        return self.remove(lambda _item: True)
+
+    def queued(self) -> list[T]:
+        return [e.item for g in self._groups.values() for e in g.entries]
+
+    def depth_by_key(self) -> dict[Hashable, int]:
+        return {key: len(g.entries) for key, g in self._groups.items()}

@@ -1,0 +1,233 @@
+"""Configuration: config/llm_config.yaml, overridden by VOICEBUS__* environment variables.
+
+`load_config()` returns a frozen, validated `Config`. Anything wrong stops start-up with a
+`ConfigError` whose message names the offending key, e.g.
+``batch_processing_config.min_batch_size: must be <= max_batch_size (8), got 9``.
+
+Environment overrides: ``VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE=4`` sets
+``batch_processing_config.max_batch_size``. List items are addressed by index
+(``VOICEBUS__MODELS__STT__0__DEVICE=cuda``). Values are parsed as YAML scalars.
+``VOICEBUS_CONFIG`` points at another config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "llm_config.yaml"
+ENV_PREFIX = "VOICEBUS__"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    enabled: bool = True
+    max_batch_size: int = 8
+    min_batch_size: int = 2
+    max_batch_wait_ms: float = 100.0
+    dynamic_batching: bool = True
+    max_queue_size: int = 256
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str = "127.0.0.1"
+    stt_port: int = 5800
+    tts_port: int = 5801
+    model_manager_port: int = 5810
+
+
+@dataclass(frozen=True)
+class Limits:
+    request_timeout_ms: int = 120_000
+    result_ttl_s: float = 600.0
+    max_audio_seconds: float = 30.0
+    max_text_chars: int = 20_000
+    max_batch_items: int = 64
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    engine: str
+    weights: str = ""
+    device: str = "auto"
+    compute_type: str = "auto"
+    optional: bool = False
+    #: Extra keyword arguments for the engine's constructor (e.g. voices_dir, backend).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    batch_processing_config: BatchConfig
+    endpoints: Endpoints
+    limits: Limits
+    stt_models: tuple[ModelSpec, ...]
+    tts_models: tuple[ModelSpec, ...]
+
+    def models(self, task: str) -> tuple[ModelSpec, ...]:
+        return self.stt_models if task == "stt" else self.tts_models
+
+
+STT_ENGINES = ("ctranslate2", "transformers")
+TTS_ENGINES = ("kokoro",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("VOICEBUS_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    apply_env_overrides(raw, environ)
+    return parse_config(raw)
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        node: Any = raw
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            dotted = ".".join(keys[: depth + 1])
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"{dotted} (from {name}): no such list item")
+                key = int(key)  # type: ignore[assignment]
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{dotted} (from {name}): parent is not a mapping")
+            if last:
+                node[key] = yaml.safe_load(value)
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = {}
+                node = node[key]
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
+    batch = _build(BatchConfig, raw.get("batch_processing_config", {}), "batch_processing_config")
+    endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
+    limits = _build(Limits, raw.get("limits", {}), "limits")
+    models = raw.get("models", {}) or {}
+    if not isinstance(models, dict):
+        raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
+    stt = _build_models(models.get("stt") or [], "models.stt", STT_ENGINES)
+    tts = _build_models(models.get("tts") or [], "models.tts", TTS_ENGINES)
+    _check(
+        batch.max_batch_size >= 1,
+        "batch_processing_config.max_batch_size",
+        "must be >= 1",
+        batch.max_batch_size,
+    )
+    _check(
+        1 <= batch.min_batch_size <= batch.max_batch_size,
+        "batch_processing_config.min_batch_size",
+        f"must be between 1 and max_batch_size ({batch.max_batch_size})",
+        batch.min_batch_size,
+    )
+    _check(
+        batch.max_batch_wait_ms >= 0,
+        "batch_processing_config.max_batch_wait_ms",
+        "must be >= 0",
+        batch.max_batch_wait_ms,
+    )
+    _check(
+        batch.max_queue_size >= 1,
+        "batch_processing_config.max_queue_size",
+        "must be >= 1",
+        batch.max_queue_size,
+    )
+    for key in ("stt_port", "tts_port", "model_manager_port"):
+        port = getattr(endpoints, key)
+        _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
+    ports = [endpoints.stt_port, endpoints.tts_port, endpoints.model_manager_port]
+    _check(len(set(ports)) == 3, "endpoints", "stt_port, tts_port and model_manager_port must differ", ports)
+    for key in (
+        "request_timeout_ms",
+        "result_ttl_s",
+        "max_audio_seconds",
+        "max_text_chars",
+        "max_batch_items",
+        "max_message_bytes",
+    ):
+        _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
+    return Config(batch, endpoints, limits, stt, tts)
+
+
+def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: must be a list")
+    specs = tuple(_build(ModelSpec, item, f"{where}.{i}") for i, item in enumerate(items))
+    for i, spec in enumerate(specs):
+        _check(spec.engine in engines, f"{where}.{i}.engine", f"must be one of {list(engines)}", spec.engine)
+        _check(spec.device in DEVICES, f"{where}.{i}.device", f"must be one of {list(DEVICES)}", spec.device)
+        _check(bool(spec.name), f"{where}.{i}.name", "must not be empty", spec.name)
+    names = [s.name for s in specs]
+    _check(len(set(names)) == len(names), where, "model names must be unique", names)
+    return specs
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required")
+            continue
+        values[name] = _coerce(data[name], hints[name], key)
+    return cls(**values)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    expected = getattr(annotation, "__origin__", annotation)
+    # bool is an int subclass in Python: refuse "max_batch_size: true" explicitly.
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is str:
+        ok = isinstance(value, str)
+    elif expected is dict:
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover - every field type is listed above
+        raise TypeError(annotation)
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {rule}, got {value!r}")

@@ -1,0 +1,106 @@
+"""Whisper speech-to-text on CTranslate2, batching separate requests into one generate call.
+
+faster-whisper's BatchedInferencePipeline only batches the chunks of one file, so this engine
+calls `ctranslate2.models.Whisper` directly with the features of every request in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import ctranslate2
+import tokenizers
+
+from model_manager.ct2_format import count_parameters
+from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.whisper_common import (
+    MAX_TARGET_POSITIONS,
+    WhisperTokens,
+    audio_seconds,
+    check_uniform,
+    log_mel_batch,
+    out_of_memory_as_bus_error,
+    prepare_stt_request,
+)
+
+_REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+def _resolve_ct2_device(device: str) -> str:
+    if device != "auto":
+        return device
+    # Ask CTranslate2 rather than torch: its wheel carries its own CUDA runtime.
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+class CT2WhisperEngine(Engine):
+    """A CTranslate2 Whisper model directory (model.bin, config.json, tokenizer.json).
+
+    compute_type "auto" is int8 on CPU and float16 on CUDA. cpu_threads 0 lets CTranslate2
+    pick (OMP_NUM_THREADS or its default). Results: {"text": stripped str, "language": code}.
+    """
+
+    task = "stt"
+
+    def __init__(self, name: str, model_dir: str | Path, device: str = "auto", compute_type: str = "auto",
+                 cpu_threads: int = 0) -> None:
+        model_dir = Path(model_dir)
+        missing = [f for f in _REQUIRED_FILES if not (model_dir / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{model_dir} is not a CTranslate2 Whisper directory: "
+                                    f"missing {', '.join(missing)}")
+        self.name = name
+        self.model_dir = model_dir
+        self.device = _resolve_ct2_device(device)
+        if compute_type == "auto":
+            compute_type = "float16" if self.device == "cuda" else "int8"
+        self.compute_type = compute_type
+        self._model = ctranslate2.models.Whisper(str(model_dir), device=self.device,
+                                                 compute_type=compute_type, intra_threads=cpu_threads)
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokens = WhisperTokens.from_vocab(self._tokenizer.get_vocab(with_added_tokens=True))
+        self.multilingual: bool = self._model.is_multilingual
+        self.n_mels: int = self._model.n_mels
+        self.num_parameters = count_parameters(model_dir / "model.bin")
+
+    def prepare(self, request: Request) -> Request:
+        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
+
+    def batch_key(self, request: Request) -> Hashable:
+        return (self.name, request.get("language"), request.get("task", "transcribe"),
+                int(request.get("beam_size", 1)))
+
+    def cost(self, request: Request) -> float:
+        return audio_seconds(request)
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """One generate call for all requests (plus one encode + detect_language first when a
+        multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
+        prepared = [self.prepare(r) for r in requests]
+        options = check_uniform(prepared)
+        features = ctranslate2.StorageView.from_array(
+            log_mel_batch([r["audio"] for r in prepared], self.n_mels))
+        languages: list[str] = [r["language"] for r in prepared]
+        with out_of_memory_as_bus_error(f"{self.name} batch of {len(prepared)}"):
+            if any(lang is None for lang in languages):
+                # Encode once and reuse the encoder output for generate, instead of letting
+                # detect_language and generate each run the encoder.
+                features = self._model.encode(features, to_cpu=False)
+                detected = self._model.detect_language(features)
+                languages = [lang if lang is not None else self.tokens.language_of(scores[0][0])
+                             for lang, scores in zip(languages, detected, strict=True)]
+            prompts = [self.tokens.prompt(self.multilingual, lang, options.task) for lang in languages]
+            results = self._model.generate(
+                features, prompts, beam_size=options.beam_size,
+                max_length=MAX_TARGET_POSITIONS, suppress_blank=True, suppress_tokens=[-1])
+        return [{"text": self._decode(res.sequences_ids[0]), "language": lang}
+                for res, lang in zip(results, languages, strict=True)]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(self.tokens.text_ids(ids)).strip()
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "backend": "ctranslate2", "compute_type": self.compute_type,
+                "multilingual": self.multilingual}
+

@@ -1,0 +1,76 @@
+"""How much memory a device has left, and how many more batch items that buys.
+
+On CUDA the numbers come from the driver (`torch.cuda.mem_get_info`) and the allocator's
+peak (`torch.cuda.max_memory_allocated`); on a CPU from available RAM (psutil).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+# Keep this much free for the allocator's own overhead and other processes.
+HEADROOM_FRACTION = 0.10
+# Below this much available RAM a CPU worker runs one item at a time.
+CPU_LOW_MEMORY_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    device: str
+    free_bytes: int
+    total_bytes: int
+    process_rss_bytes: int
+
+
+def read_memory(device: str) -> MemoryReading:
+    rss = psutil.Process().memory_info().rss
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        # Memory torch's caching allocator holds but does not use is free for our batches,
+        # though the driver counts it as taken.
+        free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        return MemoryReading(device, free, total, rss)
+    vm = psutil.virtual_memory()
+    return MemoryReading(device, vm.available, vm.total, rss)
+
+
+class MemoryBudget:
+    """Learns bytes per batch item from observed peaks and caps batches to fit free memory.
+
+    `begin()`/`end(n)` bracket one batch of n items; on CUDA the allocator's peak over the
+    batch, minus what was allocated before it, divided by n, is one observation. The cap is
+    the largest n whose predicted peak fits in free memory less the headroom.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.bytes_per_item = 0.0
+        self._baseline = 0
+
+    def begin(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._baseline = torch.cuda.memory_allocated()
+
+    def end(self, items: int) -> None:
+        if self.device.startswith("cuda") and items > 0:
+            import torch
+
+            per_item = (torch.cuda.max_memory_allocated() - self._baseline) / items
+            # The largest per-item cost seen so far is the safe one to plan with.
+            self.bytes_per_item = max(self.bytes_per_item, per_item)
+
+    def max_items(self, ceiling: int) -> int:
+        reading = read_memory(self.device)
+        if not self.device.startswith("cuda"):
+            return 1 if reading.free_bytes < CPU_LOW_MEMORY_BYTES else ceiling
+        if self.bytes_per_item <= 0:
+            return ceiling
+        usable = reading.free_bytes - HEADROOM_FRACTION * reading.total_bytes
+        return max(1, min(ceiling, int(usable // self.bytes_per_item)))

@@ -1,0 +1,30 @@
+"""Process plumbing shared by every voicebus process: logging set-up and signal handling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+
+def setup_logging(component: str) -> None:
+    # One line per event, with the component name, so interleaved process logs stay readable.
+    logging.basicConfig(
+        level=os.environ.get("VOICEBUS_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s",
+    )
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so loops can finish their work and exit cleanly."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("voicebus").info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop

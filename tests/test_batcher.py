@@ -1,0 +1,117 @@
+"""The batching policy on a simulated clock: no sockets, threads, sleeps or models."""
+
+import pytest
+
+from model_manager.batcher import BULK, INTERACTIVE, BatchPolicy, DynamicBatcher, QueueFull
+
+
+def make(**kw) -> DynamicBatcher[str]:
+    defaults = dict(max_batch_size=4, min_batch_size=2, max_wait_s=0.1, max_queue_size=16)
+    return DynamicBatcher(BatchPolicy(**{**defaults, **kw}))
+
+
+def test_lone_request_waits_for_company_then_goes_alone():
+    b = make()
+    b.add("a", "k", now=0.0)
+    assert b.next_batch(0.05) is None
+    assert b.seconds_until_due(0.05) == pytest.approx(0.05)
+    batch = b.next_batch(0.1)
+    assert batch.items == ["a"] and batch.reason == "timeout"
+    assert batch.waited_s == [pytest.approx(0.1)]
+    assert len(b) == 0 and b.seconds_until_due(0.2) is None
+
+
+def test_min_batch_size_fires_without_waiting():
+    b = make()
+    b.add("a", "k", 0.0)
+    b.add("b", "k", 0.01)
+    batch = b.next_batch(0.01)
+    assert batch.items == ["a", "b"] and batch.reason == "min_reached"
+
+
+def test_full_batch_fires_and_overflow_keeps_its_arrival_time():
+    b = make(min_batch_size=4)
+    for i in range(6):
+        b.add(str(i), "k", 0.0)
+    first = b.next_batch(0.0)
+    assert first.items == ["0", "1", "2", "3"] and first.reason == "full"
+    assert b.next_batch(0.05) is None  # the 2 left wait for their own arrival + max_wait
+    assert b.next_batch(0.1).items == ["4", "5"]
+
+
+def test_wait_is_counted_from_the_first_arrival_not_the_last():
+    b = make(min_batch_size=3)
+    b.add("a", "k", 0.0)
+    b.add("b", "k", 0.09)
+    assert b.next_batch(0.1).items == ["a", "b"]
+
+
+def test_incompatible_requests_never_share_a_batch():
+    b = make()
+    b.add("en1", ("tiny", "en"), 0.0)
+    b.add("fr1", ("tiny", "fr"), 0.0)
+    b.add("en2", ("tiny", "en"), 0.0)
+    first = b.next_batch(0.0)
+    assert first.key == ("tiny", "en") and first.items == ["en1", "en2"]
+    assert b.next_batch(0.0) is None
+    assert b.next_batch(0.1).items == ["fr1"]
+
+
+def test_equal_content_keys_group_together():
+    # Keys are compared by value: two equal tuples built separately are one group.
+    b = make()
+    b.add("a", ("voice", 1.0), 0.0)
+    b.add("b", tuple(["voice", 1.0]), 0.0)
+    assert b.next_batch(0.0).items == ["a", "b"]
+
+
+def test_oldest_due_group_goes_first():
+    b = make(min_batch_size=1)
+    b.add("late", "k2", 1.0)
+    b.add("early", "k1", 0.5)
+    assert b.next_batch(1.0).items == ["early"]
+
+
+def test_interactive_beats_bulk():
+    b = make(min_batch_size=1)
+    b.add("bulk", "k1", 0.0, priority=BULK)
+    b.add("now", "k2", 0.5, priority=INTERACTIVE)
+    assert b.next_batch(1.0).items == ["now"]
+
+
+def test_disabled_batching_runs_every_item_alone_at_once():
+    b = make(enabled=False)
+    b.add("a", "k", 0.0)
+    b.add("b", "k", 0.0)
+    assert b.next_batch(0.0).items == ["a"]
+    assert b.next_batch(0.0).reason == "unbatched"
+
+
+def test_limit_caps_the_batch():
+    b = make(min_batch_size=1)
+    for i in range(4):
+        b.add(str(i), "k", 0.0)
+    assert b.next_batch(0.0, limit=3).items == ["0", "1", "2"]
+
+
+def test_full_queue_rejects_at_once():
+    b = make(max_queue_size=2)
+    b.add("a", "k", 0.0)
+    b.add("b", "j", 0.0)
+    with pytest.raises(QueueFull):
+        b.add("c", "k", 0.0)
+
+
+def test_remove_and_drain_return_everything_they_take():
+    b = make()
+    for i in range(5):
+        b.add(i, "even" if i % 2 == 0 else "odd", 0.0)
+    assert sorted(b.remove(lambda i: i >= 3)) == [3, 4]
+    assert len(b) == 3
+    assert sorted(b.drain()) == [0, 1, 2]
+    assert len(b) == 0
+
+
+def test_policy_rejects_inconsistent_sizes():
+    with pytest.raises(ValueError):
+        BatchPolicy(max_batch_size=2, min_batch_size=3)
