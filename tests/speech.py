@@ -16,25 +16,25 @@ SENTENCES = [
     "Please call me back when you get this message.",
     "It is going to rain tomorrow in the afternoon.",
     "We need three more chairs for the meeting room.",
-    "The train to the city leaves at seven o'clock.",
+    "The train to the city leaves at noon every day.",
     "She bought fresh bread and a bottle of milk.",
     "Turn off the lights before you leave the house.",
-    "My favourite colour has always been dark green.",
+    "My favorite color has always been dark green.",
 ]
 
 
 @functools.lru_cache(maxsize=None)
-def _espeak_wav(text: str) -> tuple[np.ndarray, int]:
+def _espeak_wav(text: str, voice: str) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
         audio, rate = sf.read(path, dtype="float32")
     return audio, rate
 
 
-def speak(text: str, sample_rate: int = 16000) -> np.ndarray:
-    """float32 mono speech of `text` at `sample_rate`."""
-    audio, rate = _espeak_wav(text)
+def speak(text: str, sample_rate: int = 16000, voice: str = "en-us") -> np.ndarray:
+    """float32 mono speech of `text` at `sample_rate`, in an espeak-ng `voice` (language)."""
+    audio, rate = _espeak_wav(text, voice)
     if rate != sample_rate:
         g = np.gcd(rate, sample_rate)
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
@@ -46,7 +46,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
     def words(s: str) -> list[str]:
         cleaned = "".join(c.lower() if c.isalnum() or c in " '" else " " for c in s)
-        return cleaned.replace("o'clock", "oclock").split()
+        return cleaned.split()
 
     ref, hyp = words(reference), words(hypothesis)
     dist = list(range(len(hyp) + 1))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run the test suite: lint, then pytest against real sockets on
+# 127.0.0.1 and the real bundled Whisper and Kokoro weights. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+# The tests speak their own test audio with espeak-ng.
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    echo "voicebus: installing espeak-ng"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
+
+.venv/bin/ruff check .
+.venv/bin/python -m pytest "$@"
