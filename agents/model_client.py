@@ -1,8 +1,9 @@
 """The Python client for the bus.
 
     from agents import model_client
-    reply = model_client.generate(prompt="Batch transcribe", model_pref="quality", batch_mode=True,
-                                  batch_data=[{"audio_data": audio, "sample_rate": 16000, "request_id": "s1"}])
+    item = {"audio_data": audio, "sample_rate": 16000, "request_id": "s1"}
+    reply = model_client.generate(prompt="Transcribe", model_pref="quality", batch_mode=True,
+                                  batch_data=[item])
     # {"status": "success", "results": [{"request_id": "s1", "status": "success", "text": "..."}]}
 
 Items with `audio_data` go to the STT agent, items with `text` to the TTS agent; the results

@@ -33,8 +33,13 @@ class Bus:
     tts_address: str
     log_path: Path
 
-    def request(self, message: dict | bytes, address: str | None = None, timeout_s: float = 120.0,
-                encoding: str = "json") -> dict:
+    def request(
+        self,
+        message: dict | bytes,
+        address: str | None = None,
+        timeout_s: float = 120.0,
+        encoding: str = "json",
+    ) -> dict:
         """One request on a fresh REQ socket; bytes are sent as-is (for garbage tests)."""
         sock = zmq.Context.instance().socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -55,12 +60,19 @@ class Bus:
 
 def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0) -> Bus:
     ports = {name: free_port() for name in ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT")}
-    env = {**os.environ, **{f"VOICEBUS__ENDPOINTS__{k}": str(v) for k, v in ports.items()}, **(extra_env or {})}
+    env = {
+        **os.environ,
+        **{f"VOICEBUS__ENDPOINTS__{k}": str(v) for k, v in ports.items()},
+        **(extra_env or {}),
+    }
     log_path = tmp_dir / "bus.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_bus via the process
-    process = subprocess.Popen([sys.executable, "-m", "agents.launcher"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    bus = Bus(process, f"tcp://127.0.0.1:{ports['STT_PORT']}", f"tcp://127.0.0.1:{ports['TTS_PORT']}", log_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agents.launcher"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    bus = Bus(
+        process, f"tcp://127.0.0.1:{ports['STT_PORT']}", f"tcp://127.0.0.1:{ports['TTS_PORT']}", log_path
+    )
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if "voicebus is ready" in log_path.read_text():

@@ -23,7 +23,7 @@ SENTENCES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _espeak_wav(text: str, voice: str) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"

