@@ -62,11 +62,13 @@ def _wire_item(item: dict[str, Any]) -> dict[str, Any]:
     wire = dict(item)
     if "audio_data" in wire and not isinstance(wire["audio_data"], (bytes, bytearray)):
         wire["audio_data"], wire["dtype"] = encode_audio(wire["audio_data"])
+    if "text" in wire and "output_path" not in wire:
+        wire.setdefault("format", "pcm")  # float32 samples, handed back as a numpy array
     return wire
 
 
 def _from_wire(entry: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(entry.get("audio"), (bytes, bytearray)):
+    if entry.get("format") == "pcm" and isinstance(entry.get("audio"), (bytes, bytearray)):
         entry = {**entry, "audio": np.frombuffer(entry["audio"], dtype="<f4").astype(np.float32)}
     return entry
 

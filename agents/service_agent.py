@@ -83,6 +83,18 @@ class BatchCall:
 
 
 @dataclass
+class Stream:
+    """A `stream` request: chunk results arrive in any order and go out in order, one per
+    `next_chunk` call, each as soon as it is ready."""
+
+    request_id: str
+    chunks: list[dict[str, Any] | None]
+    expires_at: float
+    next_index: int = 0
+    waiting: ClientCall | None = None
+
+
+@dataclass
 class Waiter:
     """What to do with the model manager's answer to one job."""
 
@@ -91,6 +103,8 @@ class Waiter:
     batch: BatchCall | None = None
     batch_index: int = 0
     queued_id: str | None = None  # a queue_for_batch request_id: the result goes to the store
+    stream: Stream | None = None
+    stream_index: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
     is_stats: bool = False
 
@@ -108,6 +122,7 @@ class ServiceAgent:
         )
         self.results = ResultStore(ttl_s=config.limits.result_ttl_s)
         self.waiters: dict[str, Waiter] = {}
+        self.streams: dict[str, Stream] = {}
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.last_pong: dict[str, Any] = {}
@@ -157,7 +172,8 @@ class ServiceAgent:
             self.back.close()
 
     def _client_waiters(self) -> bool:
-        return any(w.single or w.batch for w in self.waiters.values())
+        waiting_streams = any(s.waiting for s in self.streams.values())
+        return waiting_streams or any(w.single or w.batch for w in self.waiters.values())
 
     def _send(self, call: ClientCall, reply: dict[str, Any]) -> None:
         if reply.get("status") == "error":
@@ -210,13 +226,17 @@ class ServiceAgent:
             "queue_for_batch": self._queue_for_batch,
             svc.batch_action: self._batch,
         }
+        if svc.split_for_stream is not None:
+            handlers.update(stream=self._stream, next_chunk=self._next_chunk)
+        if svc.task == "tts":
+            handlers["voices"] = self._voices
         handler = handlers.get(action) if isinstance(action, str) else None
         if handler is None:
             raise BusError(
                 UNKNOWN_ACTION,
                 f"unknown action {action!r}; this {svc.task} agent serves: {', '.join(handlers)}",
             )
-        if self.stopping and action not in ("health", "stats", "get_result"):
+        if self.stopping and action not in ("health", "stats", "get_result", "next_chunk", "voices"):
             raise BusError(SHUTTING_DOWN, "the agent is shutting down")
         handler(call, message)
 
@@ -245,6 +265,11 @@ class ServiceAgent:
                 "models": models,
             },
         )
+
+    def _voices(self, call: ClientCall, _message: dict[str, Any]) -> None:
+        self._check_model_manager()
+        models = [m for m in self.last_pong.get("models", []) if m.get("task") == self.service.task]
+        self._send(call, {"status": "success", "voices": {m["name"]: m.get("voices", []) for m in models}})
 
     def _stats(self, call: ClientCall, _message: dict[str, Any]) -> None:
         job_id = uuid.uuid4().hex
@@ -290,6 +315,49 @@ class ServiceAgent:
         self.waiters[job_id] = Waiter(self._deadline(message), queued_id=request_id, fields=message)
         self._submit(job_id, message, request, BULK)
         self._send(call, {"status": "queued", "request_id": request_id})
+
+    def _stream(self, call: ClientCall, message: dict[str, Any]) -> None:
+        _check_options(message)
+        request = self.service.parse_item(message, self.limits)
+        self._check_model_manager()
+        request_id = str(message.get("request_id") or uuid.uuid4().hex)
+        if request_id in self.streams:
+            raise BusError(DUPLICATE_REQUEST_ID, f"stream {request_id!r} is still open")
+        pieces = self.service.split_for_stream(request)  # type: ignore[misc]
+        stream = Stream(request_id, [None] * len(pieces), time.monotonic() + self.limits.result_ttl_s)
+        self.streams[request_id] = stream
+        deadline = self._deadline(message)
+        fields = {**message, "request_id": request_id}
+        # Every chunk is queued at once, so they batch together; the first is sent when ready.
+        for index, piece in enumerate(pieces):
+            job_id = uuid.uuid4().hex
+            self.waiters[job_id] = Waiter(deadline, stream=stream, stream_index=index, fields=fields)
+            self._submit(job_id, message, piece, INTERACTIVE)
+        self._send(call, {"status": "streaming", "request_id": request_id, "num_chunks": len(pieces)})
+
+    def _next_chunk(self, call: ClientCall, message: dict[str, Any]) -> None:
+        request_id = str(_required(message, "request_id"))
+        stream = self.streams.get(request_id)
+        if stream is None:
+            raise BusError(NOT_FOUND, f"no open stream {request_id!r}: unknown, finished, or expired")
+        if stream.waiting is not None:
+            raise BusError(INVALID_FIELD, f"a next_chunk call for stream {request_id!r} is already waiting")
+        stream.waiting = call
+        stream.expires_at = time.monotonic() + self.limits.result_ttl_s
+        self._deliver_stream(stream)
+
+    def _deliver_stream(self, stream: Stream) -> None:
+        ready = stream.chunks[stream.next_index]
+        if stream.waiting is None or ready is None:
+            return
+        index = stream.next_index
+        final = index == len(stream.chunks) - 1
+        self._send(stream.waiting, {**ready, "index": index, "final": final})
+        stream.chunks[index] = None  # sent: let the audio go
+        stream.waiting = None
+        stream.next_index += 1
+        if final:
+            del self.streams[stream.request_id]
 
     def _batch(self, call: ClientCall, message: dict[str, Any]) -> None:
         items = _required(message, "batch_data")
@@ -393,16 +461,14 @@ class ServiceAgent:
         if isinstance(outcome, BusError):
             entry = protocol.error_reply(outcome, rid)
         else:
-            encoding = (
-                waiter.single.encoding
-                if waiter.single
-                else (waiter.batch.call.encoding if waiter.batch else Encoding.MSGPACK)
-            )
-            entry = {
-                "status": "success",
-                "request_id": rid,
-                **self.service.render_result(outcome, waiter.fields, encoding),
-            }
+            try:
+                entry = {
+                    "status": "success",
+                    "request_id": rid,
+                    **self.service.render_result(outcome, waiter.fields, self.limits),
+                }
+            except BusError as exc:  # e.g. the output_path file cannot be written
+                entry = protocol.error_reply(exc, rid)
         if waiter.single:
             self._send(waiter.single, entry)
         elif waiter.batch:
@@ -413,6 +479,9 @@ class ServiceAgent:
             batch.pending -= 1
             if batch.pending == 0:
                 self._finish_batch(batch)
+        elif waiter.stream is not None:
+            waiter.stream.chunks[waiter.stream_index] = entry
+            self._deliver_stream(waiter.stream)
         elif waiter.queued_id is not None:
             entry["request_id"] = waiter.queued_id
             self.results.complete(waiter.queued_id, entry, time.monotonic())
@@ -427,6 +496,8 @@ class ServiceAgent:
         for job_id in expired:
             self._resolve(job_id, BusError(TIMEOUT, "no result within the request timeout"))
         self.results.purge(now)
+        for request_id in [r for r, s in self.streams.items() if s.expires_at <= now and not s.waiting]:
+            del self.streams[request_id]
 
 
 def _required(message: dict[str, Any], key: str) -> Any:

@@ -1,19 +1,26 @@
 """What differs between the STT and the TTS service: action names, how a client item becomes
 an engine request, and how an engine result goes back on the wire. Everything else (sockets,
-queueing, batching, results, timeouts) is shared in `service_agent.py`."""
+queueing, batching, results, timeouts, streaming) is shared in `service_agent.py`."""
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import soundfile as sf
 
 from model_manager.audio import decode_audio
 from model_manager.config import Limits
-from model_manager.protocol import Encoding
+from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
+from model_manager.text_split import split_sentences
 
-# Client fields that are about the request as a whole, not the model input.
-COMMON_FIELDS = ("action", "request_id", "model_pref", "timeout_ms", "priority")
+ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
+RenderResult = Callable[[dict[str, Any], dict[str, Any], Limits], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -22,9 +29,15 @@ class Service:
     single_action: str  # answer one item
     batch_action: str  # answer a batch_data list, in order
     #: Client item fields -> engine request. Raises BusError for anything a client must fix.
-    parse_item: Callable[[dict[str, Any], Limits], dict[str, Any]]
-    #: Engine result (+ the client item, + the reply encoding) -> reply fields.
-    render_result: Callable[[dict[str, Any], dict[str, Any], Encoding], dict[str, Any]]
+    parse_item: ParseItem
+    #: Engine result (+ the client item, the limits) -> reply fields. Binary values are bytes;
+    #: the JSON encoder turns them into base64 strings.
+    render_result: RenderResult
+    #: Engine request -> the requests of its stream chunks, in order; None: no `stream` action.
+    split_for_stream: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+
+
+# --- STT ------------------------------------------------------------------------------------
 
 
 def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
@@ -36,8 +49,82 @@ def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
     return request
 
 
-def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _encoding: Encoding) -> dict[str, Any]:
+def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: Limits) -> dict:
     return {"text": result["text"], "language": result.get("language"), "model": result.get("model")}
+
+
+# --- TTS ------------------------------------------------------------------------------------
+
+AUDIO_FORMATS = ("wav", "pcm")
+
+
+def parse_tts_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    # Voice names and the speed range are checked by the engine, which knows its voices.
+    text = fields.get("text")
+    if text is None:
+        raise BusError(MISSING_FIELD, "text is required")
+    if not isinstance(text, str) or not text.strip():
+        raise BusError(INVALID_FIELD, "text must be a non-empty string")
+    if len(text) > limits.max_text_chars:
+        raise BusError(
+            TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {limits.max_text_chars}"
+        )
+    audio_format = fields.get("format", "wav")
+    if audio_format not in AUDIO_FORMATS:
+        raise BusError(INVALID_FIELD, f"format must be one of {list(AUDIO_FORMATS)}, got {audio_format!r}")
+    if fields.get("output_path") is not None:
+        confined_output_path(fields["output_path"], limits)
+    request: dict[str, Any] = {"text": text}
+    if fields.get("voice") is not None:
+        request["voice"] = fields["voice"]
+    if fields.get("speed") is not None:
+        speed = fields["speed"]
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed):
+            raise BusError(INVALID_FIELD, f"speed must be a finite number, got {speed!r}")
+        request["speed"] = float(speed)
+    return request
+
+
+def confined_output_path(value: Any, limits: Limits) -> Path:
+    """`value` resolved under limits.output_dir; anything that would leave it is refused."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise BusError(INVALID_FIELD, "output_path must be a non-empty string")
+    root = Path(limits.output_dir).resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise BusError(INVALID_FIELD, f"output_path {value!r} is outside the output directory")
+    return path
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def render_tts_result(result: dict[str, Any], fields: dict[str, Any], limits: Limits) -> dict:
+    audio = np.asarray(result["audio"], dtype=np.float32)
+    rate = int(result["sample_rate"])
+    audio_format = fields.get("format", "wav")
+    reply: dict[str, Any] = {
+        "format": audio_format,
+        "sample_rate": rate,
+        "duration_s": round(len(audio) / rate, 3),
+        "model": result.get("model"),
+    }
+    if fields.get("output_path") is not None:
+        path = confined_output_path(fields["output_path"], limits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(wav_bytes(audio, rate))
+        reply["output_path"] = str(path)
+        return reply
+    payload = wav_bytes(audio, rate) if audio_format == "wav" else audio.astype("<f4").tobytes()
+    reply["audio"] = payload
+    return reply
+
+
+def split_tts_for_stream(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**request, "text": sentence} for sentence in split_sentences(request["text"])] or [request]
 
 
 STT = Service(
@@ -47,5 +134,13 @@ STT = Service(
     parse_item=parse_stt_item,
     render_result=render_stt_result,
 )
+TTS = Service(
+    task="tts",
+    single_action="synthesize",
+    batch_action="batch_synthesize",
+    parse_item=parse_tts_item,
+    render_result=render_tts_result,
+    split_for_stream=split_tts_for_stream,
+)
 
-SERVICES: dict[str, Service] = {"stt": STT}
+SERVICES: dict[str, Service] = {"stt": STT, "tts": TTS}

@@ -55,6 +55,8 @@ class Limits:
     max_text_chars: int = 20_000
     max_batch_items: int = 64
     max_message_bytes: int = 64 * 1024 * 1024
+    #: TTS `output_path` files are written under this directory and nowhere else.
+    output_dir: str = "output"
 
 
 @dataclass(frozen=True)

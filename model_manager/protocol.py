@@ -11,6 +11,7 @@ losslessly with `pack`/`unpack`.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from enum import Enum
@@ -66,8 +67,8 @@ def error_reply(error: BusError, request_id: Any = None) -> dict[str, Any]:
 
 
 def _json_safe(value: Any) -> Any:
-    # JSON has no NaN/inf and no bytes; replies never carry NaN, but a stray one must not
-    # produce invalid JSON for the client.
+    # JSON has no NaN/inf and no bytes. Binary fields (TTS audio) travel as base64 strings;
+    # replies never carry NaN, but a stray one must not produce invalid JSON for the client.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -76,6 +77,8 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
     return value
 
 
