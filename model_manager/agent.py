@@ -68,6 +68,7 @@ def policy_from_config(config: Config) -> BatchPolicy:
         min_batch_size=b.min_batch_size,
         max_wait_s=b.max_batch_wait_ms / 1000.0,
         max_queue_size=b.max_queue_size,
+        lone_wait_s=b.lone_request_wait_ms / 1000.0,
     )
 
 

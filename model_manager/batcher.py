@@ -13,6 +13,8 @@ Contract
   - `min_reached`: it holds `min_batch_size` items;
   - `timeout`: its oldest item has waited `max_wait_s` (counted from that item's arrival,
     so a lone request waits at most `max_wait_s` and then runs alone);
+  - `fast_path`: it is the only item queued and nothing else has arrived for
+    `lone_wait_s` (a few ms): a single user does not pay the batching wait;
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
   returns at most `max_batch_size` of its items (or fewer, if `limit` says so), oldest
@@ -48,12 +50,13 @@ class BatchPolicy:
     min_batch_size: int = 2
     max_wait_s: float = 0.1
     max_queue_size: int = 256
+    lone_wait_s: float = 0.002
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise ValueError("need 1 <= min_batch_size <= max_batch_size")
-        if self.max_wait_s < 0 or self.max_queue_size < 1:
-            raise ValueError("need max_wait_s >= 0 and max_queue_size >= 1")
+        if self.max_wait_s < 0 or self.lone_wait_s < 0 or self.max_queue_size < 1:
+            raise ValueError("need max_wait_s >= 0, lone_wait_s >= 0 and max_queue_size >= 1")
 
 
 @dataclass
@@ -84,6 +87,7 @@ class DynamicBatcher(Generic[T]):
         self.policy = policy
         self._groups: dict[Hashable, _Group[T]] = {}
         self._size = 0
+        self._last_arrival = float("-inf")
 
     def __len__(self) -> int:
         return self._size
@@ -93,6 +97,7 @@ class DynamicBatcher(Generic[T]):
             raise QueueFull(f"{self._size} requests already queued")
         self._groups.setdefault(key, _Group()).entries.append(_Queued(item, now, priority))
         self._size += 1
+        self._last_arrival = now
 
     def _due_reason(self, group: _Group[T], now: float) -> str | None:
         p = self.policy
@@ -105,6 +110,8 @@ class DynamicBatcher(Generic[T]):
             return "min_reached"
         if now - group.entries[0].arrival >= p.max_wait_s:
             return "timeout"
+        if self._size == 1 and now - self._last_arrival >= p.lone_wait_s:
+            return "fast_path"
         return None
 
     def next_batch(self, now: float, limit: int | None = None) -> Batch[T] | None:
@@ -136,6 +143,8 @@ class DynamicBatcher(Generic[T]):
             if self._due_reason(group, now) is not None:
                 return 0.0
             waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
+        if self._size == 1:
+            waits.append(self._last_arrival + self.policy.lone_wait_s - now)
         return max(0.0, min(waits))
 
     def remove(self, predicate: Callable[[T], bool]) -> list[T]:

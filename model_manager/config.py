@@ -37,6 +37,7 @@ class BatchConfig:
     max_batch_wait_ms: float = 100.0
     dynamic_batching: bool = True
     max_queue_size: int = 256
+    lone_request_wait_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,12 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "batch_processing_config.max_batch_wait_ms",
         "must be >= 0",
         batch.max_batch_wait_ms,
+    )
+    _check(
+        batch.lone_request_wait_ms >= 0,
+        "batch_processing_config.lone_request_wait_ms",
+        "must be >= 0",
+        batch.lone_request_wait_ms,
     )
     _check(
         batch.max_queue_size >= 1,

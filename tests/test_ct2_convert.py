@@ -119,3 +119,14 @@ def test_multilingual_base_detects_language(tmp_path):
 
     hf = HFWhisperEngine("hf-base", convert(src, tmp_path / "base"), device="cpu")
     assert [r["language"] for r in hf.run_batch(requests[:2])] == ["en", "de"]
+
+
+def test_int8_weights_are_dequantised(tiny_ct2_model):
+    name = "encoder/layer_0/ffn/linear_0/weight"
+    weight = tiny_ct2_model.array(name).astype(np.float32)
+    # CTranslate2's int8 layout: round(w * scale) with scale = 127 / max|row|, scale stored beside.
+    scale = (127.0 / np.abs(weight).max(axis=1)).astype(np.float32)
+    quantised = np.round(weight * scale[:, None]).astype(np.int8)
+    model = _with(_with(tiny_ct2_model, name, quantised), f"{name}_scale", scale)
+    restored = whisper_state_dict(model)["model.encoder.layers.0.fc1.weight"].numpy()
+    assert np.abs(restored - weight).max() <= (0.5 / scale).max() + 1e-6

@@ -132,7 +132,9 @@ def _sine_source(sine_gen: nn.Module, f0: Tensor, generator: torch.Generator) ->
     sines = torch.sin(phase) * sine_gen.sine_amp
     uv = (f0 > sine_gen.voiced_threshold).to(f0.dtype)
     noise_amp = uv * sine_gen.noise_std + (1 - uv) * sine_gen.sine_amp / 3
-    noise = noise_amp * torch.randn(sines.shape, generator=generator, device=f0.device, dtype=f0.dtype)
+    # KModel draws with randn_like(sines), which fills in sines' (transposed) memory order;
+    # empty_like + normal_ keeps that layout, so the same seed gives the same noise.
+    noise = noise_amp * torch.empty_like(sines).normal_(generator=generator)
     return sines * uv + noise
 
 

@@ -106,6 +106,7 @@ class HFWhisperEngine(Engine):
             encoder_outputs=encoder_outputs, num_beams=beam_size, do_sample=False,
             return_timestamps=False, **kwargs)
         sequences = out.tolist() if isinstance(out, torch.Tensor) else out["sequences"].tolist()
+        # Every entry is set by now (English-only models normalise None to "en" in prepare).
         final_languages = [lang if lang is not None else "en" for lang in languages]
         return sequences, final_languages
 

