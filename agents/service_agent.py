@@ -105,6 +105,7 @@ class Waiter:
     queued_id: str | None = None  # a queue_for_batch request_id: the result goes to the store
     stream: Stream | None = None
     stream_index: int = 0
+    message: dict[str, Any] | None = None  # the "infer" message, for resending
     fields: dict[str, Any] = field(default_factory=dict)
     is_stats: bool = False
 
@@ -395,17 +396,18 @@ class ServiceAgent:
         self, job_id: str, fields: dict[str, Any], request: dict[str, Any], default_priority: int
     ) -> None:
         priority = fields.get("priority")
-        self._to_model_manager(
-            {
-                "type": "infer",
-                "job_id": job_id,
-                "task": self.service.task,
-                "model_pref": fields.get("model_pref"),
-                "request": request,
-                "priority": PRIORITIES.get(priority, default_priority),
-                "timeout_ms": _timeout_ms(fields),
-            }
-        )
+        message = {
+            "type": "infer",
+            "job_id": job_id,
+            "task": self.service.task,
+            "model_pref": fields.get("model_pref"),
+            "request": request,
+            "priority": PRIORITIES.get(priority, default_priority),
+            "timeout_ms": _timeout_ms(fields),
+        }
+        # Kept until answered: if the model manager restarts, the job is sent again.
+        self.waiters[job_id].message = message
+        self._to_model_manager(message)
 
     def _check_model_manager(self) -> None:
         if not self.model_manager_alive:
@@ -425,7 +427,10 @@ class ServiceAgent:
         message = protocol.unpack(frames[1])
         kind = message.get("type")
         if kind == "pong":
+            previous = self.last_pong.get("instance")
             self.last_pong, self.last_pong_at = message, time.monotonic()
+            if previous is not None and message.get("instance") != previous:
+                self._resend_after_restart()
         elif kind == "stats":
             waiter = self.waiters.pop(message.get("job_id", ""), None)
             if waiter and waiter.single:
@@ -447,6 +452,14 @@ class ServiceAgent:
                 self._resolve(
                     message["job_id"], BusError(error.get("code", INTERNAL), error.get("message", ""))
                 )
+
+    def _resend_after_restart(self) -> None:
+        """A new model manager instance never saw the jobs in flight: send them again.
+        Inference is idempotent, and a late answer from the old instance is ignored."""
+        pending = [w.message for w in self.waiters.values() if w.message is not None]
+        log.warning("model manager restarted; resending %d requests in flight", len(pending))
+        for message in pending:
+            self._to_model_manager(message)
 
     def _resolve(self, job_id: str, outcome: dict[str, Any] | BusError) -> None:
         waiter = self.waiters.pop(job_id, None)

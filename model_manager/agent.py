@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +85,9 @@ class ModelManagerAgent:
         self._loaded = threading.Event()
         self._local = threading.local()
         self._preloaded = engines is not None
+        self._held: list[tuple[bytes, dict[str, Any]]] = []
+        # Tells agents that a restarted model manager is a new instance with no jobs in flight.
+        self.instance = uuid.uuid4().hex
 
     # --- loading ------------------------------------------------------------------------
 
@@ -152,6 +156,9 @@ class ModelManagerAgent:
                         self._forward_results(results, router)
                     else:
                         self._handle(router, router.recv_multipart(), stopping)
+                if self._held and (self._loaded.is_set() or stopping):
+                    self._release_held(router, stopping)
+            self._release_held(router, stopping=True)
             self._forward_results(results, router)
         finally:
             results.close(linger=0)
@@ -203,18 +210,30 @@ class ModelManagerAgent:
             for worker in self.workers.values():
                 worker.cancel(ids)
         elif kind == "infer":
-            job_id = message.get("job_id", "")
-            try:
-                if stopping:
-                    raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
-                self._submit(identity, message)
-            except BusError as exc:
-                self._reply(router, identity, result_message(job_id, exc))
-            except Exception as exc:
-                log.exception("cannot submit job %s", job_id)
-                self._reply(router, identity, result_message(job_id, BusError(INTERNAL, repr(exc))))
+            self._accept(router, identity, message, stopping)
         else:
             log.warning("unknown internal message type %r", kind)
+
+    def _accept(self, router: zmq.Socket, identity: bytes, message: dict[str, Any], stopping: bool) -> None:
+        if not stopping and not self._loaded.is_set():
+            # Jobs that arrive while models load (e.g. resent after a restart) wait for them.
+            self._held.append((identity, message))
+            return
+        job_id = message.get("job_id", "")
+        try:
+            if stopping:
+                raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
+            self._submit(identity, message)
+        except BusError as exc:
+            self._reply(router, identity, result_message(job_id, exc))
+        except Exception as exc:
+            log.exception("cannot submit job %s", job_id)
+            self._reply(router, identity, result_message(job_id, BusError(INTERNAL, repr(exc))))
+
+    def _release_held(self, router: zmq.Socket, stopping: bool) -> None:
+        held, self._held = self._held, []
+        for identity, message in held:
+            self._accept(router, identity, message, stopping)
 
     def _submit(self, identity: bytes, message: dict[str, Any]) -> None:
         if not self.ready:
@@ -243,6 +262,7 @@ class ModelManagerAgent:
     def pong(self) -> dict[str, Any]:
         return {
             "type": "pong",
+            "instance": self.instance,
             "ready": self.ready,
             "loading": not self._loaded.is_set(),
             "error": self.load_error,
