@@ -63,6 +63,7 @@ def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_time
     env = {
         **os.environ,
         **{f"VOICEBUS__ENDPOINTS__{k}": str(v) for k, v in ports.items()},
+        "VOICEBUS__LIMITS__OUTPUT_DIR": str(tmp_dir / "output"),
         **(extra_env or {}),
     }
     log_path = tmp_dir / "bus.log"

