@@ -107,7 +107,7 @@ class Waiter:
     stream_index: int = 0
     message: dict[str, Any] | None = None  # the "infer" message, for resending
     fields: dict[str, Any] = field(default_factory=dict)
-    is_stats: bool = False
+    control: str | None = None  # "stats" or "configure": a model manager request, not inference
 
 
 class ServiceAgent:
@@ -223,6 +223,7 @@ class ServiceAgent:
             "health": self._health,
             "stats": self._stats,
             "get_result": self._get_result,
+            "configure": self._configure,
             svc.single_action: self._single,
             "queue_for_batch": self._queue_for_batch,
             svc.batch_action: self._batch,
@@ -274,8 +275,19 @@ class ServiceAgent:
 
     def _stats(self, call: ClientCall, _message: dict[str, Any]) -> None:
         job_id = uuid.uuid4().hex
-        self.waiters[job_id] = Waiter(deadline=time.monotonic() + STATS_TIMEOUT_S, single=call, is_stats=True)
+        self.waiters[job_id] = Waiter(time.monotonic() + STATS_TIMEOUT_S, single=call, control="stats")
         self._to_model_manager({"type": "stats", "job_id": job_id})
+
+    def _configure(self, call: ClientCall, message: dict[str, Any]) -> None:
+        settings = _required(message, "settings")
+        if not isinstance(settings, dict):
+            raise BusError(INVALID_FIELD, "settings must be a map of batch_processing_config keys")
+        self._check_model_manager()
+        job_id = uuid.uuid4().hex
+        self.waiters[job_id] = Waiter(time.monotonic() + STATS_TIMEOUT_S, single=call, control="configure")
+        self._to_model_manager(
+            {"type": "configure", "job_id": job_id, "model": message.get("model"), "settings": settings}
+        )
 
     def _agent_stats(self) -> dict[str, Any]:
         return {
@@ -444,6 +456,15 @@ class ServiceAgent:
                         "memory": message.get("memory"),
                     },
                 )
+        elif kind == "configured":
+            waiter = self.waiters.pop(message.get("job_id", ""), None)
+            if waiter and waiter.single:
+                if message.get("ok"):
+                    self._send(waiter.single, {"status": "success", "models": message.get("models", [])})
+                else:
+                    error = message.get("error") or {}
+                    bus_error = BusError(error.get("code", INTERNAL), error.get("message", ""))
+                    self._send(waiter.single, protocol.error_reply(bus_error))
         elif kind == "result":
             if message.get("ok"):
                 self._resolve(message["job_id"], message["result"])
@@ -465,10 +486,14 @@ class ServiceAgent:
         waiter = self.waiters.pop(job_id, None)
         if waiter is None:
             return  # already timed out and answered
-        if waiter.is_stats:
+        if waiter.control == "stats":
             # The model manager did not answer in time: report what the agent knows.
             reply = {"status": "success", **self._agent_stats(), "models": [], "model_manager": "unavailable"}
             self._send(waiter.single, reply)  # type: ignore[arg-type]
+            return
+        if waiter.control == "configure":
+            unavailable = BusError(MODEL_UNAVAILABLE, "the model manager did not confirm the new settings")
+            self._send(waiter.single, protocol.error_reply(unavailable))  # type: ignore[arg-type]
             return
         rid = waiter.fields.get("request_id")
         if isinstance(outcome, BusError):

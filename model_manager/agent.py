@@ -24,11 +24,12 @@ import zmq
 
 from model_manager import protocol
 from model_manager.batcher import BatchPolicy
-from model_manager.config import Config, ModelSpec
+from model_manager.config import BatchConfig, Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
     BAD_REQUEST,
     INTERNAL,
+    INVALID_FIELD,
     MODEL_UNAVAILABLE,
     SHUTTING_DOWN,
     UNKNOWN_MODEL,
@@ -62,7 +63,10 @@ def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) 
 
 
 def policy_from_config(config: Config) -> BatchPolicy:
-    b = config.batch_processing_config
+    return policy_from_batch_config(config.batch_processing_config)
+
+
+def policy_from_batch_config(b: BatchConfig) -> BatchPolicy:
     return BatchPolicy(
         enabled=b.enabled,
         max_batch_size=b.max_batch_size,
@@ -105,20 +109,62 @@ class ModelManagerAgent:
                 engine = build_engine(spec)
                 log.info("loaded %s on %s in %.1f s", spec.name, engine.device, time.perf_counter() - started)
                 self.engines.append(engine)
-            self._start_workers()
+            self._start_workers(warm_up=self.config.batch_processing_config.warmup)
         except Exception as exc:  # reported through ping so agents and the launcher can say why
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
         finally:
             self._loaded.set()
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, warm_up: bool = False) -> None:
         policy = policy_from_config(self.config)
         dynamic = self.config.batch_processing_config.dynamic_batching
+        instances = {s.name: s.instances for s in (*self.config.stt_models, *self.config.tts_models)}
         for engine in self.engines:
-            worker = ModelWorker(engine, policy, self._deliver, dynamic_batching=dynamic)
+            worker = ModelWorker(
+                engine,
+                policy,
+                self._deliver,
+                dynamic_batching=dynamic,
+                instances=instances.get(engine.name, 1),
+            )
+            if warm_up and dynamic and policy.enabled:
+                worker.warm_up()
             self.workers[engine.name] = worker
             worker.start()
+
+    def configure(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Change batching settings at run time: `settings` (a partial batch_processing_config)
+        applies to `model`, or to every model when it is absent."""
+        settings = message.get("settings")
+        if not isinstance(settings, dict) or not settings:
+            raise BusError(INVALID_FIELD, "settings must be a non-empty map of batch_processing_config keys")
+        name = message.get("model")
+        if name is not None and name not in self.workers:
+            raise BusError(UNKNOWN_MODEL, f"no loaded model {name!r}; loaded: {', '.join(self.workers)}")
+        targets = [self.workers[name]] if name else list(self.workers.values())
+        updates = []
+        for worker in targets:
+            current = worker.policy
+            merged = {
+                "enabled": current.enabled,
+                "max_batch_size": current.max_batch_size,
+                "min_batch_size": current.min_batch_size,
+                "max_batch_wait_ms": current.max_wait_s * 1000,
+                "lone_request_wait_ms": current.lone_wait_s * 1000,
+                "max_queue_size": current.max_queue_size,
+                "dynamic_batching": worker.dynamic_batching,
+                **settings,
+            }
+            try:
+                batch = parse_config({"batch_processing_config": merged}).batch_processing_config
+            except ConfigError as exc:
+                raise BusError(INVALID_FIELD, str(exc)) from None
+            updates.append((worker, batch))
+        for worker, batch in updates:  # all validated first, so a bad value changes nothing
+            worker.reconfigure(policy_from_batch_config(batch), batch.dynamic_batching)
+            log.info("reconfigured model=%s settings=%s", worker.engine.name, settings)
+        return {"models": [w.snapshot() for w in targets]}
 
     @property
     def ready(self) -> bool:
@@ -205,6 +251,13 @@ class ModelManagerAgent:
             self._reply(router, identity, self.pong())
         elif kind == "stats":
             self._reply(router, identity, {"type": "stats", "job_id": message.get("job_id"), **self.stats()})
+        elif kind == "configure":
+            reply: dict[str, Any] = {"type": "configured", "job_id": message.get("job_id")}
+            try:
+                reply.update(ok=True, **self.configure(message))
+            except BusError as exc:
+                reply.update(ok=False, error=exc.to_wire())
+            self._reply(router, identity, reply)
         elif kind == "cancel":
             ids = set(message.get("job_ids", []))
             for worker in self.workers.values():

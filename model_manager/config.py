@@ -38,6 +38,8 @@ class BatchConfig:
     dynamic_batching: bool = True
     max_queue_size: int = 256
     lone_request_wait_ms: float = 2.0
+    #: Measure each candidate batch size on synthetic input at start-up (dynamic batching only).
+    warmup: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class Endpoints:
     stt_port: int = 5800
     tts_port: int = 5801
     model_manager_port: int = 5810
+    #: Prometheus exporter of the model manager (on `host`); 0 turns it off.
+    metrics_port: int = 5890
+    #: The launcher's monitoring page, always on 127.0.0.1; 0 turns it off.
+    monitor_port: int = 5891
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,12 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    #: Threshold for every process's log; the VOICEBUS_LOG_LEVEL variable, when set, wins.
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     engine: str
@@ -68,6 +80,8 @@ class ModelSpec:
     device: str = "auto"
     compute_type: str = "auto"
     optional: bool = False
+    #: Worker threads sharing this model's queue: >1 keeps several batches in flight.
+    instances: int = 1
     #: Extra keyword arguments for the engine's constructor (e.g. voices_dir, backend).
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +93,7 @@ class Config:
     limits: Limits
     stt_models: tuple[ModelSpec, ...]
     tts_models: tuple[ModelSpec, ...]
+    logging: LoggingConfig = LoggingConfig()
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -87,6 +102,7 @@ class Config:
 STT_ENGINES = ("ctranslate2", "transformers")
 TTS_ENGINES = ("kokoro",)
 DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -126,12 +142,13 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models"}
+    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
     batch = _build(BatchConfig, raw.get("batch_processing_config", {}), "batch_processing_config")
     endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
     limits = _build(Limits, raw.get("limits", {}), "limits")
+    logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
     models = raw.get("models", {}) or {}
     if not isinstance(models, dict):
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
@@ -170,8 +187,18 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     for key in ("stt_port", "tts_port", "model_manager_port"):
         port = getattr(endpoints, key)
         _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
-    ports = [endpoints.stt_port, endpoints.tts_port, endpoints.model_manager_port]
-    _check(len(set(ports)) == 3, "endpoints", "stt_port, tts_port and model_manager_port must differ", ports)
+    for key in ("metrics_port", "monitor_port"):
+        port = getattr(endpoints, key)
+        _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
+    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port")
+    ports = {key: getattr(endpoints, key) for key in port_keys if getattr(endpoints, key)}
+    _check(len(set(ports.values())) == len(ports), "endpoints", "the ports must all differ", ports)
+    _check(
+        logging_config.level.upper() in LOG_LEVELS,
+        "logging.level",
+        f"must be one of {list(LOG_LEVELS)}",
+        logging_config.level,
+    )
     for key in (
         "request_timeout_ms",
         "result_ttl_s",
@@ -181,7 +208,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "max_message_bytes",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
-    return Config(batch, endpoints, limits, stt, tts)
+    return Config(batch, endpoints, limits, stt, tts, logging_config)
 
 
 def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:
@@ -192,6 +219,9 @@ def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[Mod
         _check(spec.engine in engines, f"{where}.{i}.engine", f"must be one of {list(engines)}", spec.engine)
         _check(spec.device in DEVICES, f"{where}.{i}.device", f"must be one of {list(DEVICES)}", spec.device)
         _check(bool(spec.name), f"{where}.{i}.name", "must not be empty", spec.name)
+        _check(
+            1 <= spec.instances <= 16, f"{where}.{i}.instances", "must be between 1 and 16", spec.instances
+        )
     names = [s.name for s in specs]
     _check(len(set(names)) == len(names), where, "model names must be unique", names)
     return specs

@@ -22,6 +22,8 @@ class MemoryReading:
     free_bytes: int
     total_bytes: int
     process_rss_bytes: int
+    #: CUDA only: memory the driver counts as taken on the device, by every process (None on CPU).
+    gpu_used_bytes: int | None = None
 
 
 def read_memory(device: str) -> MemoryReading:
@@ -30,10 +32,11 @@ def read_memory(device: str) -> MemoryReading:
         import torch
 
         free, total = torch.cuda.mem_get_info()
+        used = total - free
         # Memory torch's caching allocator holds but does not use is free for our batches,
         # though the driver counts it as taken.
         free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-        return MemoryReading(device, free, total, rss)
+        return MemoryReading(device, free, total, rss, used)
     vm = psutil.virtual_memory()
     return MemoryReading(device, vm.available, vm.total, rss)
 

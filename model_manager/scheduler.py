@@ -1,6 +1,9 @@
-"""One worker thread per loaded model: it pulls due batches from a `DynamicBatcher` and runs them.
+"""Worker threads per loaded model: they pull due batches from a `DynamicBatcher` and run them.
 
 This is where the pure batching policy meets time, threads and failure:
+- With dynamic batching, the batch size comes from a `CostModel` that measures every batch
+  (and a short warm-up), capped by free memory and by the earliest queued deadline. Without
+  it, the configured sizes apply as they are.
 - Expired requests (past their deadline) are answered with a timeout and never run.
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
@@ -15,13 +18,14 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from model_manager.batcher import Batch, BatchPolicy, DynamicBatcher, QueueFull
+from model_manager.cost_model import CostModel, SizeChoice
 from model_manager.engines.base import Engine, Request, Result
 from model_manager.errors import (
     INFERENCE_FAILED,
@@ -68,7 +72,31 @@ class WorkerStats:
     compute_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
 
 
+class WorkerObserver:
+    """Hears of every batch and request as it happens (model_manager.metrics counts them);
+    this base class hears nothing. Called on worker threads: must be quick and never raise."""
+
+    def batch_started(self, model: str, size: int, reason: str, waited_s: Sequence[float]) -> None:
+        """A batch of `size` requests fired for `reason`; `waited_s`: each one's queue wait."""
+
+    def engine_ran(self, model: str, seconds: float) -> None:
+        """One engine call (a whole batch, or part of one after a fallback) took `seconds`."""
+
+    def fallback(self, model: str, reason: str) -> None:
+        """A failed batch is retried in parts: `oom_split` or `one_by_one`."""
+
+    def request_finished(self, model: str, error_code: str | None) -> None:
+        """A request was answered (or refused as overloaded): None for success, else the code."""
+
+
 class ModelWorker:
+    """Runs one engine's batches on `instances` threads that share one queue.
+
+    More than one instance keeps a second batch in flight while the first one's CPU-side
+    pre/post-processing runs; whether that pays is an engine and device question, so it is
+    a per-model setting (default 1).
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -76,21 +104,60 @@ class ModelWorker:
         on_done: Callable[[Job, Outcome], None],
         dynamic_batching: bool = True,
         clock: Clock = time.monotonic,
+        instances: int = 1,
+        cost_model: CostModel | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.engine = engine
+        self.policy = policy  # as configured; the batcher's own policy is the effective one
         self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
         self.dynamic_batching = dynamic_batching
+        self.cost = cost_model or CostModel()
+        self.choice = SizeChoice(policy.max_batch_size, "configured max_batch_size")
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
+        self.observer = observer or WorkerObserver()
         self._on_done = on_done
         self._clock = clock
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False
-        self._thread = threading.Thread(target=self._loop, name=f"worker-{engine.name}", daemon=True)
+        self._busy = 0
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"worker-{engine.name}-{i}", daemon=True)
+            for i in range(max(1, instances))
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        with self._cond:
+            self._refresh_choice_locked()
+        for thread in self._threads:
+            thread.start()
+
+    def reconfigure(self, policy: BatchPolicy, dynamic_batching: bool) -> None:
+        """Apply new batching settings at once, without a restart; queued requests stay queued."""
+        with self._cond:
+            self.policy = policy
+            self.dynamic_batching = dynamic_batching
+            self._refresh_choice_locked()
+            self._cond.notify_all()
+
+    def warm_up(self, max_items: int | None = None) -> None:
+        """Measure each candidate batch size once on synthetic input before serving, so the
+        cost model starts from this device's numbers instead of exploring on live traffic."""
+        top = min(self.policy.max_batch_size, max_items or self.policy.max_batch_size)
+        sizes = CostModel.candidates(1, top)
+        requests = self.engine.warmup_requests(max(sizes))
+        if not requests:
+            return
+        self.engine.run_batch(requests[:1])  # first-call allocations are not batching cost
+        for size in sizes:
+            batch = requests[:size]
+            started = time.perf_counter()
+            self.engine.run_batch(batch)
+            elapsed = time.perf_counter() - started
+            with self._cond:
+                self.cost.observe(size, sum(self.engine.cost(r) for r in batch), elapsed)
+        log.info("warm-up model=%s throughput_by_size=%s", self.engine.name, self.cost.snapshot())
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -100,6 +167,8 @@ class ModelWorker:
                 self.batcher.add(job, job.key, self._clock(), job.priority)
             except QueueFull as exc:
                 message = f"{self.engine.name}: queue is full ({exc}); retry later"
+                self.stats.errors[OVERLOADED] += 1
+                self.observer.request_finished(self.engine.name, OVERLOADED)
                 raise BusError(OVERLOADED, message) from None
             self._cond.notify()
 
@@ -110,7 +179,7 @@ class ModelWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return any(t.is_alive() for t in self._threads)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking work: queued jobs get a shutting_down error, the running batch finishes."""
@@ -120,11 +189,13 @@ class ModelWorker:
             self._cond.notify_all()
         for job in left:
             self._finish(job, BusError(SHUTTING_DOWN, "the model manager shut down before this request ran"))
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout)
+        for thread in self._threads:
+            if thread.ident is not None:  # started
+                thread.join(timeout)
 
     @property
-    def busy(self) -> bool:
+    def busy(self) -> int:
+        """How many instances are running a batch right now."""
         return self._busy
 
     def queue_depth(self) -> int:
@@ -138,21 +209,48 @@ class ModelWorker:
                 batch = self._next_batch_locked()
                 if batch is None:
                     return
-                self._busy = True
+                self._busy += 1
             try:
                 self._run(batch)
             finally:
-                self._busy = False
+                with self._cond:
+                    self._busy -= 1
+                    self._refresh_choice_locked()
+
+    def _refresh_choice_locked(self) -> None:
+        """Pick the batch size for the next batch and give the batcher the matching policy.
+
+        Dynamic: the cost model's best size. The configured min_batch_size still decides
+        when an idle worker stops waiting, but never above the chosen size: when batching
+        does not pay (size 1), nothing waits at all.
+        """
+        p = self.policy
+        if self.dynamic_batching and p.enabled:
+            self.choice = self.cost.choose(1, p.max_batch_size)
+        else:
+            self.choice = SizeChoice(p.max_batch_size, "dynamic_batching is off: configured sizes")
+        size = self.choice.size
+        self.batcher.policy = replace(p, max_batch_size=size, min_batch_size=min(p.min_batch_size, size))
+
+    def _batch_limit_locked(self, now: float) -> int:
+        limit = self.batcher.policy.max_batch_size
+        if not self.dynamic_batching:
+            return limit
+        limit = self.memory.max_items(limit)
+        queued = self.batcher.queued()
+        if queued:
+            # Keep the batch small enough to finish before the most urgent request's deadline.
+            seconds_left = min(j.deadline for j in queued) - now
+            units = sum(j.cost for j in queued) / len(queued)
+            limit = min(limit, self.cost.largest_within(seconds_left, units, limit))
+        return limit
 
     def _next_batch_locked(self) -> Batch[Job] | None:
         while not self._stopping:
             now = self._clock()
             for job in self.batcher.remove(lambda j, now=now: j.deadline <= now):
                 self._finish(job, BusError(TIMEOUT, "request expired in the queue before it could run"))
-            limit = self.batcher.policy.max_batch_size
-            if self.dynamic_batching:
-                limit = self.memory.max_items(limit)
-            batch = self.batcher.next_batch(now, limit=limit)
+            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now))
             if batch is not None:
                 return batch
             wait = self.batcher.seconds_until_due(now)
@@ -169,10 +267,29 @@ class ModelWorker:
         s.batch_sizes[len(batch.items)] += 1
         s.fire_reasons[batch.reason] += 1
         s.queue_wait_s.extend(batch.waited_s)
-        log.info("batch start model=%s size=%d reason=%s", self.engine.name, len(batch.items), batch.reason)
+        self.observer.batch_started(self.engine.name, len(batch.items), batch.reason, batch.waited_s)
+        log.info(
+            "batch start model=%s size=%d reason=%s oldest_wait_ms=%.1f",
+            self.engine.name,
+            len(batch.items),
+            batch.reason,
+            max(batch.waited_s, default=0.0) * 1000,
+        )
+        fallbacks_before = sum(s.fallbacks.values())
+        started = time.perf_counter()
         outcomes = self._run_resilient(batch.items)
+        elapsed = time.perf_counter() - started
+        if sum(s.fallbacks.values()) == fallbacks_before:  # a clean run measures the batch size
+            with self._cond:
+                self.cost.observe(len(batch.items), sum(j.cost for j in batch.items), elapsed)
         ok = sum(not isinstance(o, BusError) for o in outcomes)
-        log.info("batch completed model=%s %d/%d ok", self.engine.name, ok, len(outcomes))
+        log.info(
+            "batch completed model=%s ok=%d/%d elapsed_ms=%.1f",
+            self.engine.name,
+            ok,
+            len(outcomes),
+            elapsed * 1000,
+        )
         for job, outcome in zip(batch.items, outcomes, strict=True):
             self._finish(job, outcome)
 
@@ -182,8 +299,9 @@ class ModelWorker:
         except BusError as exc:
             if exc.code == OUT_OF_MEMORY and len(jobs) > 1:
                 self.stats.fallbacks["oom_split"] += 1
+                self.observer.fallback(self.engine.name, "oom_split")
                 log.warning(
-                    "batch fallback model=%s: out of memory at %d items, splitting",
+                    "batch fallback model=%s reason=oom_split size=%d error=out_of_memory",
                     self.engine.name,
                     len(jobs),
                 )
@@ -198,8 +316,12 @@ class ModelWorker:
                 return [BusError(INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")]
             failure = exc
         self.stats.fallbacks["one_by_one"] += 1
+        self.observer.fallback(self.engine.name, "one_by_one")
         log.warning(
-            "batch fallback model=%s: %s; running %d items one by one", self.engine.name, failure, len(jobs)
+            "batch fallback model=%s reason=one_by_one size=%d error=%r",
+            self.engine.name,
+            len(jobs),
+            f"{type(failure).__name__}: {failure}",
         )
         return [self._run_resilient([job])[0] for job in jobs]
 
@@ -208,17 +330,21 @@ class ModelWorker:
         self.memory.begin()
         results = self.engine.run_batch([j.request for j in jobs])
         self.memory.end(len(jobs))
-        self.stats.compute_s.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.stats.compute_s.append(elapsed)
+        self.observer.engine_ran(self.engine.name, elapsed)
         if len(results) != len(jobs):
             raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         return results
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         self.stats.requests += 1
-        if isinstance(outcome, BusError):
-            self.stats.errors[outcome.code] += 1
-        else:
+        code = outcome.code if isinstance(outcome, BusError) else None
+        if code is None:
             self.stats.succeeded += 1
+        else:
+            self.stats.errors[code] += 1
+        self.observer.request_finished(self.engine.name, code)
         try:
             self._on_done(job, outcome)
         except Exception:  # a broken reply path must not kill the worker thread
@@ -239,7 +365,22 @@ class ModelWorker:
             "fallbacks": dict(s.fallbacks),
             "errors": dict(s.errors),
             "queue_depth": self.queue_depth(),
-            "busy": self._busy,
+            "workers": {
+                "total": len(self._threads),
+                "ready": 0 if self._stopping else sum(t.is_alive() for t in self._threads),
+                "busy": self._busy,
+            },
+            "busy": self._busy > 0,
+            "policy": {
+                "enabled": self.policy.enabled,
+                "dynamic_batching": self.dynamic_batching,
+                "min_batch_size": self.policy.min_batch_size,
+                "max_batch_size": self.policy.max_batch_size,
+                "max_batch_wait_ms": round(self.policy.max_wait_s * 1000, 3),
+            },
+            "chosen_batch_size": self.choice.size,
+            "choice_reason": self.choice.reason,
+            "throughput_by_size": self.cost.snapshot(),
             "queue_wait_ms": percentiles(s.queue_wait_s),
             "compute_ms": percentiles(s.compute_s),
         }

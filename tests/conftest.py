@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +97,29 @@ def stop_bus(bus: Bus, timeout_s: float = 60.0) -> int:
     return bus.process.returncode
 
 
+# Start-up warm-up measures every batch size on every model: right for a server, but it
+# would add half a minute to each bus a test starts. One test keeps it on (test_lifecycle).
+NO_WARMUP = {"VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "false"}
+
+
 @pytest.fixture(scope="session")
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
-    """The bus as `scripts/run.sh` starts it, with the default config, on free ports."""
-    started = start_bus(tmp_path_factory.mktemp("bus"))
+    """The bus as `scripts/run.sh` starts it, with the default config (less the warm-up), on free ports."""
+    started = start_bus(tmp_path_factory.mktemp("bus"), NO_WARMUP)
     yield started
     stop_bus(started)
+
+
+@contextmanager
+def fixed_batching(bus: Bus, address: str, **settings: object) -> Iterator[dict]:
+    """Switch the models behind `address` to the configured (non-adaptive) batch sizes for a
+    test that needs batches to form whatever the cost model would choose on this machine."""
+    reply = bus.request(
+        {"action": "configure", "settings": {"dynamic_batching": False, **settings}}, address=address
+    )
+    assert reply["status"] == "success", reply
+    try:
+        yield reply
+    finally:
+        defaults = {"dynamic_batching": True, "max_batch_size": 8, "min_batch_size": 2}
+        bus.request({"action": "configure", "settings": defaults}, address=address)

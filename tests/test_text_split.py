@@ -31,16 +31,28 @@ def _letters(pieces: list[str]) -> str:
 
 # --- pauses -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("marker", "seconds"), [
-    ("[pause:0.5]", 0.5), ("[pause:1]", 1.0), ("[Pause: 0.25s]", 0.25), ("[PAUSE:300ms]", 0.3),
-    ("[ pause : 2 ]", 2.0), ("[pause:.5]", 0.5), ("[pause:0]", 0.0), ("[pause:10]", 10.0),
-])
+
+@pytest.mark.parametrize(
+    ("marker", "seconds"),
+    [
+        ("[pause:0.5]", 0.5),
+        ("[pause:1]", 1.0),
+        ("[Pause: 0.25s]", 0.25),
+        ("[PAUSE:300ms]", 0.3),
+        ("[ pause : 2 ]", 2.0),
+        ("[pause:.5]", 0.5),
+        ("[pause:0]", 0.0),
+        ("[pause:10]", 10.0),
+    ],
+)
 def test_pause_markers_parse(marker, seconds):
     assert parse_pauses(f"Hello {marker} world") == ["Hello ", Pause(seconds), " world"]
 
 
-@pytest.mark.parametrize("marker", ["[pause:abc]", "[pause:]", "[pause:-1]", "[pause:11]", "[pause:1 2]",
-                                    "[pause:1e3]", "[pause:5 min]"])
+@pytest.mark.parametrize(
+    "marker",
+    ["[pause:abc]", "[pause:]", "[pause:-1]", "[pause:11]", "[pause:1 2]", "[pause:1e3]", "[pause:5 min]"],
+)
 def test_bad_pause_markers_raise(marker):
     with pytest.raises(ValueError):
         parse_pauses(f"Hello {marker} world")
@@ -48,14 +60,17 @@ def test_bad_pause_markers_raise(marker):
 
 def test_pauses_merge_and_blank_runs_drop():
     assert parse_pauses("[pause:1] [pause:0.5]Hi[pause:9][pause:9]  ") == [
-        Pause(1.5), "Hi", Pause(MAX_PAUSE_SECONDS)]
+        Pause(1.5),
+        "Hi",
+        Pause(MAX_PAUSE_SECONDS),
+    ]
     assert parse_pauses("just text") == ["just text"]
     assert parse_pauses("   ") == []
 
 
 def test_format_pause_round_trips():
     for seconds in (0.0, 0.25, 1.0, 2.5):
-        assert parse_pause(format_pause(Pause(seconds))[len("[pause:"):-1]) == Pause(seconds)
+        assert parse_pause(format_pause(Pause(seconds))[len("[pause:") : -1]) == Pause(seconds)
         assert parse_pauses(format_pause(Pause(seconds))) == [Pause(seconds)]
 
 
@@ -65,6 +80,7 @@ def test_spoken_text_drops_markers():
 
 # --- sentences and clauses ----------------------------------------------------------------
 
+
 def test_sentences_split_at_terminal_punctuation():
     text = 'Hi there! Is it "done?" Yes... It is. Wait?! OK.'
     assert split_sentences(text) == ["Hi there!", 'Is it "done?"', "Yes...", "It is.", "Wait?!", "OK."]
@@ -72,8 +88,11 @@ def test_sentences_split_at_terminal_punctuation():
 
 def test_abbreviations_initials_and_lowercase_do_not_split():
     text = "Dr. Smith met J. R. Tolkien at 5 p.m. today. Then e.g. apples, etc. were served. Done."
-    assert split_sentences(text) == ["Dr. Smith met J. R. Tolkien at 5 p.m. today.",
-                                     "Then e.g. apples, etc. were served.", "Done."]
+    assert split_sentences(text) == [
+        "Dr. Smith met J. R. Tolkien at 5 p.m. today.",
+        "Then e.g. apples, etc. were served.",
+        "Done.",
+    ]
 
 
 def test_paragraphs_split_but_single_newlines_are_spaces():
@@ -87,11 +106,19 @@ def test_cjk_full_stops_split_and_stray_punctuation_joins_previous():
 
 def test_clauses():
     assert split_clauses("First, second; third: fourth — fifth—sixth - seventh") == [
-        "First,", "second;", "third:", "fourth —", "fifth—", "sixth -", "seventh"]
+        "First,",
+        "second;",
+        "third:",
+        "fourth —",
+        "fifth—",
+        "sixth -",
+        "seventh",
+    ]
     assert split_clauses("No breaks here at 3:30 or 1,000") == ["No breaks here at 3:30 or 1,000"]
 
 
 # --- fitting -----------------------------------------------------------------------------
+
 
 def test_fit_prefers_clauses_then_words_then_characters():
     assert fit("short", len, 10) == ["short"]
@@ -119,8 +146,10 @@ def test_pack_is_greedy_and_respects_the_limit_even_when_measure_is_not_additive
 
 
 def test_plan_long_text_is_never_truncated():
-    sentence = ("The committee reviewed every proposal carefully, weighing costs against benefits, "
-                "and then it published a long report that nobody had time to read. ")
+    sentence = (
+        "The committee reviewed every proposal carefully, weighing costs against benefits, "
+        "and then it published a long report that nobody had time to read. "
+    )
     text = sentence * 15 + "[pause:0.75] " + "word " * 700  # 700 words with no punctuation at all
     assert len(text) > 2000
     segments = plan(text, len, 510, 250)
@@ -149,8 +178,11 @@ _punct = st.sampled_from(["", "", "", ",", ".", "!", "?", ";", ":", " —", "\n"
 
 
 @settings(max_examples=200, deadline=None)
-@given(tokens=st.lists(st.tuples(_words, _punct), min_size=1, max_size=60),
-       limit=st.integers(min_value=5, max_value=80), target=st.integers(min_value=0, max_value=100))
+@given(
+    tokens=st.lists(st.tuples(_words, _punct), min_size=1, max_size=60),
+    limit=st.integers(min_value=5, max_value=80),
+    target=st.integers(min_value=0, max_value=100),
+)
 def test_plan_property_fits_and_loses_nothing(tokens, limit, target):
     text = " ".join(word + punct for word, punct in tokens)
     pieces = [s for s in plan(text, len, limit, target) if isinstance(s, str)]

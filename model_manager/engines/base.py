@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 Task = Literal["stt", "tts"]
 Request = Mapping[str, Any]
 Result = dict[str, Any]
@@ -60,6 +62,16 @@ class Engine(ABC):
     def cost(self, request: Request) -> float:
         """Work units of one request (audio seconds for STT, phoneme tokens for TTS)."""
         return 1.0
+
+    def warmup_requests(self, count: int) -> list[Request]:
+        """Synthetic requests for measuring batch sizes before serving (see scheduler.warm_up)."""
+        if self.task == "stt":
+            # Five seconds of silence: Whisper pads every clip to 30 s, so the encoder cost,
+            # which dominates, is that of real speech.
+            request: dict[str, Any] = {"audio": np.zeros(5 * 16_000, dtype=np.float32)}
+        else:
+            request = {"text": "Warming up the voice."}
+        return [self.prepare(dict(request)) for _ in range(count)]
 
     def describe(self) -> dict[str, Any]:
         return {
