@@ -568,12 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a voicebus service agent.")
     parser.add_argument("service", choices=sorted(SERVICES))
     args = parser.parse_args(argv)
-    setup_logging(f"{args.service}-agent")
     try:
         config = load_config()
     except ConfigError as exc:
         print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    setup_logging(f"{args.service}-agent", config.logging.level)
     ServiceAgent(SERVICES[args.service], config).serve(stop_on_signals())
     return 0
 

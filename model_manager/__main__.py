@@ -10,12 +10,12 @@ from model_manager.runtime import setup_logging, stop_on_signals
 
 
 def main() -> int:
-    setup_logging("model-manager")
     try:
         config = load_config()
     except ConfigError as exc:
         print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    setup_logging("model-manager", config.logging.level)
     ModelManagerAgent(config).serve(stop_on_signals())
     return 0
 

@@ -19,16 +19,21 @@ UNKNOWN_MODEL = "unknown_model"
 UNKNOWN_VOICE = "unknown_voice"
 NOT_FOUND = "not_found"  # get_result for an unknown or expired request_id
 DUPLICATE_REQUEST_ID = "duplicate_request_id"
+MESSAGE_TOO_LARGE = "message_too_large"  # a frame over limits.max_message_bytes
 
 # Server problems: retry later or elsewhere.
 OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
 SHUTTING_DOWN = "shutting_down"
 BUS_UNAVAILABLE = "bus_unavailable"  # client side: no agent answers at the address
+NO_REPLY = "no_reply"  # client side: nothing came back within the timeout, after every retry
 MODEL_UNAVAILABLE = "model_unavailable"  # the model manager is not reachable or not ready
 INFERENCE_FAILED = "inference_failed"
 OUT_OF_MEMORY = "out_of_memory"
 INTERNAL = "internal_error"
+
+#: Codes that mean "this was not run": a client may send the same request again (later).
+RETRYABLE = frozenset({OVERLOADED, MODEL_UNAVAILABLE, SHUTTING_DOWN})
 
 
 class BusError(Exception):

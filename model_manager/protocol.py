@@ -24,6 +24,10 @@ from model_manager.errors import BAD_REQUEST, BusError
 
 PROTOCOL_VERSION = 1
 INTERNAL_VERSION = b"VBMM1"
+#: Agents ping the model manager this often. Each side counts the other as gone after
+#: LIVENESS_INTERVALS intervals without a sign of life (docs/protocol.md §6).
+PING_INTERVAL_S = 1.0
+LIVENESS_INTERVALS = 3
 
 
 class Encoding(str, Enum):
@@ -39,6 +43,8 @@ def decode_request(frame: bytes) -> tuple[dict[str, Any], Encoding]:
             message = json.loads(frame)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BusError(BAD_REQUEST, f"malformed JSON: {exc}") from None
+        except RecursionError:  # "[[[[..." nested deeper than the parser goes
+            raise BusError(BAD_REQUEST, "malformed JSON: nested too deeply") from None
         encoding = Encoding.JSON
     else:
         try:

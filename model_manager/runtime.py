@@ -9,10 +9,11 @@ import threading
 from types import FrameType
 
 
-def setup_logging(component: str) -> None:
+def setup_logging(component: str, level: str = "INFO") -> None:
+    """Log to stderr at `level` (config `logging.level`); VOICEBUS_LOG_LEVEL, when set, wins."""
     # One line per event, with the component name, so interleaved process logs stay readable.
     logging.basicConfig(
-        level=os.environ.get("VOICEBUS_LOG_LEVEL", "INFO").upper(),
+        level=os.environ.get("VOICEBUS_LOG_LEVEL", level).upper(),
         format=f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s",
     )
 
