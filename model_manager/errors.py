@@ -6,6 +6,8 @@ human-readable `message`. docs/protocol.md lists the codes; keep the two in step
 
 from __future__ import annotations
 
+from typing import Any
+
 # Request problems: the client can fix them.
 BAD_REQUEST = "bad_request"  # undecodable frame, not a map, malformed JSON/msgpack
 UNKNOWN_ACTION = "unknown_action"
@@ -39,10 +41,15 @@ RETRYABLE = frozenset({OVERLOADED, MODEL_UNAVAILABLE, SHUTTING_DOWN})
 class BusError(Exception):
     """A failure with a code from this module, safe to send to a client as-is."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        #: For "overloaded": about when the queue should have room again.
+        self.retry_after_ms = retry_after_ms
 
-    def to_wire(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after_ms is not None:
+            wire["retry_after_ms"] = self.retry_after_ms
+        return wire

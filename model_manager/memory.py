@@ -60,19 +60,26 @@ class MemoryBudget:
 
             torch.cuda.reset_peak_memory_stats()
             self._baseline = torch.cuda.memory_allocated()
+        else:
+            self._baseline = psutil.Process().memory_info().rss
 
     def end(self, items: int) -> None:
-        if self.device.startswith("cuda") and items > 0:
+        if items <= 0:
+            return
+        if self.device.startswith("cuda"):
             import torch
 
-            per_item = (torch.cuda.max_memory_allocated() - self._baseline) / items
-            # The largest per-item cost seen so far is the safe one to plan with.
-            self.bytes_per_item = max(self.bytes_per_item, per_item)
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            # RSS after the batch: the allocator keeps what a batch grew, so growth shows here.
+            peak = psutil.Process().memory_info().rss
+        # The largest per-item cost seen so far is the safe one to plan with.
+        self.bytes_per_item = max(self.bytes_per_item, (peak - self._baseline) / items)
 
     def max_items(self, ceiling: int) -> int:
         reading = read_memory(self.device)
-        if not self.device.startswith("cuda"):
-            return 1 if reading.free_bytes < CPU_LOW_MEMORY_BYTES else ceiling
+        if not self.device.startswith("cuda") and reading.free_bytes < CPU_LOW_MEMORY_BYTES:
+            return 1
         if self.bytes_per_item <= 0:
             return ceiling
         usable = reading.free_bytes - HEADROOM_FRACTION * reading.total_bytes

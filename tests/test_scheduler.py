@@ -104,6 +104,7 @@ def test_full_queue_is_refused_at_once():
     with pytest.raises(BusError) as info:
         worker.submit(Job(job_id="b", model="scripted", request={"x": 2}, key="k", deadline=1e12))
     assert info.value.code == "overloaded"
+    assert info.value.retry_after_ms > 0  # a hint for when to come back
 
 
 def test_stop_answers_queued_jobs_with_shutting_down():

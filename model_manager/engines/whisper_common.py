@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
+from model_manager.engines.base import Engine, Request
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     INVALID_AUDIO,
@@ -244,3 +245,22 @@ def out_of_memory_as_bus_error(what: str) -> Iterator[None]:
         if is_out_of_memory(exc):
             raise BusError(OUT_OF_MEMORY, f"{what}: {exc}") from exc
         raise
+
+
+class WhisperEngine(Engine):
+    """What every Whisper engine shares: request checks, the batch key and the cost unit.
+    Subclasses set `multilingual` and `tokens` when they load, and implement `run_batch`."""
+
+    task = "stt"
+    multilingual: bool
+    tokens: WhisperTokens
+
+    def prepare(self, request: Request) -> Request:
+        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
+
+    def batch_key(self, request: Request) -> Hashable:
+        return (self.name, request.get("language"), request.get("task", "transcribe"),
+                int(request.get("beam_size", 1)))
+
+    def cost(self, request: Request) -> float:
+        return audio_seconds(request)

@@ -6,22 +6,21 @@ calls `ctranslate2.models.Whisper` directly with the features of every request i
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ctranslate2
 import tokenizers
 
 from model_manager.ct2_format import count_parameters
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Request, Result
 from model_manager.engines.whisper_common import (
     MAX_TARGET_POSITIONS,
+    WhisperEngine,
     WhisperTokens,
-    audio_seconds,
     check_uniform,
     log_mel_batch,
     out_of_memory_as_bus_error,
-    prepare_stt_request,
 )
 
 _REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
@@ -34,14 +33,13 @@ def _resolve_ct2_device(device: str) -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-class CT2WhisperEngine(Engine):
+class CT2WhisperEngine(WhisperEngine):
     """A CTranslate2 Whisper model directory (model.bin, config.json, tokenizer.json).
 
     compute_type "auto" is int8 on CPU and float16 on CUDA. cpu_threads 0 lets CTranslate2
     pick (OMP_NUM_THREADS or its default). Results: {"text": stripped str, "language": code}.
     """
 
-    task = "stt"
 
     def __init__(self, name: str, model_dir: str | Path, device: str = "auto", compute_type: str = "auto",
                  cpu_threads: int = 0) -> None:
@@ -63,16 +61,6 @@ class CT2WhisperEngine(Engine):
         self.multilingual: bool = self._model.is_multilingual
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
-
-    def prepare(self, request: Request) -> Request:
-        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
-
-    def batch_key(self, request: Request) -> Hashable:
-        return (self.name, request.get("language"), request.get("task", "transcribe"),
-                int(request.get("beam_size", 1)))
-
-    def cost(self, request: Request) -> float:
-        return audio_seconds(request)
 
     def run_batch(self, requests: Sequence[Request]) -> list[Result]:
         """One generate call for all requests (plus one encode + detect_language first when a

@@ -6,20 +6,19 @@ this engine and the CTranslate2 one see identical encoder inputs (see `whisper_c
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import transformers
 
-from model_manager.engines.base import Engine, Request, Result, resolve_device
+from model_manager.engines.base import Request, Result, resolve_device
 from model_manager.engines.whisper_common import (
+    WhisperEngine,
     WhisperTokens,
-    audio_seconds,
     check_uniform,
     log_mel_batch,
     out_of_memory_as_bus_error,
-    prepare_stt_request,
 )
 from model_manager.errors import OUT_OF_MEMORY, BusError
 
@@ -31,7 +30,7 @@ def _multilingual(config: transformers.WhisperConfig) -> bool:
     return config.vocab_size >= 51865
 
 
-class HFWhisperEngine(Engine):
+class HFWhisperEngine(WhisperEngine):
     """A transformers Whisper model: a local directory (e.g. from `model_manager.ct2_convert`)
     or a hub name, loaded with `from_pretrained` (a hub name needs network or a warm HF cache).
 
@@ -39,7 +38,6 @@ class HFWhisperEngine(Engine):
     Results: {"text": stripped str, "language": code}, as the CTranslate2 engine.
     """
 
-    task = "stt"
 
     def __init__(self, name: str, model: str | Path, device: str = "auto", dtype: str = "auto") -> None:
         self.name = name
@@ -57,16 +55,6 @@ class HFWhisperEngine(Engine):
         self.multilingual = _multilingual(self._model.config)
         self.n_mels: int = self._model.config.num_mel_bins
         self.num_parameters = sum(p.numel() for p in self._model.parameters())
-
-    def prepare(self, request: Request) -> Request:
-        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
-
-    def batch_key(self, request: Request) -> Hashable:
-        return (self.name, request.get("language"), request.get("task", "transcribe"),
-                int(request.get("beam_size", 1)))
-
-    def cost(self, request: Request) -> float:
-        return audio_seconds(request)
 
     def run_batch(self, requests: Sequence[Request]) -> list[Result]:
         """One encoder pass and one generate call for all requests (plus one decoder step to
