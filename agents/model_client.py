@@ -10,38 +10,92 @@ Items with `audio_data` go to the STT agent, items with `text` to the TTS agent;
 come back in the order of `batch_data`. An item that fails gets its own error entry and the
 others still succeed. Audio travels as raw bytes in msgpack (numpy arrays or lists in).
 
-Every call opens a fresh REQ socket and closes it with linger 0, so a lost reply can never
-leave a socket stuck in the REQ state machine. When an agent does not answer a health probe
-within `connect_timeout_s`, the call returns an error with code "bus_unavailable" instead of
-hanging.
+Reliability (the Lazy Pirate pattern, ZeroMQ guide ch. 4): every attempt opens a fresh REQ
+socket and closes it with linger 0, so a lost reply can never leave a socket stuck in the
+REQ state machine. A request is sent again, at most `retries` times with a bounded,
+jittered exponential backoff, when
+- no reply came within `timeout_s`, and the action is idempotent (IDEMPOTENT_ACTIONS:
+  running a transcription twice is harmless; queueing a request_id twice is not);
+- the reply is an error with a retryable code (errors.RETRYABLE: overloaded,
+  model_unavailable, shutting_down), which means the request was not run.
+`generate` also sends again the batch items that came back with a retryable code.
+After the last attempt the caller gets the last reply, or an error with code "no_reply".
+When an agent does not answer a health probe, `generate` returns "bus_unavailable".
+
+CurveZMQ: give `server_public_key` and a client key pair (`client_secret_key_file`, as
+written by ``python -m agents.keys``) to talk to a bus with `security.curve_enabled`.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 import zmq
+import zmq.auth
 
-from model_manager.errors import BAD_REQUEST, BUS_UNAVAILABLE, TIMEOUT
+from agents.security import secure_client_socket
+from model_manager.errors import BAD_REQUEST, BUS_UNAVAILABLE, NO_REPLY, RETRYABLE
+
+#: Actions whose repetition is harmless, so a request without a reply may be sent again.
+IDEMPOTENT_ACTIONS = frozenset(
+    {"health", "stats", "voices", "transcribe", "synthesize", "batch_transcribe", "batch_synthesize"}
+)
+Z85_KEY_LENGTH = 40
 
 
-def _env(name: str, default: str) -> Any:
+def _env(name: str, default: str | None) -> Any:
     return field(default_factory=lambda: os.environ.get(name, default))
 
 
 @dataclass
 class ClientConfig:
-    """Addresses default to VOICEBUS_STT_ADDRESS / VOICEBUS_TTS_ADDRESS, then the standard ports."""
+    """Addresses default to VOICEBUS_STT_ADDRESS / VOICEBUS_TTS_ADDRESS, then the standard
+    ports; the CURVE keys to VOICEBUS_SERVER_KEY / VOICEBUS_CLIENT_KEY, then none."""
 
     stt_address: str = _env("VOICEBUS_STT_ADDRESS", "tcp://localhost:5800")
     tts_address: str = _env("VOICEBUS_TTS_ADDRESS", "tcp://localhost:5801")
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 3.0
+    timeout_s: float = 120.0  # per attempt
+    connect_timeout_s: float = 3.0  # per health probe attempt
+    retries: int = 3  # attempts after the first; 0: never send twice
+    backoff_s: float = 0.5  # the pause before the first retry; doubles for each next one...
+    max_backoff_s: float = 8.0  # ...up to this
+    #: The bus's public key: a Z85 string, or the path of its server.key file.
+    server_public_key: str | None = _env("VOICEBUS_SERVER_KEY", None)
+    #: This client's key pair: the path of its NAME.key_secret file...
+    client_secret_key_file: str | None = _env("VOICEBUS_CLIENT_KEY", None)
+    #: ...or the (public, secret) Z85 keys themselves.
+    client_keypair: tuple[bytes, bytes] | None = None
+
+
+CurveKeys = tuple[bytes, bytes, bytes]  # server public, client public, client secret
+
+
+def curve_keys(config: ClientConfig) -> CurveKeys | None:
+    """The keys to secure sockets with, None for plaintext; ValueError if half configured."""
+    pair = config.client_keypair
+    if pair is None and config.client_secret_key_file:
+        public, secret = zmq.auth.load_certificate(Path(config.client_secret_key_file).expanduser())
+        if not secret:
+            raise ValueError(f"{config.client_secret_key_file} holds no secret key (use NAME.key_secret)")
+        pair = (public, secret)
+    server = config.server_public_key
+    if not server and pair is None:
+        return None
+    if not server or pair is None:
+        raise ValueError("CURVE needs both server_public_key and a client key pair")
+    if len(server) == Z85_KEY_LENGTH and not Path(server).expanduser().exists():
+        server_public = server.encode("ascii")
+    else:
+        server_public, _ = zmq.auth.load_certificate(Path(server).expanduser())
+    return server_public, pair[0], pair[1]
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -73,23 +127,60 @@ def _from_wire(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _code(reply: dict[str, Any]) -> str | None:
+    error = reply.get("error") if reply.get("status") == "error" else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 class ModelClient:
     def __init__(self, config: ClientConfig | None = None, context: zmq.Context | None = None) -> None:
+        """Raises ValueError when the CURVE settings are half given or unreadable."""
         self.config = config or ClientConfig()
         self.context = context or zmq.Context.instance()
+        self.curve = curve_keys(self.config)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` + 1: exponential, capped, and jittered
+        so that clients turned away together do not all come back at once."""
+        ceiling = min(self.config.max_backoff_s, self.config.backoff_s * 2**attempt)
+        return ceiling * random.uniform(0.5, 1.0)
 
     def request(
-        self, address: str, message: dict[str, Any], timeout_s: float | None = None
+        self,
+        address: str,
+        message: dict[str, Any],
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> dict[str, Any]:
-        """Send one msgpack request and wait for its reply, or return a bus_unavailable/timeout error."""
+        """Send one msgpack request and return its reply. Retries as the module says, at most
+        `retries` (default config.retries) times, each attempt waiting up to `timeout_s`;
+        after the last one returns the last reply, or a "no_reply" error."""
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
+        retries = self.config.retries if retries is None else retries
+        may_resend = message.get("action") in IDEMPOTENT_ACTIONS
+        attempt = 0
+        while True:
+            reply = self._attempt(address, message, timeout_s)
+            if reply is None:
+                if not may_resend or attempt >= retries:
+                    tries = f" ({attempt + 1} attempts)" if attempt else ""
+                    return _error(NO_REPLY, f"no reply from {address} within {timeout_s:g} s{tries}")
+            elif _code(reply) not in RETRYABLE or attempt >= retries:
+                return reply
+            time.sleep(self.backoff(attempt))
+            attempt += 1
+
+    def _attempt(self, address: str, message: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        """One try on a fresh socket: the reply, or None when none came within `timeout_s`."""
         sock = self.context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if self.curve is not None:
+                secure_client_socket(sock, *self.curve)
             sock.connect(address)
             sock.send(msgpack.packb(message, use_bin_type=True))
             if not sock.poll(int(timeout_s * 1000)):
-                return _error(TIMEOUT, f"no reply from {address} within {timeout_s:g} s")
+                return None
             return msgpack.unpackb(sock.recv(), raw=False)
         finally:
             sock.close()
@@ -142,17 +233,24 @@ class ModelClient:
             if unavailable:
                 return unavailable
             action = "batch_transcribe" if task == "stt" else "batch_synthesize"
-            message: dict[str, Any] = {
-                "action": action,
-                "batch_data": [_wire_item(items[i]) for i in indices],
-            }
-            if model_pref is not None:
-                message["model_pref"] = model_pref
-            reply = self.request(address, message)
-            if reply.get("status") != "success":
-                return reply
-            for index, entry in zip(indices, reply["results"], strict=True):
-                results[index] = _from_wire(entry)
+            # request_id defaults to the position in batch_data, which stays right when only
+            # some items are sent again.
+            wire = {i: {"request_id": i, **_wire_item(items[i])} for i in indices}
+            # Items turned away with a retryable code were not run: send just those again.
+            for attempt in range(self.config.retries + 1):
+                if attempt:
+                    time.sleep(self.backoff(attempt - 1))
+                message: dict[str, Any] = {"action": action, "batch_data": [wire[i] for i in indices]}
+                if model_pref is not None:
+                    message["model_pref"] = model_pref
+                reply = self.request(address, message)
+                if reply.get("status") != "success":
+                    return reply
+                for index, entry in zip(indices, reply["results"], strict=True):
+                    results[index] = _from_wire(entry)
+                indices = [i for i in indices if _code(results[i] or {}) in RETRYABLE]
+                if not indices:
+                    break
         return {"status": "success", "results": results}
 
     def health(self, task: str = "stt") -> dict[str, Any]:

@@ -1,56 +1,104 @@
-"""Results of `queue_for_batch` requests, kept until fetched or until their TTL runs out.
+"""The journal of `queue_for_batch` requests: jobs until they finish, then results until
+fetched or until their TTL runs out. It lives in an SQLite file, so a restarted agent
+loses none of them.
 
-Pure bookkeeping with an explicit clock: the agent passes `now` (monotonic seconds).
-An entry is either pending (the job is running) or final (a success or error reply).
-A final entry is handed out once by `fetch`, then forgotten; one nobody fetches is
-forgotten `ttl_s` after it became final. A pending entry never expires here: the agent's
-request timeout turns it into a final timeout error.
+Bookkeeping only, with an explicit clock: callers pass `now` as wall-clock seconds
+(`time.time()`), because entries outlive the process and a monotonic clock does not.
+
+An entry is either pending (the job to run, kept for resubmission) or final (a success or
+error reply). A final entry is handed out once by `fetch`, then forgotten; one nobody
+fetches is forgotten `ttl_s` after it became final. A pending entry never expires here:
+the agent's request timeout turns it into a final timeout error.
+
+Durability: every change is committed before the method returns, with WAL and
+synchronous=FULL, so once `add_pending` has returned the job survives a kill -9 of the
+agent and a power cut alike; the agent answers "queued" only after that. One connection,
+used by one thread at a time (the agent's socket loop).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+from model_manager import protocol
+
 PENDING_REPLY = "pending"
+IN_MEMORY = ":memory:"
 
-
-@dataclass
-class _Entry:
-    reply: dict[str, Any] | None  # None while pending
-    expires_at: float
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    request_id TEXT PRIMARY KEY,
+    job BLOB,          -- msgpack (protocol.pack): what to resubmit while pending; NULL once final
+    reply BLOB,        -- msgpack: the final reply; NULL while pending
+    expires_at REAL    -- wall-clock seconds; NULL while pending
+);
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+"""
 
 
 class ResultStore:
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, path: str | Path = IN_MEMORY) -> None:
+        """Open (creating it and its directory if needed) the journal at `path`; the
+        default keeps it in memory, for tests and for callers that need no durability."""
         self.ttl_s = ttl_s
-        self._entries: dict[str, _Entry] = {}
+        if str(path) != IN_MEMORY:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: each statement is its own transaction, durable when it returns.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
     def contains(self, request_id: str, now: float) -> bool:
         self.purge(now)
-        return request_id in self._entries
+        row = self._db.execute("SELECT 1 FROM results WHERE request_id = ?", (request_id,)).fetchone()
+        return row is not None
 
-    def add_pending(self, request_id: str, now: float) -> None:
-        self._entries[request_id] = _Entry(None, float("inf"))
+    def add_pending(self, request_id: str, now: float, job: dict[str, Any] | None = None) -> bool:
+        """Journal a new pending entry holding `job`. False, and nothing changes, when
+        `request_id` is already queued or unfetched (check and insert are one statement)."""
+        self.purge(now)
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO results (request_id, job) VALUES (?, ?)",
+            (request_id, None if job is None else protocol.pack(job)),
+        )
+        return cursor.rowcount == 1
 
     def complete(self, request_id: str, reply: dict[str, Any], now: float) -> None:
-        self._entries[request_id] = _Entry(reply, now + self.ttl_s)
+        """Make `reply` the final result, fetchable until now + ttl_s; the job is dropped."""
+        self._db.execute(
+            "INSERT INTO results (request_id, job, reply, expires_at) VALUES (?, NULL, ?, ?) "
+            "ON CONFLICT (request_id) DO UPDATE SET job = NULL, reply = excluded.reply, "
+            "expires_at = excluded.expires_at",
+            (request_id, protocol.pack(reply), now + self.ttl_s),
+        )
 
     def fetch(self, request_id: str, now: float) -> dict[str, Any] | None:
         """The final reply (removed on fetch), a pending status, or None if unknown/expired."""
         self.purge(now)
-        entry = self._entries.get(request_id)
-        if entry is None:
+        row = self._db.execute("SELECT reply FROM results WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
             return None
-        if entry.reply is None:
+        if row[0] is None:
             return {"status": PENDING_REPLY, "request_id": request_id}
-        del self._entries[request_id]
-        return entry.reply
+        self._db.execute("DELETE FROM results WHERE request_id = ?", (request_id,))
+        return protocol.unpack(row[0])
 
-    def purge(self, now: float) -> None:
-        expired = [rid for rid, e in self._entries.items() if e.expires_at <= now]
-        for rid in expired:
-            del self._entries[rid]
+    def pending(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Every pending entry and its job, oldest first: what a restarted agent resubmits."""
+        rows = self._db.execute(
+            "SELECT request_id, job FROM results WHERE reply IS NULL ORDER BY rowid"
+        ).fetchall()
+        return [(rid, None if job is None else protocol.unpack(job)) for rid, job in rows]
+
+    def purge(self, now: float) -> int:
+        """Forget final results whose TTL has run out; returns how many."""
+        return self._db.execute("DELETE FROM results WHERE expires_at <= ?", (now,)).rowcount

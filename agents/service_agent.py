@@ -9,7 +9,9 @@ manager, and answered when the result comes back.
 Guarantees (see docs/protocol.md):
 - every request gets exactly one reply: a result, or an error with a code;
 - nothing waits forever: a request unanswered after its timeout gets a "timeout" error;
-- garbage on the socket costs one error reply; the agent keeps serving.
+- garbage on the socket costs one error reply; the agent keeps serving;
+- a `queue_for_batch` job is journaled (agents/results.py) before "queued" goes out, so a
+  restarted agent resubmits it, and its result stays fetchable across restarts.
 
 Run: ``python -m agents.service_agent stt`` (or ``tts``).
 """
@@ -18,18 +20,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from agents import security
 from agents.results import ResultStore
-from agents.services import SERVICES, Service
+from agents.services import SERVICES, Service, valid_unicode
 from model_manager import protocol
 from model_manager.batcher import BULK, INTERACTIVE
 from model_manager.config import Config, ConfigError, load_config
@@ -38,6 +43,7 @@ from model_manager.errors import (
     DUPLICATE_REQUEST_ID,
     INTERNAL,
     INVALID_FIELD,
+    MESSAGE_TOO_LARGE,
     MISSING_FIELD,
     MODEL_UNAVAILABLE,
     NOT_FOUND,
@@ -53,9 +59,15 @@ from model_manager.runtime import setup_logging, stop_on_signals
 log = logging.getLogger(__name__)
 
 POLL_MS = 50
-PING_INTERVAL_S = 1.0
+PING_INTERVAL_S = protocol.PING_INTERVAL_S
 # The model manager counts as dead after this many ping intervals without a pong.
-LIVENESS_INTERVALS = 3
+LIVENESS_INTERVALS = protocol.LIVENESS_INTERVALS
+# ZMQ_MAXMSGSIZE sits this far above limits.max_message_bytes: frames in between get a
+# message_too_large reply; only beyond it does ZeroMQ drop the connection, so that a huge
+# frame never fills memory.
+HARD_MESSAGE_CAP_FACTOR = 2
+# Expired results are deleted from the journal at most this often.
+PURGE_INTERVAL_S = 1.0
 # Beyond the model manager's own deadline, so that its timeout error normally arrives first.
 DEADLINE_GRACE_S = 2.0
 SHUTDOWN_GRACE_S = 30.0
@@ -121,7 +133,7 @@ class ServiceAgent:
         self.port = port or (
             config.endpoints.stt_port if service.task == "stt" else config.endpoints.tts_port
         )
-        self.results = ResultStore(ttl_s=config.limits.result_ttl_s)
+        self.results = ResultStore(config.limits.result_ttl_s, journal_path(config, service.task, self.port))
         self.waiters: dict[str, Waiter] = {}
         self.streams: dict[str, Stream] = {}
         self.counts: Counter[str] = Counter()
@@ -129,13 +141,15 @@ class ServiceAgent:
         self.last_pong: dict[str, Any] = {}
         self.last_pong_at = float("-inf")
         self.stopping = False
+        self.next_purge = 0.0
 
     # --- sockets ------------------------------------------------------------------------
 
     def serve(self, stop: threading.Event) -> None:
         self.front = self.context.socket(zmq.ROUTER)
-        self.front.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.front.setsockopt(zmq.MAXMSGSIZE, HARD_MESSAGE_CAP_FACTOR * self.limits.max_message_bytes)
         self.front.setsockopt(zmq.LINGER, 1000)
+        authenticator = security.secure_server_socket(self.front, self.context, self.config.security)
         self.front.bind(f"tcp://{self.config.endpoints.host}:{self.port}")
         self.back = self.context.socket(zmq.DEALER)
         self.back.setsockopt(zmq.LINGER, 0)
@@ -144,6 +158,7 @@ class ServiceAgent:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
+        self._recover_journal()
         next_ping = 0.0
         shutdown_by = float("inf")
         try:
@@ -164,13 +179,17 @@ class ServiceAgent:
                     else:
                         self._on_model_manager(self.back.recv_multipart())
                 self._expire(time.monotonic())
-            for job_id in list(self.waiters):
+            # Journaled queue_for_batch jobs stay pending: the next start resubmits them.
+            for job_id in [j for j, w in self.waiters.items() if w.queued_id is None]:
                 self._resolve(
                     job_id, BusError(SHUTTING_DOWN, "the agent shut down before this request finished")
                 )
         finally:
             self.front.close()
             self.back.close()
+            self.results.close()
+            if authenticator is not None:
+                authenticator.stop()
 
     def _client_waiters(self) -> bool:
         waiting_streams = any(s.waiting for s in self.streams.values())
@@ -180,13 +199,21 @@ class ServiceAgent:
         if reply.get("status") == "error":
             self.errors[reply["error"]["code"]] += 1
         try:
-            self.front.send_multipart([*call.envelope, protocol.encode_reply(reply, call.encoding)])
+            body = protocol.encode_reply(reply, call.encoding)
+        except Exception as exc:  # a reply the encoding cannot carry must still be answered
+            log.exception("cannot encode a reply")
+            failure = BusError(INTERNAL, f"the reply could not be encoded: {exc!r}")
+            body = protocol.encode_reply(protocol.error_reply(failure), call.encoding)
+        try:
+            self.front.send_multipart([*call.envelope, body])
         except zmq.ZMQError as exc:
             log.warning("cannot reply to a client: %s", exc)
 
-    def _to_model_manager(self, message: dict[str, Any]) -> None:
+    def _to_model_manager(self, message: dict[str, Any], body: bytes | None = None) -> None:
+        """Send `message` (already packed as `body`, when given) without blocking the loop."""
         try:
-            self.back.send_multipart([protocol.INTERNAL_VERSION, protocol.pack(message)], zmq.NOBLOCK)
+            body = protocol.pack(message) if body is None else body
+            self.back.send_multipart([protocol.INTERNAL_VERSION, body], zmq.NOBLOCK)
         except zmq.Again:
             log.warning("model manager link is full; %s not sent", message.get("type"))
 
@@ -204,8 +231,14 @@ class ServiceAgent:
         try:
             if len(body) != 1:
                 raise BusError(BAD_REQUEST, f"expected one body frame, got {len(body)}")
+            call.encoding = protocol.sniff_encoding(body[0])
+            if len(body[0]) > self.limits.max_message_bytes:
+                raise BusError(
+                    MESSAGE_TOO_LARGE,
+                    f"the request is {len(body[0])} bytes; the limit is {self.limits.max_message_bytes}",
+                )
             message, call.encoding = protocol.decode_request(body[0])
-            call.request_id = message.get("request_id")
+            call.request_id = _echoable(message.get("request_id"))
             self._dispatch(call, message)
         except BusError as exc:
             self._send(call, protocol.error_reply(exc, call.request_id))
@@ -217,7 +250,6 @@ class ServiceAgent:
         action = message.get("action")
         if action is None:
             raise BusError(MISSING_FIELD, "action is required")
-        self.counts[str(action)] += 1
         svc = self.service
         handlers = {
             "health": self._health,
@@ -233,10 +265,12 @@ class ServiceAgent:
         if svc.task == "tts":
             handlers["voices"] = self._voices
         handler = handlers.get(action) if isinstance(action, str) else None
+        # Unknown actions share one counter, so that garbage cannot grow the table.
+        self.counts[action if handler is not None else "<unknown>"] += 1
         if handler is None:
             raise BusError(
                 UNKNOWN_ACTION,
-                f"unknown action {action!r}; this {svc.task} agent serves: {', '.join(handlers)}",
+                f"unknown action {action!r:.100}; this {svc.task} agent serves: {', '.join(handlers)}",
             )
         if self.stopping and action not in ("health", "stats", "get_result", "next_chunk", "voices"):
             raise BusError(SHUTTING_DOWN, "the agent is shutting down")
@@ -254,14 +288,19 @@ class ServiceAgent:
             if pong.get("error")
             else "up"
         )
-        models = [m for m in pong.get("models", []) if m.get("task") == self.service.task]
+        known = [m for m in self.last_pong.get("models", []) if m.get("task") == self.service.task]
+        # A dead model manager's models stay listed, so a dashboard sees which ones went away.
+        models = [{**m, "ready": alive and bool(m.get("ready"))} for m in known]
         self._send(
             call,
             {
                 "status": "success",
                 "service": self.service.task,
                 "live": True,
-                "ready": alive and bool(pong.get("ready")) and bool(models) and not self.stopping,
+                "ready": alive
+                and bool(pong.get("ready"))
+                and any(m["ready"] for m in models)
+                and not self.stopping,
                 "model_manager": state,
                 "model_manager_error": pong.get("error"),
                 "models": models,
@@ -299,8 +338,8 @@ class ServiceAgent:
         }
 
     def _get_result(self, call: ClientCall, message: dict[str, Any]) -> None:
-        request_id = _required(message, "request_id")
-        found = self.results.fetch(str(request_id), time.monotonic())
+        request_id = _request_key(_required(message, "request_id"))
+        found = self.results.fetch(request_id, time.time())
         if found is None:
             raise BusError(
                 NOT_FOUND, f"no result for request_id {request_id!r}: unknown, already fetched, or expired"
@@ -312,44 +351,76 @@ class ServiceAgent:
         request = self.service.parse_item(message, self.limits)
         self._check_model_manager()
         job_id = uuid.uuid4().hex
-        self.waiters[job_id] = Waiter(self._deadline(message), single=call, fields=message)
-        self._submit(job_id, message, request, INTERACTIVE)
+        infer, body = self._infer_message(job_id, message, request, INTERACTIVE)
+        self._submit(job_id, Waiter(self._deadline(message), single=call, fields=message), infer, body)
 
     def _queue_for_batch(self, call: ClientCall, message: dict[str, Any]) -> None:
         _check_options(message)
         request = self.service.parse_item(message, self.limits)
         self._check_model_manager()
-        request_id = str(message.get("request_id") or uuid.uuid4().hex)
-        now = time.monotonic()
-        if self.results.contains(request_id, now):
-            raise BusError(DUPLICATE_REQUEST_ID, f"request_id {request_id!r} is already queued or unfetched")
-        self.results.add_pending(request_id, now)
+        request_id = _request_key(message.get("request_id") or uuid.uuid4().hex)
         job_id = uuid.uuid4().hex
-        self.waiters[job_id] = Waiter(self._deadline(message), queued_id=request_id, fields=message)
-        self._submit(job_id, message, request, BULK)
+        waiter = Waiter(self._deadline(message), queued_id=request_id, fields=message)
+        infer, body = self._infer_message(job_id, message, request, BULK)
+        # Journaled before "queued" goes out: from then on a crash of this agent loses nothing.
+        journaled = {
+            "message": {k: v for k, v in infer.items() if k != "job_id"},
+            "fields": {k: message[k] for k in ("request_id", *self.service.render_fields) if k in message},
+            "deadline_at": time.time() + (waiter.deadline - time.monotonic()),
+        }
+        if not self.results.add_pending(request_id, time.time(), journaled):
+            raise BusError(DUPLICATE_REQUEST_ID, f"request_id {request_id!r} is already queued or unfetched")
+        self._submit(job_id, waiter, infer, body)
         self._send(call, {"status": "queued", "request_id": request_id})
+
+    def _recover_journal(self) -> None:
+        """Take up the journaled jobs of a previous run. They go to the model manager with
+        the first pong (like every job in flight when a model manager appears), each under
+        a new job_id, so that cancelling the dead run's copies cannot touch them."""
+        wall, mono = time.time(), time.monotonic()
+        recovered = expired = 0
+        for request_id, job in self.results.pending():
+            if job is None or job.get("deadline_at", 0.0) <= wall:
+                expired += 1
+                reply = protocol.error_reply(BusError(TIMEOUT, "no result within the request timeout"))
+                self.results.complete(request_id, {**reply, "request_id": request_id}, wall)
+                continue
+            left_s = job["deadline_at"] - wall
+            job_id = uuid.uuid4().hex
+            message = {**job["message"], "job_id": job_id, "timeout_ms": max(1, int(left_s * 1000))}
+            self.waiters[job_id] = Waiter(
+                mono + left_s, queued_id=request_id, fields=job.get("fields", {}), message=message
+            )
+            recovered += 1
+        if recovered or expired:
+            log.warning("journal: resuming %d queued requests; %d timed out while down", recovered, expired)
 
     def _stream(self, call: ClientCall, message: dict[str, Any]) -> None:
         _check_options(message)
         request = self.service.parse_item(message, self.limits)
         self._check_model_manager()
-        request_id = str(message.get("request_id") or uuid.uuid4().hex)
+        request_id = _request_key(message.get("request_id") or uuid.uuid4().hex)
         if request_id in self.streams:
             raise BusError(DUPLICATE_REQUEST_ID, f"stream {request_id!r} is still open")
         pieces = self.service.split_for_stream(request)  # type: ignore[misc]
+        # Every message is built before anything is registered, so a refusal leaves no half stream.
+        jobs = []
+        for piece in pieces:
+            job_id = uuid.uuid4().hex
+            jobs.append((job_id, *self._infer_message(job_id, message, piece, INTERACTIVE)))
         stream = Stream(request_id, [None] * len(pieces), time.monotonic() + self.limits.result_ttl_s)
         self.streams[request_id] = stream
         deadline = self._deadline(message)
         fields = {**message, "request_id": request_id}
         # Every chunk is queued at once, so they batch together; the first is sent when ready.
-        for index, piece in enumerate(pieces):
-            job_id = uuid.uuid4().hex
-            self.waiters[job_id] = Waiter(deadline, stream=stream, stream_index=index, fields=fields)
-            self._submit(job_id, message, piece, INTERACTIVE)
+        for index, (job_id, infer, body) in enumerate(jobs):
+            self._submit(
+                job_id, Waiter(deadline, stream=stream, stream_index=index, fields=fields), infer, body
+            )
         self._send(call, {"status": "streaming", "request_id": request_id, "num_chunks": len(pieces)})
 
     def _next_chunk(self, call: ClientCall, message: dict[str, Any]) -> None:
-        request_id = str(_required(message, "request_id"))
+        request_id = _request_key(_required(message, "request_id"))
         stream = self.streams.get(request_id)
         if stream is None:
             raise BusError(NOT_FOUND, f"no open stream {request_id!r}: unknown, finished, or expired")
@@ -388,47 +459,60 @@ class ServiceAgent:
         for index, item in enumerate(items):
             fields = {**shared, **item} if isinstance(item, dict) else {}
             batch.fields.append(fields)
-            rid = fields.get("request_id", index)
+            rid = _echoable(fields.get("request_id", index), default=index)
             try:
                 if not isinstance(item, dict):
                     raise BusError(INVALID_FIELD, f"batch_data[{index}] must be a map/object")
                 _check_options(fields)
                 request = self.service.parse_item(fields, self.limits)
+                job_id = uuid.uuid4().hex
+                infer, body = self._infer_message(job_id, fields, request, INTERACTIVE)
             except BusError as exc:
                 batch.items[index] = protocol.error_reply(exc, rid)
                 continue
-            job_id = uuid.uuid4().hex
-            self.waiters[job_id] = Waiter(deadline, batch=batch, batch_index=index, fields=fields)
             batch.pending += 1
-            self._submit(job_id, fields, request, INTERACTIVE)
+            self._submit(job_id, Waiter(deadline, batch=batch, batch_index=index, fields=fields), infer, body)
         if batch.pending == 0:
             self._finish_batch(batch)
 
-    def _submit(
+    def _infer_message(
         self, job_id: str, fields: dict[str, Any], request: dict[str, Any], default_priority: int
-    ) -> None:
-        priority = fields.get("priority")
+    ) -> tuple[dict[str, Any], bytes]:
+        """The "infer" message for one item, and its packed body; BusError if it cannot be
+        packed (e.g. a string with lone surrogates, which UTF-8 cannot carry)."""
         message = {
             "type": "infer",
             "job_id": job_id,
             "task": self.service.task,
             "model_pref": fields.get("model_pref"),
             "request": request,
-            "priority": PRIORITIES.get(priority, default_priority),
-            "timeout_ms": _timeout_ms(fields),
+            "priority": PRIORITIES.get(fields.get("priority"), default_priority),
+            "timeout_ms": self._timeout_ms(fields),
         }
-        # Kept until answered: if the model manager restarts, the job is sent again.
-        self.waiters[job_id].message = message
-        self._to_model_manager(message)
+        try:
+            return message, protocol.pack(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise BusError(
+                INVALID_FIELD, f"the request holds a value that cannot be forwarded ({reason:.200})"
+            ) from None
+
+    def _submit(self, job_id: str, waiter: Waiter, message: dict[str, Any], body: bytes) -> None:
+        # The message is kept until answered: if the model manager restarts, it is sent again.
+        waiter.message = message
+        self.waiters[job_id] = waiter
+        self._to_model_manager(message, body)
 
     def _check_model_manager(self) -> None:
         if not self.model_manager_alive:
             raise BusError(MODEL_UNAVAILABLE, "the model manager is not reachable; retry shortly")
 
+    def _timeout_ms(self, fields: dict[str, Any]) -> int:
+        """The request's timeout: its own `timeout_ms` can shorten the server's, never lengthen it."""
+        return min(_timeout_ms(fields) or self.limits.request_timeout_ms, self.limits.request_timeout_ms)
+
     def _deadline(self, fields: dict[str, Any]) -> float:
-        timeout_ms = _timeout_ms(fields) or self.limits.request_timeout_ms
-        timeout_ms = min(timeout_ms, self.limits.request_timeout_ms)
-        return time.monotonic() + timeout_ms / 1000.0 + DEADLINE_GRACE_S
+        return time.monotonic() + self._timeout_ms(fields) / 1000.0 + DEADLINE_GRACE_S
 
     # --- model manager side ---------------------------------------------------------------
 
@@ -439,9 +523,12 @@ class ServiceAgent:
         message = protocol.unpack(frames[1])
         kind = message.get("type")
         if kind == "pong":
-            previous = self.last_pong.get("instance")
+            previous, was_alive = self.last_pong.get("instance"), self.model_manager_alive
             self.last_pong, self.last_pong_at = message, time.monotonic()
-            if previous is not None and message.get("instance") != previous:
+            # A new instance never saw our jobs; after a silence, the model manager may have
+            # taken this agent for dead and dropped its queued jobs. Either way: send again
+            # (the model manager ignores a job_id it already holds for this agent).
+            if message.get("instance") != previous or not was_alive:
                 self._resend_after_restart()
         elif kind == "stats":
             waiter = self.waiters.pop(message.get("job_id", ""), None)
@@ -454,6 +541,7 @@ class ServiceAgent:
                         **self._agent_stats(),
                         "models": models,
                         "memory": message.get("memory"),
+                        "workers": message.get("workers"),
                     },
                 )
         elif kind == "configured":
@@ -478,7 +566,9 @@ class ServiceAgent:
         """A new model manager instance never saw the jobs in flight: send them again.
         Inference is idempotent, and a late answer from the old instance is ignored."""
         pending = [w.message for w in self.waiters.values() if w.message is not None]
-        log.warning("model manager restarted; resending %d requests in flight", len(pending))
+        if not pending:
+            return
+        log.warning("model manager (re)connected; resending %d requests in flight", len(pending))
         for message in pending:
             self._to_model_manager(message)
 
@@ -486,6 +576,15 @@ class ServiceAgent:
         waiter = self.waiters.pop(job_id, None)
         if waiter is None:
             return  # already timed out and answered
+        if (
+            waiter.queued_id is not None
+            and isinstance(outcome, BusError)
+            and outcome.code == SHUTTING_DOWN
+            and waiter.deadline > time.monotonic()
+        ):
+            # The model manager is going away, not failing: a durable job waits for the next one.
+            self.waiters[job_id] = waiter
+            return
         if waiter.control == "stats":
             # The model manager did not answer in time: report what the agent knows.
             reply = {"status": "success", **self._agent_stats(), "models": [], "model_manager": "unavailable"}
@@ -522,7 +621,7 @@ class ServiceAgent:
             self._deliver_stream(waiter.stream)
         elif waiter.queued_id is not None:
             entry["request_id"] = waiter.queued_id
-            self.results.complete(waiter.queued_id, entry, time.monotonic())
+            self.results.complete(waiter.queued_id, entry, time.time())
 
     def _finish_batch(self, batch: BatchCall) -> None:
         self._send(batch.call, {"status": "success", "results": batch.items})
@@ -533,7 +632,9 @@ class ServiceAgent:
             self._to_model_manager({"type": "cancel", "job_ids": expired})
         for job_id in expired:
             self._resolve(job_id, BusError(TIMEOUT, "no result within the request timeout"))
-        self.results.purge(now)
+        if now >= self.next_purge:
+            self.results.purge(time.time())
+            self.next_purge = now + PURGE_INTERVAL_S
         for request_id in [r for r, s in self.streams.items() if s.expires_at <= now and not s.waiting]:
             del self.streams[request_id]
 
@@ -544,14 +645,41 @@ def _required(message: dict[str, Any], key: str) -> Any:
     return message[key]
 
 
+def journal_path(config: Config, task: str, port: int) -> Path:
+    """One journal file per agent; the port is in the name so that two buses sharing a
+    journal_dir never take up each other's jobs."""
+    return Path(config.limits.journal_dir).expanduser() / f"{task}-{port}.sqlite3"
+
+
+# Scalars every encoding carries back unchanged; anything else is not echoed.
+_ECHOABLE = (str, int, float, bytes)
+
+
+def _echoable(value: Any, default: Any = None) -> Any:
+    """`value` if it can be echoed as a request_id, else `default`."""
+    return value if isinstance(value, _ECHOABLE) else default
+
+
+def _request_key(value: Any) -> str:
+    """A request_id as the key of a queued result or a stream; BusError for one that cannot
+    be a key (not a scalar, or a string with lone surrogates, which UTF-8 cannot store)."""
+    key = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if not isinstance(value, _ECHOABLE) or not valid_unicode(key):
+        raise BusError(INVALID_FIELD, "request_id must be a string or a number")
+    return key
+
+
 def _check_options(fields: dict[str, Any]) -> None:
     """Validate the per-request options every action shares (raises BusError)."""
+    request_id = fields.get("request_id")
+    if request_id is not None and not isinstance(request_id, _ECHOABLE):
+        raise BusError(INVALID_FIELD, "request_id must be a string or a number")
     priority = fields.get("priority")
-    if priority is not None and priority not in PRIORITIES:
+    if priority is not None and (not isinstance(priority, str) or priority not in PRIORITIES):
         raise BusError(INVALID_FIELD, f"priority must be one of {sorted(PRIORITIES)}, got {priority!r}")
     _timeout_ms(fields)
     model_pref = fields.get("model_pref")
-    if model_pref is not None and not isinstance(model_pref, str):
+    if model_pref is not None and not valid_unicode(model_pref):
         raise BusError(INVALID_FIELD, f"model_pref must be a string, got {model_pref!r}")
 
 
@@ -559,8 +687,8 @@ def _timeout_ms(fields: dict[str, Any]) -> int | None:
     value = fields.get("timeout_ms")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise BusError(INVALID_FIELD, f"timeout_ms must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise BusError(INVALID_FIELD, f"timeout_ms must be a positive number, got {value!r:.100}")
     return int(value)
 
 
@@ -574,7 +702,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(f"{args.service}-agent", config.logging.level)
-    ServiceAgent(SERVICES[args.service], config).serve(stop_on_signals())
+    try:
+        ServiceAgent(SERVICES[args.service], config).serve(stop_on_signals())
+    except ConfigError as exc:  # e.g. an unreadable CURVE key, found when the socket is set up
+        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

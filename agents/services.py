@@ -20,6 +20,20 @@ from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, Bu
 from model_manager.text_split import split_sentences
 
 ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
+
+
+def valid_unicode(value: Any) -> bool:
+    """A str that UTF-8 can carry: JSON's "\\ud800" escapes make lone surrogates, which would
+    fail later, on the internal wire or in the journal, instead of as a clear error here."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 RenderResult = Callable[[dict[str, Any], dict[str, Any], Limits], dict[str, Any]]
 
 
@@ -35,17 +49,39 @@ class Service:
     render_result: RenderResult
     #: Engine request -> the requests of its stream chunks, in order; None: no `stream` action.
     split_for_stream: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+    #: The client fields `render_result` reads: kept with a journaled job, so that a restarted
+    #: agent renders its result as the first one would have.
+    render_fields: tuple[str, ...] = ()
 
 
 # --- STT ------------------------------------------------------------------------------------
 
 
+# The documented range; the engine checks it again, with what else it knows.
+MAX_BEAM_SIZE = 10
+
+
 def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    # language, task and beam_size are checked by the engine, which knows what it supports.
+    """Client item -> engine request {audio: float32 16 kHz, language?, task?, beam_size?};
+    anything else raises BusError. Only types are checked here: which languages and tasks a
+    model supports is the engine's business."""
     request: dict[str, Any] = {"audio": decode_audio(fields, limits.max_audio_seconds)}
-    for key in ("language", "task", "beam_size"):
+    for key in ("language", "task"):
         if fields.get(key) is not None:
+            if not valid_unicode(fields[key]):
+                raise BusError(INVALID_FIELD, f"{key} must be a string, got {type(fields[key]).__name__}")
             request[key] = fields[key]
+    beam_size = fields.get("beam_size")
+    if beam_size is not None:
+        if (
+            isinstance(beam_size, bool)
+            or not isinstance(beam_size, int)
+            or not 1 <= beam_size <= MAX_BEAM_SIZE
+        ):
+            raise BusError(
+                INVALID_FIELD, f"beam_size must be an integer in 1..{MAX_BEAM_SIZE}, got {beam_size!r:.50}"
+            )
+        request["beam_size"] = beam_size
     return request
 
 
@@ -59,11 +95,12 @@ AUDIO_FORMATS = ("wav", "pcm")
 
 
 def parse_tts_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    # Voice names and the speed range are checked by the engine, which knows its voices.
+    """Client item -> engine request {text, voice?, speed?}; anything else raises BusError.
+    Voice names and the speed range are checked by the engine, which knows its voices."""
     text = fields.get("text")
     if text is None:
         raise BusError(MISSING_FIELD, "text is required")
-    if not isinstance(text, str) or not text.strip():
+    if not valid_unicode(text) or not text.strip():
         raise BusError(INVALID_FIELD, "text must be a non-empty string")
     if len(text) > limits.max_text_chars:
         raise BusError(
@@ -76,18 +113,28 @@ def parse_tts_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
         confined_output_path(fields["output_path"], limits)
     request: dict[str, Any] = {"text": text}
     if fields.get("voice") is not None:
+        if not valid_unicode(fields["voice"]):
+            raise BusError(INVALID_FIELD, f"voice must be a string, got {type(fields['voice']).__name__}")
         request["voice"] = fields["voice"]
     if fields.get("speed") is not None:
         speed = fields["speed"]
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed):
-            raise BusError(INVALID_FIELD, f"speed must be a finite number, got {speed!r}")
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not _finite(speed):
+            raise BusError(INVALID_FIELD, f"speed must be a finite number, got {speed!r:.50}")
         request["speed"] = float(speed)
     return request
 
 
+def _finite(number: float) -> bool:
+    # JSON integers are unbounded, and float() of a huge one overflows.
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
 def confined_output_path(value: Any, limits: Limits) -> Path:
     """`value` resolved under limits.output_dir; anything that would leave it is refused."""
-    if not isinstance(value, str) or not value or "\x00" in value:
+    if not valid_unicode(value) or not value or "\x00" in value:
         raise BusError(INVALID_FIELD, "output_path must be a non-empty string")
     root = Path(limits.output_dir).resolve()
     path = (root / value).resolve()
@@ -141,6 +188,7 @@ TTS = Service(
     parse_item=parse_tts_item,
     render_result=render_tts_result,
     split_for_stream=split_tts_for_stream,
+    render_fields=("format", "output_path"),
 )
 
 SERVICES: dict[str, Service] = {"stt": STT, "tts": TTS}

@@ -4,11 +4,15 @@ Agents talk to it over one ROUTER socket (127.0.0.1 only) with the internal prot
 docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message types:
 - "infer"  {job_id, task, model_pref, request, priority, timeout_ms} -> one "result"
 - "cancel" {job_ids}: the client has gone; queued jobs are dropped unanswered
-- "ping"   -> "pong" {ready, loading, models, error}
-- "stats"  {job_id} -> "stats" {job_id, models: [...], memory}
+- "ping"   -> "pong" {ready, loading, models, error}; an agent that pinged and then falls
+  silent for LIVENESS_INTERVALS ping intervals is taken for dead, and its queued jobs are
+  dropped, so that they do not run for nobody
+- "stats"  {job_id} -> "stats" {job_id, models: [...], memory, workers}
 
 Every "infer" gets exactly one "result" {job_id, ok, result | error}, including on
-shutdown (queued jobs get shutting_down) and on failure (never placeholder output).
+shutdown (queued jobs get shutting_down) and on failure (never placeholder output). An
+"infer" whose job_id the same agent already has queued or running is ignored: agents resend
+their jobs after a silence, and the first copy's result answers both.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from model_manager.errors import (
     BusError,
 )
 from model_manager.memory import read_memory
+from model_manager.metrics import BusMetrics, Exporter
 from model_manager.scheduler import Job, ModelWorker, Outcome
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,11 @@ class ModelManagerAgent:
         self._held: list[tuple[bytes, dict[str, Any]]] = []
         # Tells agents that a restarted model manager is a new instance with no jobs in flight.
         self.instance = uuid.uuid4().hex
+        # Agents that ping, by identity -> when last heard from (monotonic); and every agent's
+        # jobs not answered yet, to drop a dead agent's jobs and to ignore resent ones.
+        self._peers: dict[bytes, float] = {}
+        self._peer_jobs: dict[bytes, set[str]] = {}
+        self.metrics = BusMetrics(read_stats=self.stats)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -127,7 +137,9 @@ class ModelManagerAgent:
                 self._deliver,
                 dynamic_batching=dynamic,
                 instances=instances.get(engine.name, 1),
+                observer=self.metrics,
             )
+            self.metrics.add_model(engine.name)
             if warm_up and dynamic and policy.enabled:
                 worker.warm_up()
             self.workers[engine.name] = worker
@@ -178,6 +190,7 @@ class ModelManagerAgent:
         router.bind(f"tcp://127.0.0.1:{self.config.endpoints.model_manager_port}")
         results = self.context.socket(zmq.PULL)
         results.bind(RESULTS_ENDPOINT)
+        exporter = self._start_exporter()
         if self._preloaded:
             self._start_workers()
             self._loaded.set()
@@ -188,6 +201,7 @@ class ModelManagerAgent:
         poller.register(results, zmq.POLLIN)
         log.info("model manager listening on 127.0.0.1:%d", self.config.endpoints.model_manager_port)
         stopping = False
+        next_reap = 0.0
         try:
             while True:
                 if stop.is_set() and not stopping:
@@ -201,22 +215,63 @@ class ModelManagerAgent:
                     if sock is results:
                         self._forward_results(results, router)
                     else:
-                        self._handle(router, router.recv_multipart(), stopping)
+                        frames = router.recv_multipart()
+                        try:
+                            self._handle(router, frames, stopping)
+                        except Exception:  # anyone on 127.0.0.1 can connect: garbage must not kill us
+                            log.exception("dropping an internal message that could not be handled")
                 if self._held and (self._loaded.is_set() or stopping):
                     self._release_held(router, stopping)
+                # Not while messages wait: after a stall of this loop (e.g. SIGSTOP) the pings
+                # still queued would show that the agents are alive.
+                if time.monotonic() >= next_reap and not router.get(zmq.EVENTS) & zmq.POLLIN:
+                    self._reap_silent_peers(time.monotonic())
+                    next_reap = time.monotonic() + protocol.PING_INTERVAL_S
             self._release_held(router, stopping=True)
             self._forward_results(results, router)
         finally:
+            if exporter is not None:
+                exporter.close()
             results.close(linger=0)
             router.close()
+
+    def _start_exporter(self) -> Exporter | None:
+        """The Prometheus exporter, or None when metrics_port is 0 or taken: metrics are for
+        watching the bus, so a port clash must not stop it from serving."""
+        port = self.config.endpoints.metrics_port
+        if not port:
+            return None
+        # Beside the agents, on endpoints.host; "*" is ZeroMQ's spelling of every interface.
+        host = "0.0.0.0" if self.config.endpoints.host == "*" else self.config.endpoints.host
+        try:
+            return self.metrics.serve(host, port)
+        except OSError as exc:
+            log.error("metrics exporter disabled: cannot listen on %s:%d: %s", host, port, exc)
+            return None
 
     def _forward_results(self, results: zmq.Socket, router: zmq.Socket) -> None:
         while True:
             try:
-                identity, body = results.recv_multipart(zmq.NOBLOCK)
+                identity, job_id, body = results.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._peer_jobs.get(identity, set()).discard(job_id.decode())
             self._send(router, identity, body)
+
+    def _reap_silent_peers(self, now: float) -> None:
+        """Drop the queued and held jobs of agents silent for LIVENESS_INTERVALS pings: a
+        killed agent's jobs would otherwise run for nobody. A running batch still finishes
+        (its results go nowhere). An agent that was only slow resends its jobs when it
+        hears from us again, so nothing is lost either way."""
+        limit = protocol.PING_INTERVAL_S * protocol.LIVENESS_INTERVALS
+        for peer in [p for p, seen in self._peers.items() if now - seen >= limit]:
+            del self._peers[peer]
+            jobs = self._peer_jobs.pop(peer, set())
+            dropped = sum(w.cancel(jobs) for w in list(self.workers.values())) if jobs else 0
+            held = len(self._held)
+            self._held = [(i, m) for i, m in self._held if i != peer]
+            dropped += held - len(self._held)
+            log.warning("agent %s stopped pinging; dropped %d of its queued jobs", peer.hex(), dropped)
 
     def _send(self, router: zmq.Socket, identity: bytes, body: bytes) -> None:
         try:
@@ -234,7 +289,7 @@ class ModelManagerAgent:
             push = self._local.push = self.context.socket(zmq.PUSH)
             push.connect(RESULTS_ENDPOINT)
         message = result_message(job.job_id, outcome, model=job.model)
-        push.send_multipart([job.reply_to, protocol.pack(message)])
+        push.send_multipart([job.reply_to, str(job.job_id).encode(), protocol.pack(message)])
 
     def _handle(self, router: zmq.Socket, frames: list[bytes], stopping: bool) -> None:
         identity = frames[0]
@@ -247,6 +302,8 @@ class ModelManagerAgent:
         except Exception:
             log.warning("dropping undecodable internal message from %r", identity)
             return
+        if kind == "ping" or identity in self._peers:
+            self._peers[identity] = time.monotonic()
         if kind == "ping":
             self._reply(router, identity, self.pong())
         elif kind == "stats":
@@ -260,6 +317,7 @@ class ModelManagerAgent:
             self._reply(router, identity, reply)
         elif kind == "cancel":
             ids = set(message.get("job_ids", []))
+            self._peer_jobs.get(identity, set()).difference_update(ids)
             for worker in self.workers.values():
                 worker.cancel(ids)
         elif kind == "infer":
@@ -273,10 +331,13 @@ class ModelManagerAgent:
             self._held.append((identity, message))
             return
         job_id = message.get("job_id", "")
+        if isinstance(job_id, str) and job_id in self._peer_jobs.get(identity, ()):
+            return  # resent while the first copy is queued or running: its result answers both
         try:
             if stopping:
                 raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
             self._submit(identity, message)
+            self._peer_jobs.setdefault(identity, set()).add(job_id)
         except BusError as exc:
             self._reply(router, identity, result_message(job_id, exc))
         except Exception as exc:
@@ -297,7 +358,11 @@ class ModelManagerAgent:
         except KeyError as exc:
             raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
         engine = select_engine(self.engines, task, message.get("model_pref"))
-        request = engine.prepare(request)
+        try:
+            request = engine.prepare(request)
+        except BusError as exc:
+            self.workers[engine.name].count_refused(exc)
+            raise
         limit_ms = self.config.limits.request_timeout_ms
         timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
         job = Job(
@@ -319,8 +384,12 @@ class ModelManagerAgent:
             "ready": self.ready,
             "loading": not self._loaded.is_set(),
             "error": self.load_error,
-            "models": [e.describe() for e in self.engines],
+            "models": [{**e.describe(), "ready": self._model_ready(e.name)} for e in self.engines],
         }
+
+    def _model_ready(self, name: str) -> bool:
+        worker = self.workers.get(name)
+        return worker is not None and worker.alive
 
     def stats(self) -> dict[str, Any]:
         devices = sorted({e.device for e in self.engines} or {"cpu"})
@@ -332,7 +401,14 @@ class ModelManagerAgent:
                 "total_bytes": reading.total_bytes,
                 "process_rss_bytes": reading.process_rss_bytes,
             }
-        return {"models": [w.snapshot() for w in self.workers.values()], "memory": memory}
+            if reading.gpu_used_bytes is not None:
+                memory[device].update(
+                    gpu_used_bytes=reading.gpu_used_bytes, gpu_total_bytes=reading.total_bytes
+                )
+        # A copy: the metrics exporter calls this on its own thread while models may still load.
+        models = [w.snapshot() for w in list(self.workers.values())]
+        workers = {k: sum(m["workers"][k] for m in models) for k in ("total", "ready", "busy")}
+        return {"models": models, "memory": memory, "workers": workers}
 
 
 def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def decode_audio(fields: dict[str, Any], max_seconds: float) -> np.ndarray:
 
 
 def _to_array(data: Any, dtype: Any) -> np.ndarray:
-    if dtype is not None and dtype not in SUPPORTED_DTYPES:
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES):
         raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {dtype!r}")
     if isinstance(data, (bytes, bytearray, memoryview)):
         if dtype is None:
@@ -63,7 +63,10 @@ def _to_array(data: Any, dtype: Any) -> np.ndarray:
     elif isinstance(data, list):
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
             raise BusError(INVALID_AUDIO, "audio_data must be a flat list of numbers (mono)")
-        raw = np.asarray(data, dtype=np.float64)
+        try:
+            raw = np.asarray(data, dtype=np.float64)
+        except OverflowError:  # JSON integers are unbounded
+            raise BusError(INVALID_AUDIO, "audio_data holds a number too large for a sample") from None
         if dtype == "int16" and raw.size and (np.abs(raw[np.isfinite(raw)]).max(initial=0) > 32768):
             raise BusError(INVALID_AUDIO, "int16 samples must lie in [-32768, 32767]")
     else:

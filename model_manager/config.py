@@ -64,6 +64,18 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     #: TTS `output_path` files are written under this directory and nowhere else.
     output_dir: str = "output"
+    #: queue_for_batch jobs and results survive agent restarts in one SQLite file per agent here.
+    journal_dir: str = "~/.cache/voicebus/journal"
+
+
+@dataclass(frozen=True)
+class Security:
+    #: CurveZMQ encryption and client authentication on the client-facing agent sockets.
+    curve_enabled: bool = False
+    #: The agents' secret key file (`python -m agents.keys` writes server.key_secret).
+    server_secret_key_file: str = ""
+    #: Public keys (*.key) of the clients allowed in; re-read when an unknown key knocks.
+    authorized_clients_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class Config:
     stt_models: tuple[ModelSpec, ...]
     tts_models: tuple[ModelSpec, ...]
     logging: LoggingConfig = LoggingConfig()
+    security: Security = Security()
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -142,13 +155,14 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging"}
+    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging", "security"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
     batch = _build(BatchConfig, raw.get("batch_processing_config", {}), "batch_processing_config")
     endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
     limits = _build(Limits, raw.get("limits", {}), "limits")
     logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
+    security = _build(Security, raw.get("security", {}), "security")
     models = raw.get("models", {}) or {}
     if not isinstance(models, dict):
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
@@ -208,7 +222,11 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "max_message_bytes",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
-    return Config(batch, endpoints, limits, stt, tts, logging_config)
+    _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
+    if security.curve_enabled:
+        for key in ("server_secret_key_file", "authorized_clients_dir"):
+            _check(bool(getattr(security, key)), f"security.{key}", "is required with curve_enabled", "")
+    return Config(batch, endpoints, limits, stt, tts, logging_config, security)
 
 
 def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from enum import Enum
 from typing import Any
 
@@ -35,10 +36,19 @@ class Encoding(str, Enum):
     MSGPACK = "msgpack"
 
 
+# JSON's whitespace, then an object; matched in place, without copying a large frame.
+_JSON_OBJECT_START = re.compile(rb"[ \t\r\n]*\{")
+
+
+def sniff_encoding(frame: bytes) -> Encoding:
+    """The encoding a frame is in, and so the one to answer in, without decoding it."""
+    return Encoding.JSON if _JSON_OBJECT_START.match(frame) else Encoding.MSGPACK
+
+
 def decode_request(frame: bytes) -> tuple[dict[str, Any], Encoding]:
-    """Parse a client frame into a dict and the encoding to answer in."""
-    stripped = frame.lstrip()
-    if stripped[:1] == b"{":
+    """Parse a client frame into a dict and the encoding to answer in; raises only
+    BusError(BAD_REQUEST)."""
+    if sniff_encoding(frame) is Encoding.JSON:
         try:
             message = json.loads(frame)
         except (UnicodeDecodeError, ValueError) as exc:

@@ -167,10 +167,16 @@ class ModelWorker:
                 self.batcher.add(job, job.key, self._clock(), job.priority)
             except QueueFull as exc:
                 message = f"{self.engine.name}: queue is full ({exc}); retry later"
-                self.stats.errors[OVERLOADED] += 1
-                self.observer.request_finished(self.engine.name, OVERLOADED)
-                raise BusError(OVERLOADED, message) from None
+                error = BusError(OVERLOADED, message, retry_after_ms=self._drain_estimate_ms_locked())
+                self.count_refused(error)
+                raise error from None
             self._cond.notify()
+
+    def count_refused(self, error: BusError) -> None:
+        """Count a request refused before it was queued (invalid for this model, queue full)
+        with the errors of the ones that ran, so `stats` and the metrics see every failure."""
+        self.stats.errors[error.code] += 1
+        self.observer.request_finished(self.engine.name, error.code)
 
     def cancel(self, job_ids: set[str]) -> int:
         """Drop queued jobs whose client has gone; they are not answered."""
@@ -216,6 +222,13 @@ class ModelWorker:
                 with self._cond:
                     self._busy -= 1
                     self._refresh_choice_locked()
+
+    def _drain_estimate_ms_locked(self) -> int:
+        """About how long until the queue has room: its cost at the current batch size's
+        measured throughput, or a second when nothing has been measured yet."""
+        units = sum(j.cost for j in self.batcher.queued())
+        rate = self.cost.throughput(self.choice.size)
+        return int(1000 * units / rate) if rate else 1000
 
     def _refresh_choice_locked(self) -> None:
         """Pick the batch size for the next batch and give the batcher the matching policy.

@@ -1,227 +1,284 @@
-"""Benchmark batching on the real models: in-process engines, then load through the bus.
+"""Benchmark voicebus on the real models: raw engines, load through the bus, and a peer.
 
-    .venv/bin/python scripts/test_batch_processing.py [--task stt|tts|all] [--quick] [--json PATH]
+    .venv/bin/python scripts/test_batch_processing.py [--task stt|tts|all] [--quick]
+        [--json PATH] [--plot PATH] [--rates 0.5x,0.9x] [--no-peer]
 
-1. Engine table (seed 003's format): the same clips run in batches of 1, 2, 4 and 8 on the
-   raw engine, in process: avg time per sample, total, speedup over batch size 1.
-2. Through the bus: closed-loop clients at several concurrencies against a bus started on
-   free ports: throughput, latency percentiles, and the batch sizes the bus formed.
-3. Ratios measured in this one run: bus overhead (single request through the bus minus the
-   raw engine's time for one item) and bus throughput at the highest concurrency over the
-   best raw-engine throughput.
+For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
+1. Seed 003's table: batches of 1, 2, 4, 8 on the raw engine in process, then through the
+   bus (batch_transcribe / batch_synthesize with the bus pinned to that batch size via
+   `configure`): avg time per sample, total, speedup.
+2. Load through the bus: closed loop at 1, 2, 4, 8, 16 clients and open loop with Poisson
+   arrivals at --rates: requests/s, audio-seconds/s, p50/p95/p99 latency, TTS time to first
+   chunk (`stream` + `next_chunk`), batch sizes formed (the `stats` histogram's growth),
+   errors.
+3. Bus overhead: single-request latency through the bus minus the raw engine's (p50, p99);
+   bus throughput at 8 clients over the best raw-engine batch size.
+4. Adaptive vs fixed: 8 clients with `dynamic_batching` on, against each pinned batch size.
+5. The peer: the same engines behind Ray Serve `@serve.batch` (the `peer` extra), same
+   clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
+   report, when Ray is not installed or --no-peer is given.
 
-Every number is measured in the run that prints it; nothing is compared across runs.
-Test audio is spoken by espeak-ng (scripts/test.sh installs it).
+Every number is measured in the run that prints it; nothing is compared across runs. The
+bus, the peer and the raw engine run one after the other, never at the same time. Test
+audio is spoken by espeak-ng (scripts/test.sh installs it). Needs the `bench` extra (tqdm,
+matplotlib) and, for the peer, the `peer` extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
-import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from agents.model_client import ClientConfig, ModelClient  # noqa: E402
-from model_manager.config import load_config  # noqa: E402
-from model_manager.engines.registry import build_engine  # noqa: E402
+from bench import report as report_text  # noqa: E402
+from bench.plot import write_plot  # noqa: E402
+from bench.stats import parse_rates  # noqa: E402
+from bench.suite import (  # noqa: E402
+    BATCH_SIZES,
+    HEADLINE_CLIENTS,
+    Plan,
+    bus_stage,
+    engine_stage,
+    peer_ratios,
+    ratios,
+    sweep,
+)
+from bench.workload import Task, make_workload  # noqa: E402
 
-BATCH_SIZES = (1, 2, 4, 8)
-TTS_TEXTS = [
-    "The weather today is sunny with a light breeze.",
-    "Please remember to lock the door when you leave.",
-    "Our meeting has been moved to three in the afternoon.",
-    "The library opens at nine and closes at six.",
-    "He finished the marathon in just under four hours.",
-    "Fresh vegetables are delivered every Tuesday morning.",
-    "The museum has a new exhibition about ancient Egypt.",
-    "Turn left at the next corner and walk two blocks.",
-]
+from model_manager.config import ModelSpec, load_config  # noqa: E402
 
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def engine_items(task: str, count: int) -> list[dict[str, Any]]:
-    if task == "stt":
-        from speech import SENTENCES, speak
-
-        return [{"audio": speak(SENTENCES[i % len(SENTENCES)])} for i in range(count)]
-    return [{"text": TTS_TEXTS[i % len(TTS_TEXTS)]} for i in range(count)]
+#: The Ray Serve batching wait: short, as one would set it for interactive speech. The bus's
+#: own wait only applies while a batch is filling (a lone request waits 2 ms).
+PEER_BATCH_WAIT_MS = 10.0
 
 
-def wire_item(task: str, item: dict[str, Any], index: int) -> dict[str, Any]:
-    if task == "stt":
-        return {"audio_data": item["audio"], "sample_rate": 16000, "request_id": index}
-    return {"text": item["text"], "request_id": index}
-
-
-def bench_engine(task: str, items: list[dict[str, Any]], sizes: tuple[int, ...]) -> dict[str, Any]:
-    config = load_config()
-    spec = config.models(task)[0]
-    engine = build_engine(spec)
-    prepared = [engine.prepare(it) for it in items]
-    engine.run_batch(prepared[:1])  # warm-up: first-call allocations are not batching
-    table: dict[str, Any] = {}
-    for size in sizes:
-        started = time.perf_counter()
-        for i in range(0, len(prepared), size):
-            engine.run_batch(prepared[i : i + size])
-        total = time.perf_counter() - started
-        table[str(size)] = {"per_item_s": total / len(prepared), "total_s": total}
-    base = table[str(sizes[0])]["per_item_s"]
-    for row in table.values():
-        row["speedup"] = base / row["per_item_s"]
-    return {"model": spec.name, "engine_batch": table}
-
-
-def print_engine_table(task: str, result: dict[str, Any]) -> None:
-    print(f"\n{task.upper()} engine {result['model']}, in process")
-    print("| Batch Size | Avg Time/Sample | Total Time | Speedup |")
-    print("|------------|-----------------|------------|---------|")
-    for size, row in result["engine_batch"].items():
-        label = f"{size} (single)" if size == "1" else size
-        print(
-            f"| {label:<10} | {row['per_item_s']:.3f}s          | {row['total_s']:.2f}s      "
-            f"| {row['speedup']:.2f}x   |"
-        )
-
-
-def closed_loop(send: Callable[[int], dict[str, Any]], clients: int, per_client: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-
-    def run(client: int) -> None:
-        nonlocal errors
-        for n in range(per_client):
-            started = time.perf_counter()
-            reply = send(client * per_client + n)
-            elapsed = time.perf_counter() - started
-            with lock:
-                latencies.append(elapsed)
-                errors += reply.get("status") != "success"
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "errors": errors,
-        "throughput_rps": len(latencies) / wall,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p95_ms": percentile(latencies, 95) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-    }
-
-
-def bench_bus(
-    task: str,
-    items: list[dict[str, Any]],
-    concurrencies: tuple[int, ...],
-    per_client: int,
-    engine_result: dict[str, Any],
-) -> dict[str, Any]:
-    import tempfile
-
-    from conftest import start_bus, stop_bus
-
-    bus = start_bus(Path(tempfile.mkdtemp(prefix="voicebus-bench-")))
-    address = bus.stt_address if task == "stt" else bus.tts_address
-    client = ModelClient(ClientConfig(stt_address=bus.stt_address, tts_address=bus.tts_address))
-    action = "transcribe" if task == "stt" else "synthesize"
-
-    def send(index: int) -> dict[str, Any]:
-        item = wire_item(task, items[index % len(items)], index)
-        if task == "stt":
-            from agents.model_client import encode_audio
-
-            item["audio_data"], item["dtype"] = encode_audio(item["audio_data"])
-        else:
-            item["format"] = "pcm"
-        return client.request(address, {"action": action, **item})
-
-    try:
-        send(0)  # warm-up
-        rows = []
-        for clients in concurrencies:
-            before = client.request(address, {"action": "stats"})
-            row = closed_loop(send, clients, per_client)
-            after = client.request(address, {"action": "stats"})
-            row["batch_sizes"] = histogram_delta(before, after)
-            rows.append(row)
-            print(
-                f"  {task} bus: {clients:>2} clients  {row['throughput_rps']:.2f} req/s  "
-                f"p50 {row['p50_ms']:.0f} ms  p99 {row['p99_ms']:.0f} ms  batches {row['batch_sizes']}",
-                flush=True,
-            )
-    finally:
-        stop_bus(bus)
-    raw_one = engine_result["engine_batch"]["1"]["per_item_s"] * 1000
-    single = rows[0]
-    best_raw_rps = max(1.0 / r["per_item_s"] for r in engine_result["engine_batch"].values())
-    return {
-        "load": rows,
-        "bus_overhead_ms_p50": single["p50_ms"] - raw_one,
-        "bus_overhead_ms_p99": single["p99_ms"] - raw_one,
-        "bus_vs_raw_throughput": rows[-1]["throughput_rps"] / best_raw_rps,
-    }
-
-
-def histogram_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
-    def hist(stats: dict[str, Any]) -> dict[str, int]:
-        models = stats.get("models") or [{}]
-        return models[0].get("batch_size_histogram", {})
-
-    b, a = hist(before), hist(after)
-    return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
-
-
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--task", choices=("stt", "tts", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="fewer clips and requests")
-    parser.add_argument("--json", type=Path, help="write the measured numbers here")
-    args = parser.parse_args()
-    tasks = ("stt", "tts") if args.task == "all" else (args.task,)
-    config = load_config()
-    count = 8 if args.quick else 16
-    concurrencies = (1, 4, 8) if args.quick else (1, 2, 4, 8, 16)
-    per_client = 2 if args.quick else 4
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
-    for task in tasks:
-        if not config.models(task):
-            print(f"no {task} model configured; skipping")
-            continue
-        items = engine_items(task, count)
-        engine_result = bench_engine(task, items, BATCH_SIZES)
-        print_engine_table(task, engine_result)
-        bus_result = bench_bus(task, items, concurrencies, per_client, engine_result)
-        report[task] = {**engine_result, **bus_result}
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 minutes on 2 cores")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of throughput and p99 against clients here")
+    parser.add_argument(
+        "--rates",
+        type=parse_rates,
+        help="open-loop arrival rates: requests/s (2.5) or fractions of the measured peak "
+        "closed-loop throughput (0.5x); default 0.5x,0.9x (--quick: 0.7x)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=lambda s: tuple(int(c) for c in s.split(",")),
+        help="closed-loop concurrencies (default 1,2,4,8,16; --quick: 1,8)",
+    )
+    parser.add_argument("--no-peer", action="store_true", help="skip the Ray Serve peer")
+    parser.add_argument("--peer-batch-wait-ms", type=float, default=PEER_BATCH_WAIT_MS)
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="start the bus without its batch-size warm-up (--quick never warms up): the "
+        "adaptive policy then learns from the pinned-size runs that precede its own",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the Poisson arrivals")
+    return parser.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    levels = args.clients or ((1, HEADLINE_CLIENTS) if quick else (1, 2, 4, 8, 16))
+    rates = args.rates or parse_rates("0.7x" if quick else "0.5x,0.9x")
+    return Plan(
+        clips=8 if quick else 16,
+        warmup_items=1 if quick else max(BATCH_SIZES),
+        levels=tuple(sorted(set(levels))),
+        min_requests=8 if quick else 24,
+        per_client=1 if quick else 3,
+        arrivals=6 if quick else 32,
+        rates=tuple(rates),
+    )
+
+
+def peer_skip_reason(args: argparse.Namespace) -> str | None:
+    if args.no_peer:
+        return "--no-peer was given"
+    from bench.peer import unavailable
+
+    return unavailable()
+
+
+def run_peer(
+    specs: dict[Task, ModelSpec],
+    workloads: dict[Task, Any],
+    plan: Plan,
+    report: dict,
+    args: argparse.Namespace,
+    tick: Any,
+) -> dict[str, Any]:
+    """The peer's closed-loop sweep per task, and its ratios against the bus's rows."""
+    from bench.peer import Peer
+
+    batch = load_config().batch_processing_config
+    peer = Peer(specs, batch.max_batch_size, args.peer_batch_wait_ms / 1000)
+    try:
+        result: dict[str, Any] = {"settings": peer.settings}
+        for task, workload in workloads.items():
+            rows = sweep(peer, workload, plan.levels, plan, tick)
+            result[task] = peer_ratios(report[task]["closed_loop"], rows)
+        return result
+    finally:
+        peer.stop()
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores, {device}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        # Thread settings change CPU timings several-fold on a busy machine: record them.
+        "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        # A busy machine makes every number noisy: the load average says how busy it was.
+        "load_average_start": os.getloadavg()[0],
+        "argv": sys.argv[1:],
+    }
+
+
+class Stages:
+    """`with stages("name"):` shows the stage on the progress bar and records its seconds,
+    so a report says where a run spent its time."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.bar.set_description(name)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - began, 1)
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    for task in report["tasks"]:
+        entry = report[task]
+        print()
         print(
-            f"  {task}: bus overhead p50 {bus_result['bus_overhead_ms_p50']:.1f} ms, "
-            f"bus/raw throughput {bus_result['bus_vs_raw_throughput']:.2f}x"
+            report_text.batch_table(
+                f"{task.upper()} {entry['model']}: raw engine, in process", entry["engine_batch"]
+            )
         )
+        print()
+        print(
+            report_text.batch_table(
+                f"{task.upper()} {entry['model']}: through the bus, pinned batch size", entry["bus_batch"]
+            )
+        )
+        rows = [("voicebus", f"{r['clients']} clients", r) for r in entry["closed_loop"]]
+        rows += [
+            ("voicebus", f"fixed {s}, {r['clients']} clients", r)
+            for s, r in entry["fixed_vs_adaptive"]["fixed"].items()
+        ]
+        rows += [("voicebus", f"open {r['rate']} = {r['rate_rps']:.2f}/s", r) for r in entry["open_loop"]]
+        peer = (report["peer"] or {}).get(task) or {}
+        rows += [("peer", f"{r['clients']} clients", r) for r in peer.get("closed_loop", [])]
+        print()
+        print(
+            report_text.load_table(
+                f"{task.upper()} load ({entry['closed_loop'][0]['requests']}+ requests a level)", rows
+            )
+        )
+    print()
+    print(report_text.summary(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    plan = make_plan(args)
+    config = load_config()
+    tasks: tuple[Task, ...] = ("stt", "tts") if args.task == "all" else (args.task,)
+    specs: dict[Task, ModelSpec] = {t: config.models(t)[0] for t in tasks if config.models(t)}
+    for task in set(tasks) - set(specs):
+        print(f"no {task} model configured; skipping {task}")
+    skip_peer = peer_skip_reason(args)
+    report: dict[str, Any] = {
+        "meta": meta(args),
+        "tasks": list(specs),
+        "plan": {
+            "clips": plan.clips,
+            "clients": list(plan.levels),
+            "batch_sizes": list(BATCH_SIZES),
+            "rates": [str(r) for r in plan.rates],
+            "arrivals_per_rate": plan.arrivals,
+        },
+    }
+    if report["meta"]["load_average_start"] > (os.cpu_count() or 1) / 2:
+        print(
+            f"note: load average {report['meta']['load_average_start']:.1f} at start; timings will be noisy",
+            flush=True,
+        )
+    workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
+    total = len(specs) * sum(plan.units(peer=skip_peer is None).values())
+    with tqdm(total=total, unit="req", dynamic_ncols=True) as bar:
+        stage = Stages(bar)
+        for task, workload in workloads.items():
+            with stage(f"{task} raw engine"):
+                report[task] = engine_stage(specs[task], workload, plan, bar.update)
+        with stage("bus start"):
+            from bench.bus import Bus
+
+            bus = Bus(specs, warmup=not (args.quick or args.no_warmup))
+        try:
+            for task, workload in workloads.items():
+                with stage(f"{task} through the bus"):
+                    seed = args.seed + tasks.index(task)
+                    batching = config.batch_processing_config
+                    report[task].update(bus_stage(bus, workload, plan, batching, seed, bar.update))
+                    report[task].update(ratios(report[task]))
+        finally:
+            bus.stop()
+        if skip_peer is None:
+            with stage("peer (Ray Serve)"):
+                try:
+                    report["peer"] = run_peer(specs, workloads, plan, report, args, bar.update)
+                except Exception as exc:  # the peer is optional: keep the bus's results
+                    traceback.print_exc()
+                    skip_peer = f"Ray Serve failed: {type(exc).__name__}: {exc}"
+        if skip_peer is not None:
+            print(f"peer skipped: {skip_peer}", flush=True)
+            report["peer"] = {"skipped": skip_peer, **{task: None for task in specs}}
+    report["meta"]["stage_s"] = stage.seconds
+    report["meta"]["load_average_end"] = os.getloadavg()[0]
+    print_tables(report)
+    problems = report_text.validate_report(report)
+    for problem in problems:
+        print(f"report problem: {problem}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(report, indent=2, default=str))  # problems or not: keep the data
         print(f"wrote {args.json}")
-    return 0
+    if args.plot:
+        write_plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

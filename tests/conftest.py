@@ -33,6 +33,10 @@ class Bus:
     stt_address: str
     tts_address: str
     log_path: Path
+    metrics_url: str = ""  # the model manager's Prometheus exporter
+    monitor_url: str = ""  # the launcher's monitoring page
+    model_manager_port: int = 0  # for a test that attaches an agent of its own
+    journal_dir: Path | None = None  # the agents' queue_for_batch journals
 
     def request(
         self,
@@ -60,11 +64,13 @@ class Bus:
 
 
 def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0) -> Bus:
-    ports = {name: free_port() for name in ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT")}
+    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT")
+    ports = {name: free_port() for name in names}
     env = {
         **os.environ,
         **{f"VOICEBUS__ENDPOINTS__{k}": str(v) for k, v in ports.items()},
         "VOICEBUS__LIMITS__OUTPUT_DIR": str(tmp_dir / "output"),
+        "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp_dir / "journal"),  # never the user's ~/.cache
         **(extra_env or {}),
     }
     log_path = tmp_dir / "bus.log"
@@ -72,8 +78,16 @@ def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_time
     process = subprocess.Popen(
         [sys.executable, "-m", "agents.launcher"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+    port = {name: env[f"VOICEBUS__ENDPOINTS__{name}"] for name in names}  # extra_env may set them
     bus = Bus(
-        process, f"tcp://127.0.0.1:{ports['STT_PORT']}", f"tcp://127.0.0.1:{ports['TTS_PORT']}", log_path
+        process,
+        f"tcp://127.0.0.1:{port['STT_PORT']}",
+        f"tcp://127.0.0.1:{port['TTS_PORT']}",
+        log_path,
+        metrics_url=f"http://127.0.0.1:{port['METRICS_PORT']}/metrics",
+        monitor_url=f"http://127.0.0.1:{port['MONITOR_PORT']}/",
+        model_manager_port=int(port["MODEL_MANAGER_PORT"]),
+        journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
     )
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
@@ -106,6 +120,24 @@ NO_WARMUP = {"VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "false"}
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """The bus as `scripts/run.sh` starts it, with the default config (less the warm-up), on free ports."""
     started = start_bus(tmp_path_factory.mktemp("bus"), NO_WARMUP)
+    yield started
+    stop_bus(started)
+
+
+# Small limits, so that tests can reach them cheaply over real sockets.
+FRAGILE_LIMITS = {
+    "VOICEBUS__LIMITS__MAX_MESSAGE_BYTES": str(1024 * 1024),
+    "VOICEBUS__LIMITS__REQUEST_TIMEOUT_MS": "60000",
+    "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_QUEUE_SIZE": "16",
+}
+
+
+@pytest.fixture(scope="session")
+def fragile_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    """A second bus for the tests that kill or freeze its processes (test_reliability,
+    test_soak), so the session `bus` is never disturbed; shared, since each start costs
+    half a minute. Every test leaves it serving again, as a supervised bus must be."""
+    started = start_bus(tmp_path_factory.mktemp("fragile_bus"), {**NO_WARMUP, **FRAGILE_LIMITS})
     yield started
     stop_bus(started)
 
