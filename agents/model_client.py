@@ -139,11 +139,15 @@ class ModelClient:
         self.context = context or zmq.Context.instance()
         self.curve = curve_keys(self.config)
 
-    def backoff(self, attempt: int) -> float:
+    def backoff(self, attempt: int, reply: dict[str, Any] | None = None) -> float:
         """Seconds to wait before retry number `attempt` + 1: exponential, capped, and jittered
-        so that clients turned away together do not all come back at once."""
+        so that clients turned away together do not all come back at once; at least the
+        `retry_after_ms` an overloaded reply suggests, within the same cap."""
         ceiling = min(self.config.max_backoff_s, self.config.backoff_s * 2**attempt)
-        return ceiling * random.uniform(0.5, 1.0)
+        error = (reply or {}).get("error")
+        hint_ms = error.get("retry_after_ms") if isinstance(error, dict) else None
+        hint_s = hint_ms / 1000.0 if isinstance(hint_ms, (int, float)) else 0.0
+        return max(ceiling * random.uniform(0.5, 1.0), min(hint_s, self.config.max_backoff_s))
 
     def request(
         self,
@@ -167,7 +171,7 @@ class ModelClient:
                     return _error(NO_REPLY, f"no reply from {address} within {timeout_s:g} s{tries}")
             elif _code(reply) not in RETRYABLE or attempt >= retries:
                 return reply
-            time.sleep(self.backoff(attempt))
+            time.sleep(self.backoff(attempt, reply))
             attempt += 1
 
     def _attempt(self, address: str, message: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:

@@ -72,7 +72,7 @@ class Monitor:
 
     def __init__(self, addresses: dict[str, str], client: ModelClient | None = None) -> None:
         self.addresses = dict(addresses)
-        self.client = client or ModelClient(ClientConfig(connect_timeout_s=HEALTH_TIMEOUT_S))
+        self.client = client or ModelClient(ClientConfig(connect_timeout_s=HEALTH_TIMEOUT_S, retries=0))
         self.meter = ThroughputMeter()
         self._lock = threading.Lock()  # one sample at a time; guards the meter and the latest
         self._latest: dict[str, Any] = {"time": time.time(), "services": []}

@@ -36,9 +36,9 @@ MAX_REFUSED_LOGGED = 1000
 class AllowList:
     """A ZAP credentials provider: the public keys in a directory, plus extra keys.
 
-    The directory is read again when an unknown key knocks (at most once a second, so that
-    a flood of strangers cannot keep the disk busy): a client key added to it is let in
-    without a restart, and one removed is refused from the next re-read on."""
+    The directory is read again on a handshake when the last read is over a second old (so
+    that a flood of handshakes cannot keep the disk busy): a client key added to it is let in,
+    and one removed is refused, within a second, without a restart."""
 
     def __init__(self, directory: str | Path, extra: set[bytes] | None = None) -> None:
         self.directory = Path(directory).expanduser()
@@ -52,16 +52,14 @@ class AllowList:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """Called by the authenticator with the client's Z85 public key: is it allowed?"""
-        if key in self.keys or key in self.extra:
-            return True
         if time.monotonic() >= self.next_reload:
             self.next_reload = time.monotonic() + RELOAD_INTERVAL_S
             try:
                 self.keys = self._load()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # a missing directory, a malformed key file
                 log.error("cannot read the authorized clients in %s: %s", self.directory, exc)
-            if key in self.keys:
-                return True
+        if key in self.keys or key in self.extra:
+            return True
         # A refused client reconnects every 100 ms: say so once per key, not each time.
         if key not in self.refused and len(self.refused) < MAX_REFUSED_LOGGED:
             self.refused.add(key)
@@ -97,7 +95,12 @@ def secure_server_socket(
     if not directory.is_dir():
         raise ConfigError(f"security.authorized_clients_dir: {directory} is not a directory")
     supervisor = os.environ.get(SUPERVISOR_KEY_ENV)
-    allow = AllowList(directory, {supervisor.encode("ascii")} if supervisor else None)
+    try:
+        allow = AllowList(directory, {supervisor.encode("ascii")} if supervisor else None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"security.authorized_clients_dir: cannot read the keys in {directory}: {exc}"
+        ) from None
     # The handler must be up before the socket binds, or the first handshakes skip ZAP.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()

@@ -47,6 +47,7 @@ from model_manager.errors import (
     MISSING_FIELD,
     MODEL_UNAVAILABLE,
     NOT_FOUND,
+    RETRYABLE,
     SHUTTING_DOWN,
     TIMEOUT,
     TOO_MANY_ITEMS,
@@ -68,6 +69,8 @@ LIVENESS_INTERVALS = protocol.LIVENESS_INTERVALS
 HARD_MESSAGE_CAP_FACTOR = 2
 # Expired results are deleted from the journal at most this often.
 PURGE_INTERVAL_S = 1.0
+# A queued job the model manager turns away for now (errors.RETRYABLE) is sent again after this.
+QUEUED_RETRY_S = 1.0
 # Beyond the model manager's own deadline, so that its timeout error normally arrives first.
 DEADLINE_GRACE_S = 2.0
 SHUTDOWN_GRACE_S = 30.0
@@ -120,6 +123,7 @@ class Waiter:
     message: dict[str, Any] | None = None  # the "infer" message, for resending
     fields: dict[str, Any] = field(default_factory=dict)
     control: str | None = None  # "stats" or "configure": a model manager request, not inference
+    retry_at: float = math.inf  # a queued job turned away for now: when to send it again
 
 
 class ServiceAgent:
@@ -558,9 +562,10 @@ class ServiceAgent:
                 self._resolve(message["job_id"], message["result"])
             else:
                 error = message.get("error") or {}
-                self._resolve(
-                    message["job_id"], BusError(error.get("code", INTERNAL), error.get("message", ""))
+                failure = BusError(
+                    error.get("code", INTERNAL), error.get("message", ""), error.get("retry_after_ms")
                 )
+                self._resolve(message["job_id"], failure)
 
     def _resend_after_restart(self) -> None:
         """A new model manager instance never saw the jobs in flight: send them again.
@@ -579,10 +584,13 @@ class ServiceAgent:
         if (
             waiter.queued_id is not None
             and isinstance(outcome, BusError)
-            and outcome.code == SHUTTING_DOWN
-            and waiter.deadline > time.monotonic()
+            and outcome.code in RETRYABLE
+            and waiter.deadline > time.monotonic() + QUEUED_RETRY_S
         ):
-            # The model manager is going away, not failing: a durable job waits for the next one.
+            # Overloaded, restarting, going away: not a failure of the job. Its client holds
+            # only a request_id and cannot send it again, so the agent does, until its timeout.
+            hint_s = (outcome.retry_after_ms or 0) / 1000.0
+            waiter.retry_at = time.monotonic() + max(QUEUED_RETRY_S, hint_s)
             self.waiters[job_id] = waiter
             return
         if waiter.control == "stats":
@@ -632,6 +640,10 @@ class ServiceAgent:
             self._to_model_manager({"type": "cancel", "job_ids": expired})
         for job_id in expired:
             self._resolve(job_id, BusError(TIMEOUT, "no result within the request timeout"))
+        for waiter in self.waiters.values():
+            if waiter.retry_at <= now and waiter.message is not None:
+                waiter.retry_at = math.inf
+                self._to_model_manager(waiter.message)
         if now >= self.next_purge:
             self.results.purge(time.time())
             self.next_purge = now + PURGE_INTERVAL_S

@@ -11,7 +11,6 @@ from math import gcd
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, MISSING_FIELD, BusError
 
@@ -80,5 +79,8 @@ def _to_array(data: Any, dtype: Any) -> np.ndarray:
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return np.ascontiguousarray(samples, dtype=np.float32)
+    # Imported here: scipy.signal costs over a second, which every agent (re)start would pay.
+    from scipy.signal import resample_poly
+
     g = gcd(from_rate, to_rate)
     return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)

@@ -11,8 +11,9 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    arrivals at --rates: requests/s, audio-seconds/s, p50/p95/p99 latency, TTS time to first
    chunk (`stream` + `next_chunk`), batch sizes formed (the `stats` histogram's growth),
    errors.
-3. Bus overhead: single-request latency through the bus minus the raw engine's (p50, p99);
-   bus throughput at 8 clients over the best raw-engine batch size.
+3. Bus overhead: single-request latency through the bus minus the raw engine's (p50, p99),
+   measured in pairs (raw, bus, bus, raw, ...) so that drifting machine load cancels; bus
+   throughput at 8 clients over the best raw-engine batch size.
 4. Adaptive vs fixed: 8 clients with `dynamic_batching` on, against each pinned batch size.
 5. The peer: the same engines behind Ray Serve `@serve.batch` (the `peer` extra), same
    clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
@@ -42,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from bench import report as report_text  # noqa: E402
+from bench.engine import BatchRunner  # noqa: E402
+from bench.load import Tick  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
 from bench.stats import parse_rates  # noqa: E402
 from bench.suite import (  # noqa: E402
@@ -50,11 +53,11 @@ from bench.suite import (  # noqa: E402
     Plan,
     bus_stage,
     engine_stage,
+    load_stage,
     peer_ratios,
     ratios,
-    sweep,
 )
-from bench.workload import Task, make_workload  # noqa: E402
+from bench.workload import Task, Workload, make_workload  # noqa: E402
 
 from model_manager.config import ModelSpec, load_config  # noqa: E402
 
@@ -101,15 +104,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(
         clips=8 if quick else 16,
         warmup_items=1 if quick else max(BATCH_SIZES),
+        singles=4 if quick else 16,
         levels=tuple(sorted(set(levels))),
-        min_requests=8 if quick else 24,
+        min_requests=4 if quick else 24,
         per_client=1 if quick else 3,
-        arrivals=6 if quick else 32,
+        arrivals=4 if quick else 32,
         rates=tuple(rates),
     )
 
 
 def peer_skip_reason(args: argparse.Namespace) -> str | None:
+    """None when the peer can run; else why not, for the report and the console."""
     if args.no_peer:
         return "--no-peer was given"
     from bench.peer import unavailable
@@ -119,11 +124,11 @@ def peer_skip_reason(args: argparse.Namespace) -> str | None:
 
 def run_peer(
     specs: dict[Task, ModelSpec],
-    workloads: dict[Task, Any],
+    workloads: dict[Task, Workload],
     plan: Plan,
-    report: dict,
+    report: dict[str, Any],
     args: argparse.Namespace,
-    tick: Any,
+    tick: Tick,
 ) -> dict[str, Any]:
     """The peer's closed-loop sweep per task, and its ratios against the bus's rows."""
     from bench.peer import Peer
@@ -133,8 +138,7 @@ def run_peer(
     try:
         result: dict[str, Any] = {"settings": peer.settings}
         for task, workload in workloads.items():
-            rows = sweep(peer, workload, plan.levels, plan, tick)
-            result[task] = peer_ratios(report[task]["closed_loop"], rows)
+            result[task] = peer_ratios(report[task], load_stage(peer, workload, plan, tick, warm=True))
         return result
     finally:
         peer.stop()
@@ -191,20 +195,9 @@ def print_tables(report: dict[str, Any]) -> None:
                 f"{task.upper()} {entry['model']}: through the bus, pinned batch size", entry["bus_batch"]
             )
         )
-        rows = [("voicebus", f"{r['clients']} clients", r) for r in entry["closed_loop"]]
-        rows += [
-            ("voicebus", f"fixed {s}, {r['clients']} clients", r)
-            for s, r in entry["fixed_vs_adaptive"]["fixed"].items()
-        ]
-        rows += [("voicebus", f"open {r['rate']} = {r['rate_rps']:.2f}/s", r) for r in entry["open_loop"]]
         peer = (report["peer"] or {}).get(task) or {}
-        rows += [("peer", f"{r['clients']} clients", r) for r in peer.get("closed_loop", [])]
         print()
-        print(
-            report_text.load_table(
-                f"{task.upper()} load ({entry['closed_loop'][0]['requests']}+ requests a level)", rows
-            )
-        )
+        print(report_text.load_table(f"{task.upper()} load", report_text.load_rows(entry, peer)))
     print()
     print(report_text.summary(report))
 
@@ -237,25 +230,28 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
-    total = len(specs) * sum(plan.units(peer=skip_peer is None).values())
+    total = sum(sum(plan.units(skip_peer is None, len(w.modes)).values()) for w in workloads.values())
     with tqdm(total=total, unit="req", dynamic_ncols=True) as bar:
         stage = Stages(bar)
+        raw: dict[Task, BatchRunner] = {}
         for task, workload in workloads.items():
             with stage(f"{task} raw engine"):
-                report[task] = engine_stage(specs[task], workload, plan, bar.update)
+                report[task], raw[task] = engine_stage(specs[task], workload, plan, bar.update)
         with stage("bus start"):
             from bench.bus import Bus
 
             bus = Bus(specs, warmup=not (args.quick or args.no_warmup))
+            report["meta"]["bus_log"] = str(bus.log_path)
         try:
             for task, workload in workloads.items():
                 with stage(f"{task} through the bus"):
                     seed = args.seed + tasks.index(task)
                     batching = config.batch_processing_config
-                    report[task].update(bus_stage(bus, workload, plan, batching, seed, bar.update))
+                    report[task].update(bus_stage(bus, raw[task], workload, plan, batching, seed, bar.update))
                     report[task].update(ratios(report[task]))
         finally:
             bus.stop()
+        raw.clear()  # the in-process engines: free their memory before the peer loads its own
         if skip_peer is None:
             with stage("peer (Ray Serve)"):
                 try:
@@ -273,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"report problem: {problem}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))  # problems or not: keep the data
         print(f"wrote {args.json}")
     if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         write_plot(report, args.plot)
         print(f"wrote {args.plot}")
     return 1 if problems else 0

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from bench.stats import (  # noqa: E402
     poisson_schedule,
     ratio,
 )
-from bench.suite import Plan, peer_ratios, ratios  # noqa: E402
+from bench.suite import Plan, paired_singles, peer_ratios, ratios  # noqa: E402
 from bench.workload import Workload  # noqa: E402
 
 # --- percentiles ---------------------------------------------------------------------------
@@ -169,17 +170,19 @@ def test_closest_prefers_the_exact_then_the_larger_neighbour():
 
 # --- load generators on fake connections --------------------------------------------------
 
-WORKLOAD = Workload("tts", tuple({"text": f"item {i}"} for i in range(5)), "single")
+WORKLOAD = Workload("tts", tuple({"text": f"item {i}"} for i in range(5)))
 
 
 class FakeConnection:
     """Answers at once; fails items whose text ends in an odd digit when `fail_odd`."""
 
-    def __init__(self, seen: list[str], lock: threading.Lock, fail_odd: bool = False, delay_s: float = 0.0):
+    def __init__(
+        self, seen: list[str], lock: threading.Lock, fail_odd: bool = False, delay_s: float = 0.0
+    ) -> None:
         self.seen, self.lock, self.fail_odd, self.delay_s = seen, lock, fail_odd, delay_s
         self.closed = False
 
-    def call(self, item):
+    def call(self, item: dict[str, Any]) -> Outcome:
         time.sleep(self.delay_s)
         with self.lock:
             self.seen.append(item["text"])
@@ -187,7 +190,7 @@ class FakeConnection:
         now = time.perf_counter()
         return Outcome(end=now, first=now, audio_s=1.0, error="inference_failed" if failed else None)
 
-    def close(self):
+    def close(self) -> None:
         self.closed = True
 
 
@@ -257,7 +260,7 @@ def test_batch_table_times_consecutive_batches_with_hooks_per_size():
     def run(items):
         calls.append(len(items))
 
-    table, singles = batch_table(
+    table = batch_table(
         run,
         [{"n": i} for i in range(8)],
         (1, 2, 4, 8),
@@ -269,7 +272,6 @@ def test_batch_table_times_consecutive_batches_with_hooks_per_size():
     assert list(table) == ["1", "2", "4", "8"]
     assert events == [("before", 1), ("before", 2), ("before", 4), ("before", 8)]
     assert table["4"]["batch_sizes"] == {"4": 2}
-    assert len(singles) == 8
     assert table["1"]["speedup"] == pytest.approx(1.0)
     for row in table.values():
         assert row["per_item_s"] == pytest.approx(row["total_s"] / 8)
@@ -285,11 +287,11 @@ def test_batch_table_refuses_items_that_do_not_split_evenly():
 # --- ratios of a task and of the peer --------------------------------------------------------
 
 
-def load_row(clients, rps, p99=100.0):
+def load_row(clients: int, rps: float, p99: float = 100.0) -> dict[str, Any]:
     return {"clients": clients, "throughput_rps": rps, "p50_ms": 50.0, "p99_ms": p99}
 
 
-def task_entry():
+def task_entry() -> dict[str, Any]:
     return {
         "model": "m",
         "engine_batch": {
@@ -316,26 +318,75 @@ def test_task_ratios_come_from_the_rows_of_the_run():
 
 
 def test_peer_ratios_are_voicebus_over_peer_at_each_shared_concurrency():
-    bus = [load_row(1, 4.0, 100.0), load_row(8, 10.0, 400.0)]
-    peer = [load_row(1, 2.0, 200.0), load_row(8, 5.0, 800.0), load_row(16, 5.0, 900.0)]
+    bus = {"closed_loop": [load_row(1, 4.0, 100.0), load_row(8, 10.0, 400.0)]}
+    peer = {"closed_loop": [load_row(1, 2.0, 200.0), load_row(8, 5.0, 800.0), load_row(16, 5.0, 900.0)]}
     got = peer_ratios(bus, peer)
     assert got["clients"] == 8
     assert got["throughput_ratio"] == pytest.approx(2.0)
     assert got["p99_ratio"] == pytest.approx(0.5)
     assert [r["clients"] for r in got["by_clients"]] == [1, 8]
+    assert got["closed_loop"] == peer["closed_loop"]  # the peer's own rows travel along
+    assert "ttfc_p50_ratio" not in got
+
+
+def test_peer_ratios_compare_time_to_first_chunk_of_streams():
+    bus = {
+        "closed_loop": [load_row(8, 1.0)],
+        "closed_loop_stream": [{**load_row(8, 0.5), "ttfc_p50_ms": 300.0}],
+    }
+    peer = {
+        "closed_loop": [load_row(8, 1.0)],
+        "closed_loop_stream": [{**load_row(8, 0.5), "ttfc_p50_ms": 600.0}],
+    }
+    assert peer_ratios(bus, peer)["ttfc_p50_ratio"] == pytest.approx(0.5)
 
 
 def test_plan_sizes_the_load():
-    plan = Plan(clips=8, levels=(1, 8), min_requests=8, per_client=3, arrivals=4, rates=(Rate(1.0),))
+    plan = Plan(
+        clips=8,
+        warmup_items=1,
+        singles=4,
+        levels=(1, 8),
+        min_requests=8,
+        per_client=3,
+        arrivals=4,
+        rates=(Rate(1.0), Rate(0.5, relative=True)),
+    )
     assert plan.requests(1) == 8 and plan.requests(8) == 24
-    units = plan.units(peer=False)
-    assert units["peer"] == 0 and units["engine"] == 8 + 32
+    units = plan.units(peer=True)
+    assert units["engine"] == 1 + 8 * 4
+    assert units["bus"] == (1 + 8 * 4) + 4 * 24 + 4 + (8 + 24) + 4 * 2
+    assert units["peer"] == 1 + 8 + 24
+    assert plan.units(peer=False)["peer"] == 0
+    streamed = plan.units(peer=True, modes=2)
+    assert streamed["peer"] == 1 + 2 * (8 + 24) and streamed["bus"] == units["bus"] + 8 + 24
+
+
+def test_paired_singles_alternate_sides_and_keep_errors_apart():
+    order = []
+    seen, lock = [], threading.Lock()
+
+    class Recording(FakeConnection):
+        def call(self, item):
+            order.append("system")
+            return super().call(item)
+
+    def raw(items):
+        assert len(items) == 1
+        order.append("raw")
+
+    connection = Recording(seen, lock, fail_odd=True)
+    got = paired_singles(raw, connection, WORKLOAD, 4, lambda n: None)
+    assert order == ["raw", "system", "system", "raw", "raw", "system", "system", "raw"]
+    assert got["single_errors"] == {"inference_failed": 2}  # items 1 and 3
+    assert got["raw_single_ms"]["p50_ms"] is not None and got["bus_single_ms"]["p50_ms"] is not None
+    assert connection.closed
 
 
 # --- the report's schema -------------------------------------------------------------------
 
 
-def valid_report():
+def valid_report() -> dict[str, Any]:
     entry = task_entry()
     entry.update(ratios(entry))
     return {
@@ -394,7 +445,42 @@ def test_one_task_alone_is_a_valid_report():
     assert report_mod.validate_report(report) == []
 
 
+def test_load_rows_cover_both_systems_both_modes_pinned_sizes_and_open_loop():
+    entry = task_entry()
+    entry["closed_loop_stream"] = [{**load_row(8, 0.5), "ttfc_p50_ms": 300.0}]
+    entry["open_loop"] = [{**load_row(0, 1.0), "rate": "0.5x", "rate_rps": 2.0}]
+    peer = {"closed_loop": [load_row(8, 1.0)]}
+    labels = [(system, load) for system, load, _ in report_mod.load_rows(entry, peer)]
+    assert labels == [
+        ("voicebus", "1 clients"),
+        ("voicebus", "8 clients"),
+        ("voicebus", "8 clients, streams"),
+        ("peer", "8 clients"),
+        ("voicebus", "pinned to 1, 8 clients"),
+        ("voicebus", "pinned to 4, 8 clients"),
+        ("voicebus", "open 0.5x = 2.00/s"),
+    ]
+    text = report_mod.load_table("TTS load", report_mod.load_rows(entry, peer))
+    assert "| voicebus | 8 clients, streams | 0.50 |" in text
+
+
+def test_the_summary_quotes_time_to_first_chunk_only_where_streams_ran():
+    report = valid_report()
+    report["peer"]["tts"]["ttfc_p50_ratio"] = 0.8
+    lines = report_mod.summary(report).splitlines()
+    peer_lines = [line for line in lines if "voicebus/peer" in line]
+    assert "first chunk 0.80x" in peer_lines[1] and "first chunk" not in peer_lines[0]
+
+
 def test_the_printed_table_has_seed_003s_columns():
     text = report_mod.batch_table("STT", valid_report()["stt"]["engine_batch"])
     assert "| Batch Size | Avg Time/Sample | Total Time | Speedup |" in text
     assert "| 1 (single) | 0.100s" in text
+
+
+def test_the_peer_says_how_to_get_ray_when_it_is_missing(monkeypatch):
+    from bench import peer
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: import raises
+    reason = peer.unavailable()
+    assert reason is not None and "pip install" in reason and "peer" in reason

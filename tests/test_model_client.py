@@ -151,3 +151,13 @@ def test_no_bus_at_all_is_bus_unavailable_within_the_retry_budget():
     reply = client(address, retries=1).generate(audio_data=np.zeros(1600, np.float32))
     assert reply["error"]["code"] == "bus_unavailable"
     assert time.monotonic() - started < 2 * 0.3 + 1.0
+
+
+def test_the_retry_after_hint_of_an_overloaded_reply_is_honoured(scripted):
+    hint = {**error("overloaded"), "error": {**error("overloaded")["error"], "retry_after_ms": 300}}
+    agent = scripted(lambda request, n: hint if n == 0 else OK)
+    patient = client(agent.address)
+    patient.config.max_backoff_s = 1.0  # the hint is followed up to this cap
+    started = time.monotonic()
+    assert patient.request(agent.address, {"action": "transcribe"}) == OK
+    assert time.monotonic() - started >= 0.3

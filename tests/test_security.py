@@ -133,11 +133,15 @@ def test_a_plaintext_client_gets_no_service(secure_agent):
         raw.close()
 
 
-def test_a_key_added_to_the_allow_list_is_let_in_without_a_restart(secure_agent):
+def test_keys_added_to_or_removed_from_the_allow_list_count_without_a_restart(secure_agent):
     assert keys_main([str(secure_agent.keys), "--client", "latecomer"]) == 0
     time.sleep(security.RELOAD_INTERVAL_S)  # the allow-list is re-read at most this often
-    reply = client(secure_agent, "latecomer").request(secure_agent.address, {"action": "health"}, timeout_s=5)
-    assert reply["status"] == "success", reply
+    latecomer = client(secure_agent, "latecomer")
+    assert latecomer.request(secure_agent.address, {"action": "health"}, timeout_s=5)["status"] == "success"
+    (secure_agent.keys / "authorized_clients" / "latecomer.key").unlink()
+    time.sleep(security.RELOAD_INTERVAL_S)
+    reply = latecomer.request(secure_agent.address, {"action": "health"}, timeout_s=2)
+    assert reply["error"]["code"] == "no_reply"
 
 
 def test_half_a_curve_configuration_is_refused(secure_agent):

@@ -23,8 +23,9 @@ from test_reliability import child_process, wait_ready
 from agents.model_client import ClientConfig, ModelClient
 
 CLIENTS = 8
-SOAK_S = 50.0  # new requests are sent for this long...
-KILL_AT_S = 5.0  # ...and the model manager is killed this far in
+SOAK_S = 45.0  # new requests are sent for this long...
+# ...and the model manager is killed once every client could have had a reply, or this far in.
+KILL_BY_S = 15.0
 # Beyond the fragile bus's request timeout (60 s) plus the agent's grace (2 s): a reply that
 # has not come by then never will.
 REPLY_TIMEOUT_S = 75.0
@@ -164,7 +165,9 @@ def test_soak_with_a_model_manager_kill_loses_nothing(fragile_bus):
     ]
     for t in threads:
         t.start()
-    time.sleep(KILL_AT_S)
+    while tally.sent < CLIENTS and time.monotonic() - started < KILL_BY_S:
+        time.sleep(0.1)
+    killed_at = time.monotonic() - started
     victim = child_process(bus.process.pid, "model_manager")
     victim.kill()
     for t in threads:
@@ -172,7 +175,7 @@ def test_soak_with_a_model_manager_kill_loses_nothing(fragile_bus):
     elapsed = time.monotonic() - started
     ready_after = wait_ready(bus, bus.stt_address, timeout_s=120)
     print(
-        f"\nsoak: {CLIENTS} clients, {elapsed:.0f} s, model manager killed at {KILL_AT_S:.0f} s: "
+        f"\nsoak: {CLIENTS} clients, {elapsed:.0f} s, model manager killed at {killed_at:.0f} s: "
         f"sent={tally.sent} ok={tally.ok} error={tally.error} lost={tally.lost}\n"
         f"soak: errors by code: {dict(tally.codes)}"
     )

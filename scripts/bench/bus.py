@@ -65,7 +65,9 @@ def error_code(reply: dict[str, Any]) -> str | None:
 class BusConnection:
     """One client of the bus on one task (see load.Connection). Not thread-safe: one per thread."""
 
-    def __init__(self, address: str, workload: Workload, mode: Mode, timeout_s: float = CLIENT_TIMEOUT_S):
+    def __init__(
+        self, address: str, workload: Workload, mode: Mode, timeout_s: float = CLIENT_TIMEOUT_S
+    ) -> None:
         self.address = address
         self.workload = workload
         self.mode = mode
@@ -138,6 +140,7 @@ class Bus:
             "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp / "journal"),
         }
         self._bus = start_bus(tmp, env)
+        self.log_path = self._bus.log_path
         self._control: dict[str, BusConnection] = {}
 
     def address(self, task: Task) -> str:
@@ -148,7 +151,7 @@ class Bus:
 
     def control(self, task: Task, message: dict[str, Any]) -> dict[str, Any]:
         if task not in self._control:
-            self._control[task] = BusConnection(self.address(task), Workload(task, (), "single"), "single")
+            self._control[task] = BusConnection(self.address(task), Workload(task, ()), "single")
         reply = self._control[task].request(message)
         if reply.get("status") != "success":
             raise RuntimeError(f"bus refused {message.get('action')}: {reply.get('error')}")

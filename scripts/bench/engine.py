@@ -45,11 +45,10 @@ def batch_table(
     before: Callable[[int], None] | None = None,
     after: Callable[[int], dict[str, Any]] | None = None,
     warmup_items: int | None = None,
-) -> tuple[dict[str, dict[str, Any]], list[float]]:
+) -> dict[str, dict[str, Any]]:
     """Time `items` in consecutive batches of each size, one batch after the other.
 
-    Returns ({"<size>": {"per_item_s", "total_s", "speedup", ...}}, the seconds of each
-    batch of size 1, i.e. single-request latencies). Speedup is per-item time at sizes[0]
+    Returns {"<size>": {"per_item_s", "total_s", "speedup", ...}}. Speedup is per-item time at sizes[0]
     over that at each size. One untimed warm-up batch (of the largest size, or of
     `warmup_items`) runs first: first-call allocations are not batching. `before(size)` runs
     before a size is timed (the bus pins its batch size there), and `after(size)` adds
@@ -62,8 +61,7 @@ def batch_table(
     if warmup:
         run(items[:warmup])
         tick(warmup)
-    table: dict[str, dict[str, float]] = {}
-    singles: list[float] = []
+    table: dict[str, dict[str, Any]] = {}
     for size in sizes:
         if before is not None:
             before(size)
@@ -74,8 +72,6 @@ def batch_table(
             run(chunk)
             elapsed = time.perf_counter() - began
             total += elapsed
-            if size == 1:
-                singles.append(elapsed)
             tick(len(chunk))
         table[str(size)] = {"per_item_s": total / len(items), "total_s": total}
         if after is not None:
@@ -83,7 +79,7 @@ def batch_table(
     base = table[str(sizes[0])]["per_item_s"]
     for row in table.values():
         row["speedup"] = base / row["per_item_s"]
-    return table, singles
+    return table
 
 
 def best_throughput(table: dict[str, dict[str, Any]]) -> tuple[int, float]:

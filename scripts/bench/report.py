@@ -11,9 +11,11 @@ strings or problems. The report's contract (what `--json` promises to downstream
   - "bus_vs_raw_throughput": bus throughput at 8 clients over the best raw configuration (> 0);
   - "adaptive_vs_best_fixed": bus throughput with dynamic batching over the best pinned
     batch size, same load (> 0);
-  - "closed_loop", "open_loop": rows of load results.
+  - "closed_loop", "open_loop": rows of load results (whole requests); TTS also has
+    "closed_loop_stream" (streams, with "ttfc_p50_ms" etc.).
 - "peer": either {"skipped": "<reason>"} (task entries absent or null), or for every task
-  {"throughput_ratio": > 0, "p99_ratio": > 0} (voicebus over peer, same clients).
+  {"throughput_ratio": > 0, "p99_ratio": > 0} (voicebus over peer, whole requests, same
+  clients; TTS adds "ttfc_p50_ratio" for streams).
 - Every number finite: NaN and infinity are not JSON, and "not measured" is null.
 """
 
@@ -127,6 +129,21 @@ def _errors(errors: Mapping[str, int]) -> str:
     return " ".join(f"{code}:{n}" for code, n in errors.items()) or "0"
 
 
+def load_rows(entry: Mapping[str, Any], peer: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(system, load, row) for every load result of one task: the closed-loop sweeps of both
+    systems, whole and streamed, then the bus's pinned batch sizes and its open loop."""
+    rows: list[tuple[str, str, Mapping[str, Any]]] = []
+    for system, loads in (("voicebus", entry), ("peer", peer)):
+        for key, how in (("closed_loop", ""), ("closed_loop_stream", ", streams")):
+            rows += [(system, f"{r['clients']} clients{how}", r) for r in loads.get(key) or []]
+    fixed = (entry.get("fixed_vs_adaptive") or {}).get("fixed") or {}
+    rows += [("voicebus", f"pinned to {size}, {r['clients']} clients", r) for size, r in fixed.items()]
+    rows += [
+        ("voicebus", f"open {r['rate']} = {r['rate_rps']:.2f}/s", r) for r in entry.get("open_loop") or []
+    ]
+    return rows
+
+
 def load_table(title: str, rows: Sequence[tuple[str, str, Mapping[str, Any]]]) -> str:
     """One line per (system, load, result row) of closed- or open-loop load."""
     lines = [
@@ -167,6 +184,12 @@ def summary(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"  {task}: voicebus/peer at {entry.get('clients')} clients: "
                 f"throughput {_fmt(entry.get('throughput_ratio'), '.2f', 'x')}, "
-                f"p99 {_fmt(entry.get('p99_ratio'), '.2f', 'x')} (below 1 is better for voicebus)"
+                f"p99 {_fmt(entry.get('p99_ratio'), '.2f', 'x')}"
+                + (
+                    f", streams' time to first chunk {_fmt(entry['ttfc_p50_ratio'], '.2f', 'x')}"
+                    if "ttfc_p50_ratio" in entry
+                    else ""
+                )
+                + " (throughput above 1, times below 1 favour voicebus)"
             )
     return "\n".join(lines)

@@ -4,12 +4,16 @@ together and assembles the report.
 
 Order on the bus, per task: the batch table with pinned sizes; closed loop at 8 clients
 with each pinned size, then (back to the configured, adaptive policy) single requests for
-the overhead, the closed-loop sweep (its 8-client row is the adaptive one) and the open
-loop. The fixed and adaptive rows at 8 clients thus run back to back on the same bus.
+the overhead, each paired with the same request on the raw engine in process, the
+closed-loop sweep of whole requests (its 8-client row is the adaptive one), for TTS the
+sweep of streams, and the open loop. The fixed and adaptive rows at 8 clients thus run
+close together on the same bus. Throughput is only ever compared between whole requests.
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bench import engine as engine_bench
+from bench.engine import BatchRunner
 from bench.load import Connection, Tick, closed_loop, open_loop
 from bench.stats import Rate, closest, histogram_delta, latency_summary, poisson_schedule, ratio
 from bench.workload import Mode, Task, Workload
@@ -33,6 +38,7 @@ class Plan:
 
     clips: int  # items in the batch tables: a multiple of every batch size
     warmup_items: int  # the untimed batch before each batch table
+    singles: int  # single requests, raw and through the bus, for the overhead
     levels: tuple[int, ...]  # closed-loop clients
     min_requests: int  # requests per closed-loop level at least...
     per_client: int  # ...or this many per client, if more
@@ -42,18 +48,19 @@ class Plan:
     def requests(self, clients: int) -> int:
         return max(self.min_requests, clients * self.per_client)
 
-    def units(self, peer: bool) -> dict[str, int]:
-        """Requests each stage of one task sends (the progress bar's units)."""
+    def units(self, peer: bool, modes: int = 1) -> dict[str, int]:
+        """Requests each stage of one task sends (the progress bar's units); `modes`: how many
+        ways the task's load is sent (2 for TTS: whole and streamed)."""
         table = self.warmup_items + self.clips * len(BATCH_SIZES)
-        sweep = sum(self.requests(c) for c in self.levels)
+        sweep = modes * sum(self.requests(c) for c in self.levels)
         return {
             "engine": table,
             "bus": table
             + len(BATCH_SIZES) * self.requests(HEADLINE_CLIENTS)
-            + self.clips
+            + self.singles
             + sweep
             + self.arrivals * len(self.rates),
-            "peer": sweep if peer else 0,
+            "peer": self.warmup_items + sweep if peer else 0,
         }
 
 
@@ -66,49 +73,91 @@ class System(Protocol):
 
 
 def sweep(
-    system: System, workload: Workload, levels: Sequence[int], plan: Plan, tick: Tick
+    system: System, workload: Workload, mode: Mode, levels: Sequence[int], plan: Plan, tick: Tick
 ) -> list[dict[str, Any]]:
     """Closed loop at each number of clients, with the batch sizes the system formed."""
     rows = []
     for clients in levels:
         before = system.histogram(workload.task)
         row = closed_loop(
-            lambda: system.connection(workload, workload.load_mode),
-            workload,
-            clients,
-            plan.requests(clients),
-            tick,
+            lambda: system.connection(workload, mode), workload, clients, plan.requests(clients), tick
         )
+        row["mode"] = mode
         row["batch_sizes"] = histogram_delta(before, system.histogram(workload.task))
         rows.append(row)
     return rows
 
 
-def engine_stage(spec: Any, workload: Workload, plan: Plan, tick: Tick) -> dict[str, Any]:
-    """Seed 003's table on the raw engine, in this process."""
-    engine = engine_bench.load_engine(spec)
-    table, singles = engine_bench.batch_table(
-        engine_bench.raw_runner(engine),
-        workload.items[: plan.clips],
-        BATCH_SIZES,
-        tick,
-        warmup_items=plan.warmup_items,
+def load_stage(
+    system: System, workload: Workload, plan: Plan, tick: Tick, warm: bool = False
+) -> dict[str, Any]:
+    """The closed-loop sweep every system gets: whole requests ("closed_loop"), and for TTS
+    also streams ("closed_loop_stream", with time to first chunk). `warm`: first send
+    `plan.warmup_items` requests at once, untimed, to a system that has not served yet (the
+    bus has, by then: its batch table ran first), so first-call costs are not counted."""
+    if warm and plan.warmup_items:
+        n = plan.warmup_items
+        closed_loop(lambda: system.connection(workload, "single"), workload, n, n, tick)
+    stage = {"closed_loop": sweep(system, workload, "single", plan.levels, plan, tick)}
+    if "stream" in workload.modes:
+        stage["closed_loop_stream"] = sweep(system, workload, "stream", plan.levels, plan, tick)
+    return stage
+
+
+def engine_stage(spec: Any, workload: Workload, plan: Plan, tick: Tick) -> tuple[dict[str, Any], BatchRunner]:
+    """Seed 003's table on the raw engine, in this process. Returns the entry and the engine's
+    runner, kept for the paired single-request latencies of `bus_stage`."""
+    raw = engine_bench.raw_runner(engine_bench.load_engine(spec))
+    table = engine_bench.batch_table(
+        raw, workload.items[: plan.clips], BATCH_SIZES, tick, warmup_items=plan.warmup_items
     )
     size, rps = engine_bench.best_throughput(table)
-    return {
+    entry = {
         "model": spec.name,
         "clips": plan.clips,
         "engine_batch": table,
-        "raw_single_ms": latency_summary(singles),
         "best_raw": {"batch_size": size, "throughput_rps": rps},
+    }
+    return entry, raw
+
+
+def paired_singles(
+    raw: BatchRunner, connection: Connection, workload: Workload, count: int, tick: Tick
+) -> dict[str, Any]:
+    """Single-request latency of the raw engine and of the system, measured in pairs (one
+    after the other, for the same item, alternating which goes first), so that a change in
+    machine load during the run moves both sides alike and cancels out of the difference."""
+    raw_s: list[float] = []
+    system_s: list[float] = []
+    errors: Counter[str] = Counter()
+    for index in range(count):
+        item = workload.item(index)
+        for side in ("raw", "system") if index % 2 == 0 else ("system", "raw"):
+            began = time.perf_counter()
+            if side == "raw":
+                raw([item])
+                raw_s.append(time.perf_counter() - began)
+                continue
+            outcome = connection.call(item)
+            if outcome.ok:
+                system_s.append(outcome.end - began)
+            else:
+                errors[str(outcome.error)] += 1
+        tick(1)
+    connection.close()
+    return {
+        "raw_single_ms": latency_summary(raw_s),
+        "bus_single_ms": latency_summary(system_s),
+        "single_errors": dict(errors),
     }
 
 
 def bus_stage(
-    bus: Any, workload: Workload, plan: Plan, batching: BatchConfig, seed: int, tick: Tick
+    bus: Any, raw: BatchRunner, workload: Workload, plan: Plan, batching: BatchConfig, seed: int, tick: Tick
 ) -> dict[str, Any]:
-    """Everything measured through the bus for one task (see the module docstring for the order).
-    `bus` is a bench.bus.Bus; the result holds raw numbers, the ratios come in `ratios`."""
+    """Everything measured through the bus for one task (see the module docstring for the
+    order). `bus` is a bench.bus.Bus and `raw` the in-process engine's runner; the result
+    holds measured numbers, the ratios come from `ratios`."""
     from bench.bus import batch_runner
 
     task = workload.task
@@ -122,7 +171,7 @@ def bus_stage(
         return {"batch_sizes": histogram_delta(marks[size], bus.histogram(task))}
 
     try:
-        bus_table, _ = engine_bench.batch_table(
+        bus_table = engine_bench.batch_table(
             batch_runner(bus, workload),
             workload.items[: plan.clips],
             BATCH_SIZES,
@@ -134,19 +183,19 @@ def bus_stage(
         fixed = {}
         for size in BATCH_SIZES:
             pin(size)
-            fixed[str(size)] = sweep(bus, workload, [HEADLINE_CLIENTS], plan, tick)[0]
+            fixed[str(size)] = sweep(bus, workload, "single", [HEADLINE_CLIENTS], plan, tick)[0]
     finally:
         bus.restore(task, batching)
-    single = closed_loop(lambda: bus.connection(workload, "single"), workload, 1, plan.clips, tick)
-    loads = sweep(bus, workload, plan.levels, plan, tick)
-    capacity = max((r["throughput_rps"] or 0.0 for r in loads), default=0.0)
+    singles = paired_singles(raw, bus.connection(workload, "single"), workload, plan.singles, tick)
+    loads = load_stage(bus, workload, plan, tick)
+    capacity = max((r["throughput_rps"] or 0.0 for r in loads["closed_loop"]), default=0.0)
     rng = np.random.default_rng(seed)
     opened = []
     for rate in plan.rates:
         rps = rate.resolve(capacity)
         before = bus.histogram(task)
         row = open_loop(
-            lambda: bus.connection(workload, workload.load_mode),
+            lambda: bus.connection(workload, "single"),
             workload,
             poisson_schedule(rps, plan.arrivals, rng),
             tick,
@@ -161,9 +210,9 @@ def bus_stage(
         )
     return {
         "bus_batch": bus_table,
-        "bus_single_ms": {k: single[k] for k in ("p50_ms", "p95_ms", "p99_ms")},
+        **singles,
         "fixed_vs_adaptive": {"clients": HEADLINE_CLIENTS, "fixed": fixed},
-        "closed_loop": loads,
+        **loads,
         "open_loop": opened,
     }
 
@@ -191,18 +240,24 @@ def ratios(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def peer_ratios(bus_rows: Sequence[dict[str, Any]], peer_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """voicebus over peer at each concurrency both ran, and at the headline one."""
+def peer_ratios(bus: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    """voicebus over peer, from the `load_stage` results of each: throughput and p99 of whole
+    requests at every concurrency both ran and at the headline one, and for streams the time
+    to first chunk (p50) at the headline concurrency."""
     by_clients = []
-    for peer in peer_rows:
-        bus = next((r for r in bus_rows if r["clients"] == peer["clients"]), None)
-        if bus is not None:
+    for theirs in peer["closed_loop"]:
+        ours = next((r for r in bus["closed_loop"] if r["clients"] == theirs["clients"]), None)
+        if ours is not None:
             by_clients.append(
                 {
-                    "clients": peer["clients"],
-                    "throughput_ratio": ratio(bus["throughput_rps"], peer["throughput_rps"]),
-                    "p99_ratio": ratio(bus["p99_ms"], peer["p99_ms"]),
+                    "clients": theirs["clients"],
+                    "throughput_ratio": ratio(ours["throughput_rps"], theirs["throughput_rps"]),
+                    "p99_ratio": ratio(ours["p99_ms"], theirs["p99_ms"]),
                 }
             )
-    headline = row_at(by_clients, HEADLINE_CLIENTS) if by_clients else {}
-    return {**headline, "by_clients": by_clients, "closed_loop": list(peer_rows)}
+    result: dict[str, Any] = {**(row_at(by_clients, HEADLINE_CLIENTS) if by_clients else {})}
+    if bus.get("closed_loop_stream") and peer.get("closed_loop_stream"):
+        ours = row_at(bus["closed_loop_stream"], HEADLINE_CLIENTS)
+        theirs = row_at(peer["closed_loop_stream"], HEADLINE_CLIENTS)
+        result["ttfc_p50_ratio"] = ratio(ours.get("ttfc_p50_ms"), theirs.get("ttfc_p50_ms"))
+    return {**result, "by_clients": by_clients, **peer}

@@ -4,6 +4,11 @@ STT clips are real speech spoken by espeak-ng (tests/speech.py; scripts/test.sh 
 it), so Whisper decodes real tokens rather than hallucinating on noise. TTS texts have two
 sentences each, so a `stream` request has two chunks and time to first chunk means
 something.
+
+Requests go out whole ("single": transcribe / synthesize) for every throughput comparison,
+because that is what the raw engine runs. TTS is also driven as streams ("stream": `stream`
++ `next_chunk`, one engine request per sentence) for time to first chunk; its throughput is
+not comparable with whole texts and is not compared with them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 Task = Literal["stt", "tts"]
-#: How a load request is sent: one request, one reply; or TTS `stream` + `next_chunk`.
+#: How a load request is sent: whole, one reply; or as a TTS stream of sentence chunks.
 Mode = Literal["single", "stream"]
 STT_RATE = 16_000
 
@@ -43,13 +48,16 @@ class Workload:
     """The requests of one task, as engine requests (base.py's dicts, before `prepare`).
 
     `items[i]` is request i everywhere: raw engine, bus and peer all cycle through `items`
-    in order, so every system sees the same mix. `load_mode` is how the load generators
-    send them: TTS streams (time to first chunk is one of the numbers), STT does not.
+    in order, so every system sees the same mix.
     """
 
     task: Task
     items: tuple[dict[str, Any], ...]
-    load_mode: Mode
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        """The ways load is sent: whole requests always, streams too where the task has them."""
+        return ("single", "stream") if self.task == "tts" else ("single",)
 
     def item(self, index: int) -> dict[str, Any]:
         return self.items[index % len(self.items)]
@@ -67,9 +75,9 @@ def make_workload(task: Task, count: int, quick: bool) -> Workload:
     if task == "stt":
         clips = _stt_clips()
         items = tuple({"audio": clips[i % len(clips)]} for i in range(count))
-        return Workload("stt", items, "single")
+        return Workload("stt", items)
     texts = TTS_TEXTS_SHORT if quick else TTS_TEXTS
-    return Workload("tts", tuple({"text": texts[i % len(texts)]} for i in range(count)), "stream")
+    return Workload("tts", tuple({"text": texts[i % len(texts)]} for i in range(count)))
 
 
 def _stt_clips() -> list[np.ndarray]:

@@ -1,0 +1,143 @@
+"""The model manager's side of the heartbeat: a resent job runs once, and the queued jobs of an
+agent that stopped pinging are dropped. A real ModelManagerAgent on a real socket, with a
+stand-in engine whose batches wait for the test to let them finish."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+import zmq
+from conftest import free_port
+
+from model_manager import protocol
+from model_manager.agent import ModelManagerAgent
+from model_manager.config import parse_config
+from model_manager.engines.base import Engine, Request, Result
+
+
+class GatedEngine(Engine):
+    """Echoes each request's "x"; every batch waits until `gate` is set, and is counted."""
+
+    task = "stt"
+    name = "gated"
+    num_parameters = 1
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def batch_key(self, request: Request) -> str:
+        return "k"
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        self.gate.wait(30)
+        self.ran.extend(r["x"] for r in requests)
+        return [{"text": r["x"]} for r in requests]
+
+
+@dataclass
+class Manager:
+    agent: ModelManagerAgent
+    engine: GatedEngine
+    address: str
+
+
+@pytest.fixture
+def manager() -> Iterator[Manager]:
+    port = free_port()
+    config = parse_config(
+        {
+            "endpoints": {"model_manager_port": port, "metrics_port": 0, "monitor_port": 0},
+            # One job per batch, so that the first runs (and waits) while the rest stay queued.
+            "batch_processing_config": {"max_batch_size": 1, "min_batch_size": 1, "dynamic_batching": False},
+        }
+    )
+    engine = GatedEngine()
+    agent = ModelManagerAgent(config, engines=[engine], context=zmq.Context())
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
+    thread.start()
+    yield Manager(agent, engine, f"tcp://127.0.0.1:{port}")
+    engine.gate.set()
+    stop.set()
+    thread.join(30)
+
+
+def link(address: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def send(sock: zmq.Socket, message: dict) -> None:
+    sock.send_multipart([protocol.INTERNAL_VERSION, protocol.pack(message)])
+
+
+def infer(job_id: str) -> dict:
+    return {"type": "infer", "job_id": job_id, "task": "stt", "request": {"x": job_id}, "timeout_ms": 30_000}
+
+
+def results(sock: zmq.Socket, wait_s: float, until: str | None = None) -> list[str]:
+    """job_ids of the results that arrive within `wait_s` (or until the one for `until`)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0 and until not in seen:
+        if sock.poll(int(left * 1000)):
+            message = protocol.unpack(sock.recv_multipart()[1])
+            if message["type"] == "result":
+                seen.append(message["job_id"])
+    return seen
+
+
+def test_a_job_resent_while_queued_or_running_runs_once(manager):
+    sock = link(manager.address)
+    try:
+        for job_id in ("a", "b", "a", "b", "a"):  # as an agent resends after a silence
+            send(sock, infer(job_id))
+        time.sleep(0.5)
+        manager.engine.gate.set()
+        assert sorted(results(sock, wait_s=1.5)) == ["a", "b"]  # and no second answer
+        assert sorted(manager.engine.ran) == ["a", "b"]
+    finally:
+        sock.close()
+
+
+def test_the_queued_jobs_of_an_agent_that_stopped_pinging_are_dropped(manager, caplog):
+    caplog.set_level(logging.WARNING, logger="model_manager.agent")
+    sock = link(manager.address)
+    send(sock, {"type": "ping"})
+    for job_id in ("running", "queued-1", "queued-2"):
+        send(sock, infer(job_id))
+    time.sleep(0.5)  # "running" is in the engine, the other two wait behind it
+    sock.close()  # the agent dies: no more pings
+    worker = manager.agent.workers["gated"]
+    deadline = time.monotonic() + 3 * protocol.PING_INTERVAL_S + 3
+    while worker.queue_depth() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.queue_depth() == 0
+    assert "stopped pinging; dropped 2 of its queued jobs" in caplog.text
+    manager.engine.gate.set()
+    time.sleep(0.5)
+    assert manager.engine.ran == ["running"]  # the dropped ones never ran for nobody
+
+
+def test_an_agent_that_keeps_pinging_keeps_its_jobs(manager):
+    sock = link(manager.address)
+    try:
+        send(sock, infer("running"))
+        send(sock, infer("queued"))
+        for _ in range(4):  # past the 3-interval limit, with pings
+            send(sock, {"type": "ping"})
+            time.sleep(protocol.PING_INTERVAL_S)
+        assert manager.agent.workers["gated"].queue_depth() == 1
+        manager.engine.gate.set()
+        assert "queued" in results(sock, wait_s=5, until="queued")
+    finally:
+        sock.close()
