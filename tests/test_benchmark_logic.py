@@ -338,7 +338,8 @@ def test_peer_ratios_compare_time_to_first_chunk_of_streams():
         "closed_loop": [load_row(8, 1.0)],
         "closed_loop_stream": [{**load_row(8, 0.5), "ttfc_p50_ms": 600.0}],
     }
-    assert peer_ratios(bus, peer)["ttfc_p50_ratio"] == pytest.approx(0.5)
+    got = peer_ratios(bus, peer)
+    assert got["ttfc_p50_ratio"] == pytest.approx(0.5) and got["ttfc_clients"] == 8
 
 
 def test_plan_sizes_the_load():
@@ -347,6 +348,7 @@ def test_plan_sizes_the_load():
         warmup_items=1,
         singles=4,
         levels=(1, 8),
+        stream_levels=(1,),
         min_requests=8,
         per_client=3,
         arrivals=4,
@@ -358,8 +360,8 @@ def test_plan_sizes_the_load():
     assert units["bus"] == (1 + 8 * 4) + 4 * 24 + 4 + (8 + 24) + 4 * 2
     assert units["peer"] == 1 + 8 + 24
     assert plan.units(peer=False)["peer"] == 0
-    streamed = plan.units(peer=True, modes=2)
-    assert streamed["peer"] == 1 + 2 * (8 + 24) and streamed["bus"] == units["bus"] + 8 + 24
+    streamed = plan.units(peer=True, streams=True)
+    assert streamed["peer"] == units["peer"] + 8 and streamed["bus"] == units["bus"] + 8
 
 
 def test_paired_singles_alternate_sides_and_keep_errors_apart():

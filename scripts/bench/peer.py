@@ -141,7 +141,9 @@ class Peer:
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.apps: dict[Task, str] = {}
         for task, spec in specs.items():
-            gpus = 1 if resolve_device(spec.device) == "cuda" else 0
+            # A share of the GPU, so that every task's replica fits on a one-GPU machine, as
+            # the bus's models do; Ray hides the GPU from an actor that asks for none.
+            gpus = 1 / len(specs) if resolve_device(spec.device) == "cuda" else 0
             batched = serve.batch(
                 max_batch_size=max_batch_size,
                 batch_wait_timeout_s=batch_wait_s,

@@ -187,6 +187,7 @@ def summary(report: Mapping[str, Any]) -> str:
                 f"p99 {_fmt(entry.get('p99_ratio'), '.2f', 'x')}"
                 + (
                     f", streams' time to first chunk {_fmt(entry['ttfc_p50_ratio'], '.2f', 'x')}"
+                    f" (at {entry.get('ttfc_clients', '?')} clients)"
                     if "ttfc_p50_ratio" in entry
                     else ""
                 )

@@ -40,6 +40,7 @@ class Plan:
     warmup_items: int  # the untimed batch before each batch table
     singles: int  # single requests, raw and through the bus, for the overhead
     levels: tuple[int, ...]  # closed-loop clients
+    stream_levels: tuple[int, ...]  # closed-loop clients of the TTS stream sweep
     min_requests: int  # requests per closed-loop level at least...
     per_client: int  # ...or this many per client, if more
     arrivals: int  # open-loop requests per rate
@@ -48,11 +49,13 @@ class Plan:
     def requests(self, clients: int) -> int:
         return max(self.min_requests, clients * self.per_client)
 
-    def units(self, peer: bool, modes: int = 1) -> dict[str, int]:
-        """Requests each stage of one task sends (the progress bar's units); `modes`: how many
-        ways the task's load is sent (2 for TTS: whole and streamed)."""
+    def units(self, peer: bool, streams: bool = False) -> dict[str, int]:
+        """Requests each stage of one task sends (the progress bar's units); `streams`: the
+        task is also swept with streams (TTS)."""
         table = self.warmup_items + self.clips * len(BATCH_SIZES)
-        sweep = modes * sum(self.requests(c) for c in self.levels)
+        sweep = sum(self.requests(c) for c in self.levels)
+        if streams:
+            sweep += sum(self.requests(c) for c in self.stream_levels)
         return {
             "engine": table,
             "bus": table
@@ -100,7 +103,7 @@ def load_stage(
         closed_loop(lambda: system.connection(workload, "single"), workload, n, n, tick)
     stage = {"closed_loop": sweep(system, workload, "single", plan.levels, plan, tick)}
     if "stream" in workload.modes:
-        stage["closed_loop_stream"] = sweep(system, workload, "stream", plan.levels, plan, tick)
+        stage["closed_loop_stream"] = sweep(system, workload, "stream", plan.stream_levels, plan, tick)
     return stage
 
 
@@ -243,7 +246,7 @@ def ratios(entry: dict[str, Any]) -> dict[str, Any]:
 def peer_ratios(bus: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
     """voicebus over peer, from the `load_stage` results of each: throughput and p99 of whole
     requests at every concurrency both ran and at the headline one, and for streams the time
-    to first chunk (p50) at the headline concurrency."""
+    to first chunk (p50) at the streamed concurrency nearest the headline one."""
     by_clients = []
     for theirs in peer["closed_loop"]:
         ours = next((r for r in bus["closed_loop"] if r["clients"] == theirs["clients"]), None)
@@ -260,4 +263,5 @@ def peer_ratios(bus: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
         ours = row_at(bus["closed_loop_stream"], HEADLINE_CLIENTS)
         theirs = row_at(peer["closed_loop_stream"], HEADLINE_CLIENTS)
         result["ttfc_p50_ratio"] = ratio(ours.get("ttfc_p50_ms"), theirs.get("ttfc_p50_ms"))
+        result["ttfc_clients"] = ours["clients"]
     return {**result, "by_clients": by_clients, **peer}
