@@ -80,15 +80,15 @@ def test_wav_format_in_json_is_base64(bus):
     assert rate == 24000 and len(audio) / rate == pytest.approx(reply["duration_s"], abs=0.01)
 
 
-def test_long_text_is_not_truncated(bus):
+def test_long_text_is_spoken_in_full(bus):
+    # Over 2,000 characters is proven on the engine (test_kokoro_engine); through the bus a
+    # shorter text keeps the CPU time down. Speed 4 likewise; the splitting is the same.
     sentence = "This sentence is repeated to make a long text that must be spoken in full. "
-    # Speed 4 keeps the CPU time down; the text still goes through the same splitting.
     short = pcm(synthesize(bus, sentence, format="pcm", speed=4.0))
-    long_text = sentence * 28  # over 2,000 characters
-    assert len(long_text) > 2000
+    long_text = sentence * 10
     long = pcm(synthesize(bus, long_text, format="pcm", speed=4.0))
     ratio = len(long) / len(short)
-    assert 20 < ratio < 36, ratio  # about 28x the short one: nothing was dropped
+    assert 7 < ratio < 13, ratio  # about 10x the short one: nothing was dropped
 
 
 def test_output_path_is_written_and_confined(bus, tmp_path):
