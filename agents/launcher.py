@@ -25,8 +25,8 @@ import zmq
 from agents import security
 from agents.model_client import ClientConfig, ModelClient
 from agents.monitor import MonitorServer, start_monitor
-from model_manager.config import Config, ConfigError, load_config
-from model_manager.runtime import setup_logging, stop_on_signals
+from model_manager.config import Config, load_config
+from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
 
 log = logging.getLogger("voicebus.launcher")
 
@@ -170,17 +170,13 @@ def probe_client(config: Config) -> ModelClient:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start the voicebus model manager and service agents.")
     parser.parse_args(argv)
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    return exit_on_config_error(_launch)
+
+
+def _launch() -> int:
+    config = load_config()
     setup_logging("launcher", config.logging.level)
-    try:
-        client = probe_client(config)
-    except ConfigError as exc:
-        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    client = probe_client(config)
     stop = stop_on_signals()
     children = plan_children(config)
     for child in children:

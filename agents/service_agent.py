@@ -37,7 +37,7 @@ from agents.results import ResultStore
 from agents.services import SERVICES, Service, valid_unicode
 from model_manager import protocol
 from model_manager.batcher import BULK, INTERACTIVE
-from model_manager.config import Config, ConfigError, load_config
+from model_manager.config import Config, load_config
 from model_manager.errors import (
     BAD_REQUEST,
     DUPLICATE_REQUEST_ID,
@@ -55,7 +55,7 @@ from model_manager.errors import (
     BusError,
 )
 from model_manager.protocol import Encoding
-from model_manager.runtime import setup_logging, stop_on_signals
+from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -708,17 +708,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a voicebus service agent.")
     parser.add_argument("service", choices=sorted(SERVICES))
     args = parser.parse_args(argv)
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(f"{args.service}-agent", config.logging.level)
-    try:
-        ServiceAgent(SERVICES[args.service], config).serve(stop_on_signals())
-    except ConfigError as exc:  # e.g. an unreadable CURVE key, found when the socket is set up
-        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    return exit_on_config_error(lambda: _serve(SERVICES[args.service]))
+
+
+def _serve(service: Service) -> int:
+    config = load_config()
+    setup_logging(f"{service.task}-agent", config.logging.level)
+    ServiceAgent(service, config).serve(stop_on_signals())
     return 0
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import sys
 
 from model_manager.agent import ModelManagerAgent
-from model_manager.config import ConfigError, load_config
-from model_manager.runtime import setup_logging, stop_on_signals
+from model_manager.config import load_config
+from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
 
 
 def main() -> int:
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    return exit_on_config_error(_serve)
+
+
+def _serve() -> int:
+    config = load_config()
     setup_logging("model-manager", config.logging.level)
     ModelManagerAgent(config).serve(stop_on_signals())
     return 0

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+
+from model_manager.config import ConfigError
 
 
 def setup_logging(component: str, level: str = "INFO") -> None:
@@ -29,3 +33,14 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return stop
+
+
+def exit_on_config_error(run: Callable[[], int]) -> int:
+    """Run a process's main body. An invalid configuration, found at start-up or when a socket
+    is set up (e.g. an unreadable CURVE key), stops it with exit code 2 and a message that
+    names the key, instead of a traceback."""
+    try:
+        return run()
+    except ConfigError as exc:
+        print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
+        return 2
