@@ -311,13 +311,7 @@ class ModelWorker:
             return list(self._run_engine(jobs))
         except BusError as exc:
             if exc.code == OUT_OF_MEMORY and len(jobs) > 1:
-                self.stats.fallbacks["oom_split"] += 1
-                self.observer.fallback(self.engine.name, "oom_split")
-                log.warning(
-                    "batch fallback model=%s reason=oom_split size=%d error=out_of_memory",
-                    self.engine.name,
-                    len(jobs),
-                )
+                self._note_fallback("oom_split", len(jobs), "out_of_memory")
                 half = len(jobs) // 2
                 return self._run_resilient(jobs[:half]) + self._run_resilient(jobs[half:])
             if len(jobs) == 1:
@@ -328,15 +322,16 @@ class ModelWorker:
                 log.exception("inference failed model=%s", self.engine.name)
                 return [BusError(INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")]
             failure = exc
-        self.stats.fallbacks["one_by_one"] += 1
-        self.observer.fallback(self.engine.name, "one_by_one")
-        log.warning(
-            "batch fallback model=%s reason=one_by_one size=%d error=%r",
-            self.engine.name,
-            len(jobs),
-            f"{type(failure).__name__}: {failure}",
-        )
+        self._note_fallback("one_by_one", len(jobs), repr(f"{type(failure).__name__}: {failure}"))
         return [self._run_resilient([job])[0] for job in jobs]
+
+    def _note_fallback(self, reason: str, size: int, error: str) -> None:
+        """Count, export and log one fallback, the same way for every reason."""
+        self.stats.fallbacks[reason] += 1
+        self.observer.fallback(self.engine.name, reason)
+        log.warning(
+            "batch fallback model=%s reason=%s size=%d error=%s", self.engine.name, reason, size, error
+        )
 
     def _run_engine(self, jobs: list[Job]) -> list[Result]:
         started = time.perf_counter()
