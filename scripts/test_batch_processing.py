@@ -14,7 +14,8 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
 3. Bus overhead: single-request latency through the bus minus the raw engine's (p50, p99),
    measured in pairs (raw, bus, bus, raw, ...) so that drifting machine load cancels; bus
    throughput at 8 clients over the best raw-engine batch size.
-4. Adaptive vs fixed: 8 clients with `dynamic_batching` on, against each pinned batch size.
+4. Adaptive vs fixed: 8 clients with `dynamic_batching` on, against each pinned batch size,
+   interleaved in rounds so that drifting machine load hits them alike.
 5. The peer: the same engines behind Ray Serve `@serve.batch` (the `peer` extra), same
    clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
    report, when Ray is not installed or --no-peer is given.
@@ -35,6 +36,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from bench import engine as engine_bench  # noqa: E402
 from bench import report as report_text  # noqa: E402
 from bench.engine import BatchRunner  # noqa: E402
 from bench.load import Tick  # noqa: E402
@@ -60,6 +63,7 @@ from bench.suite import (  # noqa: E402
 from bench.workload import Task, Workload, make_workload  # noqa: E402
 
 from model_manager.config import ModelSpec, load_config  # noqa: E402
+from model_manager.engines.base import Engine  # noqa: E402
 
 #: The Ray Serve batching wait: short, as one would set it for interactive speech. The bus's
 #: own wait only applies while a batch is filling (a lone request waits 2 ms).
@@ -101,18 +105,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
     levels = args.clients or ((1, HEADLINE_CLIENTS) if quick else (1, 2, 4, 8, 16))
     rates = args.rates or parse_rates("0.7x" if quick else "0.5x,0.9x")
+    # --quick is a smoke run (3 minutes on 2 cores): every stage runs and every number of the
+    # report is there, from the fewest requests that still form each batch size once.
     return Plan(
         clips=8 if quick else 16,
+        table_per_size=2 if quick else 16,
         warmup_items=1 if quick else max(BATCH_SIZES),
-        singles=4 if quick else 16,
+        singles=2 if quick else 16,
         levels=tuple(sorted(set(levels))),
         # Streams only matter for time to first chunk, which matters most to a lone client;
         # --quick measures them there alone (each stream is a Kokoro run per sentence).
         stream_levels=(1,) if quick and not args.clients else tuple(sorted(set(levels))),
-        min_requests=4 if quick else 24,
+        min_requests=2 if quick else 24,
         per_client=1 if quick else 3,
         arrivals=4 if quick else 32,
         rates=tuple(rates),
+        # --quick compares the adaptive policy with the two ends only.
+        compared_sizes=(1, max(BATCH_SIZES)) if quick else BATCH_SIZES,
+        rounds=1 if quick else 2,
     )
 
 
@@ -216,6 +226,22 @@ def print_tables(report: dict[str, Any]) -> None:
     print(report_text.summary(report))
 
 
+def load_engines_and_start_bus(specs: dict[Task, ModelSpec], warmup: bool) -> tuple[dict[Task, Engine], Any]:
+    """The raw engines, loaded in this process while the bus starts beside it (both mostly
+    import and read weights; nothing is timed until both are done, and the bus then sits
+    idle while the raw engines are measured)."""
+    from bench.bus import Bus
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(Bus, specs, warmup=warmup)
+        try:
+            engines = {task: engine_bench.load_engine(spec) for task, spec in specs.items()}
+        except BaseException:
+            starting.result().stop()
+            raise
+        return engines, starting.result()
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -232,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": list(specs),
         "plan": {
             "clips": plan.clips,
+            "table_items_per_size": plan.table_per_size,
             "clients": list(plan.levels),
             "batch_sizes": list(BATCH_SIZES),
+            "compared_sizes": list(plan.compared_sizes),
+            "comparison_rounds": plan.rounds,
             "rates": [str(r) for r in plan.rates],
             "arrivals_per_rate": plan.arrivals,
         },
@@ -248,15 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=total, unit="req", dynamic_ncols=True) as bar:
         stage = Stages(bar)
         raw: dict[Task, BatchRunner] = {}
-        for task, workload in workloads.items():
-            with stage(f"{task} raw engine"):
-                report[task], raw[task] = engine_stage(specs[task], workload, plan, bar.update)
-        with stage("bus start"):
-            from bench.bus import Bus
-
-            bus = Bus(specs, warmup=not (args.quick or args.no_warmup))
+        with stage("engines load, bus starts"):
+            engines, bus = load_engines_and_start_bus(specs, warmup=not (args.quick or args.no_warmup))
             report["meta"]["bus_log"] = str(bus.log_path)
         try:
+            for task, workload in workloads.items():
+                with stage(f"{task} raw engine"):
+                    report[task], raw[task] = engine_stage(engines.pop(task), workload, plan, bar.update)
             for task, workload in workloads.items():
                 with stage(f"{task} through the bus"):
                     seed = args.seed + tasks.index(task)

@@ -4,6 +4,7 @@ rates, the load generators on fake connections, and the report's schema. No mode
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import threading
@@ -17,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from bench import report as report_mod  # noqa: E402
-from bench.engine import batch_table, best_throughput  # noqa: E402
+from bench.engine import batch_table, best_throughput, table_items  # noqa: E402
 from bench.load import Outcome, Sample, closed_loop, open_loop, summarize  # noqa: E402
 from bench.stats import (  # noqa: E402
     Rate,
@@ -30,7 +31,13 @@ from bench.stats import (  # noqa: E402
     poisson_schedule,
     ratio,
 )
-from bench.suite import Plan, paired_singles, peer_ratios, ratios  # noqa: E402
+from bench.suite import (  # noqa: E402
+    Plan,
+    compare_fixed_and_adaptive,
+    paired_singles,
+    peer_ratios,
+    ratios,
+)
 from bench.workload import Workload  # noqa: E402
 
 # --- percentiles ---------------------------------------------------------------------------
@@ -279,9 +286,88 @@ def test_batch_table_times_consecutive_batches_with_hooks_per_size():
     assert rps == pytest.approx(1 / table[str(size)]["per_item_s"])
 
 
-def test_batch_table_refuses_items_that_do_not_split_evenly():
+def test_batch_table_per_size_runs_whole_batches_cycling_through_the_items():
+    seen: list[list[int]] = []
+    table = batch_table(
+        lambda items: seen.append([item["n"] for item in items]),
+        [{"n": i} for i in range(3)],
+        (1, 2, 4, 8),
+        lambda n: None,
+        warmup_items=0,
+        per_size=2,
+    )
+    assert seen == [[0], [1], [0, 1], [0, 1, 2, 0], [0, 1, 2, 0, 1, 2, 0, 1]]
+    assert {size: row["items"] for size, row in table.items()} == {"1": 2, "2": 2, "4": 4, "8": 8}
+    assert table_items((1, 2, 4, 8), 2) == 16 and table_items((1, 2, 4, 8), 16) == 64
+
+
+def test_batch_table_needs_items():
     with pytest.raises(ValueError):
-        batch_table(lambda items: None, [{}] * 6, (1, 4), lambda n: None)
+        batch_table(lambda items: None, [], (1, 4), lambda n: None)
+
+
+class FakeBus:
+    """Pins and restores like bench.bus.Bus, logging each; every pinned or adaptive batch
+    "forms" as one batch of the current size per request group."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.size = "adaptive"
+        self.batches: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def pin_batch_size(self, task: str, size: int) -> None:
+        self.log.append(str(size))
+        self.size = str(size)
+
+    def restore(self, task: str, config: Any) -> None:
+        self.log.append("adaptive")
+        self.size = "adaptive"
+
+    def histogram(self, task: str) -> dict[str, int]:
+        return dict(self.batches)
+
+    def connection(self, workload: Workload, mode: str) -> FakeConnection:
+        bus = self
+
+        class Counting(FakeConnection):
+            def call(self, item: dict[str, Any]) -> Outcome:
+                with bus.lock:
+                    key = "1" if bus.size == "1" else "8"
+                    bus.batches[key] = bus.batches.get(key, 0) + 1
+                return super().call(item)
+
+        return Counting([], threading.Lock())
+
+
+def test_fixed_and_adaptive_interleave_in_rounds_and_merge_each_configuration():
+    bus = FakeBus()
+    plan = dataclasses.replace(quick_plan(), compared_sizes=(1, 8), rounds=2, min_requests=8, per_client=1)
+    got = compare_fixed_and_adaptive(bus, WORKLOAD, plan, None, lambda n: None)
+    # round 1 in order, round 2 reversed, and the bus left on the configured policy
+    assert bus.log == ["1", "8", "adaptive", "adaptive", "8", "1", "adaptive"]
+    assert set(got["fixed"]) == {"1", "8"} and got["rounds"] == 2
+    for row in [*got["fixed"].values(), got["adaptive"]]:
+        assert row["clients"] == 8 and row["requests"] == 16 and row["succeeded"] == 16
+        assert row["throughput_rps"] > 0
+    assert got["fixed"]["1"]["batch_sizes"] == {"1": 16}
+
+
+def quick_plan() -> Plan:
+    return Plan(
+        clips=8,
+        table_per_size=2,
+        warmup_items=1,
+        singles=2,
+        levels=(1, 8),
+        stream_levels=(1,),
+        min_requests=2,
+        per_client=1,
+        arrivals=4,
+        rates=(Rate(0.7, relative=True),),
+        compared_sizes=(1, 8),
+        rounds=1,
+    )
 
 
 # --- ratios of a task and of the peer --------------------------------------------------------
@@ -301,7 +387,11 @@ def task_entry() -> dict[str, Any]:
         "raw_single_ms": {"p50_ms": 100.0, "p95_ms": 110.0, "p99_ms": 120.0},
         "bus_single_ms": {"p50_ms": 104.0, "p95_ms": 115.0, "p99_ms": 131.0},
         "best_raw": {"batch_size": 4, "throughput_rps": 10.0},
-        "fixed_vs_adaptive": {"clients": 8, "fixed": {"1": load_row(8, 6.0), "4": load_row(8, 9.0)}},
+        "fixed_vs_adaptive": {
+            "clients": 8,
+            "fixed": {"1": load_row(8, 6.0), "4": load_row(8, 9.0)},
+            "adaptive": load_row(8, 9.9),
+        },
         "closed_loop": [load_row(1, 5.0), load_row(8, 9.9)],
         "open_loop": [],
     }
@@ -345,6 +435,7 @@ def test_peer_ratios_compare_time_to_first_chunk_of_streams():
 def test_plan_sizes_the_load():
     plan = Plan(
         clips=8,
+        table_per_size=8,
         warmup_items=1,
         singles=4,
         levels=(1, 8),
@@ -353,15 +444,24 @@ def test_plan_sizes_the_load():
         per_client=3,
         arrivals=4,
         rates=(Rate(1.0), Rate(0.5, relative=True)),
+        compared_sizes=(1, 2, 4, 8),
+        rounds=2,
     )
     assert plan.requests(1) == 8 and plan.requests(8) == 24
     units = plan.units(peer=True)
     assert units["engine"] == 1 + 8 * 4
-    assert units["bus"] == (1 + 8 * 4) + 4 * 24 + 4 + (8 + 24) + 4 * 2
+    # table, comparison (2 rounds of 4 sizes + adaptive at 8 clients, which is also the
+    # sweep's 8-client row), singles, the sweep's 1-client row, open loop
+    assert units["bus"] == (1 + 8 * 4) + 2 * 5 * 24 + 4 + 8 + 4 * 2
     assert units["peer"] == 1 + 8 + 24
     assert plan.units(peer=False)["peer"] == 0
     streamed = plan.units(peer=True, streams=True)
     assert streamed["peer"] == units["peer"] + 8 and streamed["bus"] == units["bus"] + 8
+
+
+def test_the_quick_plan_sends_few_requests():
+    units = quick_plan().units(peer=True, streams=True)
+    assert units == {"engine": 1 + 16, "bus": 17 + 3 * 8 + 2 + 2 + 2 + 4, "peer": 1 + 10 + 2}
 
 
 def test_paired_singles_alternate_sides_and_keep_errors_apart():

@@ -45,41 +45,57 @@ def batch_table(
     before: Callable[[int], None] | None = None,
     after: Callable[[int], dict[str, Any]] | None = None,
     warmup_items: int | None = None,
+    per_size: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Time `items` in consecutive batches of each size, one batch after the other.
+    """Time consecutive batches of each size, one batch after the other.
 
-    Returns {"<size>": {"per_item_s", "total_s", "speedup", ...}}. Speedup is per-item time at sizes[0]
-    over that at each size. One untimed warm-up batch (of the largest size, or of
-    `warmup_items`) runs first: first-call allocations are not batching. `before(size)` runs
-    before a size is timed (the bus pins its batch size there), and `after(size)` adds
-    fields to its row. len(items) must be a multiple of every size, so that every row runs
-    the same work.
+    Each size runs `per_size` items (default: all of `items`), rounded up to whole batches,
+    cycling through `items` from the first; a smaller `per_size` is what keeps `--quick`
+    quick (then a size-8 row runs 8 items and a size-1 row fewer, so the rows share their
+    first items but not all of them).
+
+    Returns {"<size>": {"per_item_s", "total_s", "items", "speedup", ...}}. Speedup is
+    per-item time at sizes[0] over that at each size. One untimed warm-up batch (of the
+    largest size, or of `warmup_items`) runs first: first-call allocations are not batching.
+    `before(size)` runs before a size is timed (the bus pins its batch size there), and
+    `after(size)` adds fields to its row.
     """
-    if any(len(items) % size for size in sizes):
-        raise ValueError(f"{len(items)} items do not split evenly into batches of {list(sizes)}")
+    if not items:
+        raise ValueError("a batch table needs items")
+    per_size = len(items) if per_size is None else per_size
     warmup = max(sizes) if warmup_items is None else warmup_items
     if warmup:
-        run(items[:warmup])
+        run(_cycle(items, 0, warmup))
         tick(warmup)
     table: dict[str, dict[str, Any]] = {}
     for size in sizes:
         if before is not None:
             before(size)
+        count = -(-per_size // size) * size
         total = 0.0
-        for start in range(0, len(items), size):
-            chunk = items[start : start + size]
+        for start in range(0, count, size):
+            chunk = _cycle(items, start, size)
             began = time.perf_counter()
             run(chunk)
             elapsed = time.perf_counter() - began
             total += elapsed
             tick(len(chunk))
-        table[str(size)] = {"per_item_s": total / len(items), "total_s": total}
+        table[str(size)] = {"per_item_s": total / count, "total_s": total, "items": count}
         if after is not None:
             table[str(size)].update(after(size))
     base = table[str(sizes[0])]["per_item_s"]
     for row in table.values():
         row["speedup"] = base / row["per_item_s"]
     return table
+
+
+def table_items(sizes: Sequence[int], per_size: int) -> int:
+    """How many items `batch_table` runs in all (the progress bar counts them)."""
+    return sum(-(-per_size // size) * size for size in sizes)
+
+
+def _cycle(items: Sequence[dict[str, Any]], start: int, count: int) -> list[dict[str, Any]]:
+    return [items[(start + i) % len(items)] for i in range(count)]
 
 
 def best_throughput(table: dict[str, dict[str, Any]]) -> tuple[int, float]:

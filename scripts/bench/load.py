@@ -99,6 +99,15 @@ def closed_loop(
 ) -> dict[str, Any]:
     """`clients` threads share `requests` requests (workload items 0, 1, 2, ... in order);
     each sends its next one as soon as its last is answered."""
+    samples, wall = closed_loop_samples(connect, workload, clients, requests, tick)
+    return {"clients": clients, **summarize(samples, wall)}
+
+
+def closed_loop_samples(
+    connect: ConnectionFactory, workload: Workload, clients: int, requests: int, tick: Tick
+) -> tuple[list[Sample], float]:
+    """`closed_loop`'s finished requests and wall time, unsummarized, so that several runs
+    (rounds) can be summarized as one: throughput over the summed wall times."""
     if clients < 1 or requests < 1:
         raise ValueError(f"need clients >= 1 and requests >= 1, got {clients}, {requests}")
     counter = itertools.count()
@@ -134,8 +143,7 @@ def closed_loop(
         connection.close()
     if crashed:
         raise crashed[0]
-    wall = max(s.outcome.end for s in samples) - started
-    return {"clients": clients, **summarize(samples, wall)}
+    return samples, max(s.outcome.end for s in samples) - started
 
 
 def open_loop(

@@ -105,6 +105,19 @@ class EngineServer:
         return StreamingResponse(frames(), media_type="application/octet-stream")
 
 
+def _run_applications(serve: Any, applications: list[tuple[Any, str]]) -> None:
+    """Deploy every (application, task) at /<task>, all at once where this Ray has
+    `serve.run_many` (the replicas then load their models side by side), else in turn."""
+    try:
+        from ray.serve.api import RunTarget
+    except ImportError:
+        for application, task in applications:
+            serve.run(application, name=task, route_prefix=f"/{task}")
+        return
+    targets = [RunTarget(app, name=task, route_prefix=f"/{task}") for app, task in applications]
+    serve.run_many(targets)
+
+
 def _pcm(result: dict[str, Any]) -> bytes:
     return np.asarray(result["audio"], dtype="<f4").tobytes()
 
@@ -140,6 +153,7 @@ class Peer:
         )
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.apps: dict[Task, str] = {}
+        applications = []
         for task, spec in specs.items():
             # A share of the GPU, so that every task's replica fits on a one-GPU machine, as
             # the bus's models do; Ray hides the GPU from an actor that asks for none.
@@ -157,12 +171,9 @@ class Peer:
                 max_ongoing_requests=512,
                 ray_actor_options={"num_cpus": 0, "num_gpus": gpus},
             )(server)
-            serve.run(
-                deployment.bind(spec, threads),
-                name=task,
-                route_prefix=f"/{task}",
-            )
+            applications.append((deployment.bind(spec, threads), task))
             self.apps[task] = spec.name
+        _run_applications(serve, applications)
         self.settings = {
             "system": f"ray[serve] {ray.__version__}",
             "max_batch_size": max_batch_size,

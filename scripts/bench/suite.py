@@ -2,12 +2,14 @@
 engine, in which order, with which load. `scripts/test_batch_processing.py` strings these
 together and assembles the report.
 
-Order on the bus, per task: the batch table with pinned sizes; closed loop at 8 clients
-with each pinned size, then (back to the configured, adaptive policy) single requests for
-the overhead, each paired with the same request on the raw engine in process, the
-closed-loop sweep of whole requests (its 8-client row is the adaptive one), for TTS the
-sweep of streams, and the open loop. The fixed and adaptive rows at 8 clients thus run
-close together on the same bus. Throughput is only ever compared between whole requests.
+Order on the bus, per task: the batch table with pinned sizes; then the comparison of the
+adaptive policy with pinned sizes at 8 clients, interleaved in rounds (each round runs
+every pinned size and the adaptive policy once, in alternating order, so that a change in
+machine load during the run hits them alike); then, back on the configured policy,
+single requests for the overhead, each paired with the same request on the raw engine in
+process, the closed-loop sweep of whole requests (its 8-client row is the comparison's
+adaptive row), for TTS the sweep of streams, and the open loop. Throughput is only ever
+compared between whole requests.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from bench import engine as engine_bench
-from bench.engine import BatchRunner
-from bench.load import Connection, Tick, closed_loop, open_loop
+from bench.engine import BatchRunner, table_items
+from bench.load import Connection, Sample, Tick, closed_loop, closed_loop_samples, open_loop, summarize
 from bench.stats import Rate, closest, histogram_delta, latency_summary, poisson_schedule, ratio
 from bench.workload import Mode, Task, Workload
 from model_manager.config import BatchConfig
+from model_manager.engines.base import Engine
 
 BATCH_SIZES = (1, 2, 4, 8)
 #: The concurrency the headline ratios are quoted at (bus vs raw, adaptive vs fixed, peer).
@@ -36,7 +40,8 @@ HEADLINE_CLIENTS = 8
 class Plan:
     """How much of everything one run does; the progress bar's total comes from here too."""
 
-    clips: int  # items in the batch tables: a multiple of every batch size
+    clips: int  # distinct items the workload cycles through
+    table_per_size: int  # items each batch size runs in the batch tables (whole batches)
     warmup_items: int  # the untimed batch before each batch table
     singles: int  # single requests, raw and through the bus, for the overhead
     levels: tuple[int, ...]  # closed-loop clients
@@ -45,6 +50,8 @@ class Plan:
     per_client: int  # ...or this many per client, if more
     arrivals: int  # open-loop requests per rate
     rates: tuple[Rate, ...]
+    compared_sizes: tuple[int, ...]  # pinned batch sizes the adaptive policy is compared with
+    rounds: int  # interleaved rounds of that comparison
 
     def requests(self, clients: int) -> int:
         return max(self.min_requests, clients * self.per_client)
@@ -52,18 +59,16 @@ class Plan:
     def units(self, peer: bool, streams: bool = False) -> dict[str, int]:
         """Requests each stage of one task sends (the progress bar's units); `streams`: the
         task is also swept with streams (TTS)."""
-        table = self.warmup_items + self.clips * len(BATCH_SIZES)
-        sweep = sum(self.requests(c) for c in self.levels)
-        if streams:
-            sweep += sum(self.requests(c) for c in self.stream_levels)
+        table = self.warmup_items + table_items(BATCH_SIZES, self.table_per_size)
+        streamed = sum(self.requests(c) for c in self.stream_levels) if streams else 0
+        compared = self.rounds * (len(self.compared_sizes) + 1) * self.requests(HEADLINE_CLIENTS)
+        # The bus's headline row comes from the comparison, not from a sweep of its own.
+        bus_sweep = sum(self.requests(c) for c in self.levels if c != HEADLINE_CLIENTS)
+        peer_sweep = sum(self.requests(c) for c in self.levels)
         return {
             "engine": table,
-            "bus": table
-            + len(BATCH_SIZES) * self.requests(HEADLINE_CLIENTS)
-            + self.singles
-            + sweep
-            + self.arrivals * len(self.rates),
-            "peer": self.warmup_items + sweep if peer else 0,
+            "bus": table + compared + self.singles + bus_sweep + streamed + self.arrivals * len(self.rates),
+            "peer": self.warmup_items + peer_sweep + streamed if peer else 0,
         }
 
 
@@ -92,31 +97,43 @@ def sweep(
 
 
 def load_stage(
-    system: System, workload: Workload, plan: Plan, tick: Tick, warm: bool = False
+    system: System,
+    workload: Workload,
+    plan: Plan,
+    tick: Tick,
+    warm: bool = False,
+    measured: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The closed-loop sweep every system gets: whole requests ("closed_loop"), and for TTS
     also streams ("closed_loop_stream", with time to first chunk). `warm`: first send
     `plan.warmup_items` requests at once, untimed, to a system that has not served yet (the
-    bus has, by then: its batch table ran first), so first-call costs are not counted."""
+    bus has, by then: its batch table ran first), so first-call costs are not counted.
+    `measured`: rows of whole requests already measured (the bus's comparison at 8 clients);
+    their levels are not run again."""
     if warm and plan.warmup_items:
         n = plan.warmup_items
         closed_loop(lambda: system.connection(workload, "single"), workload, n, n, tick)
-    stage = {"closed_loop": sweep(system, workload, "single", plan.levels, plan, tick)}
+    done = {row["clients"] for row in measured}
+    levels = [c for c in plan.levels if c not in done]
+    rows = [*sweep(system, workload, "single", levels, plan, tick), *measured]
+    stage = {"closed_loop": sorted(rows, key=lambda row: row["clients"])}
     if "stream" in workload.modes:
         stage["closed_loop_stream"] = sweep(system, workload, "stream", plan.stream_levels, plan, tick)
     return stage
 
 
-def engine_stage(spec: Any, workload: Workload, plan: Plan, tick: Tick) -> tuple[dict[str, Any], BatchRunner]:
-    """Seed 003's table on the raw engine, in this process. Returns the entry and the engine's
-    runner, kept for the paired single-request latencies of `bus_stage`."""
-    raw = engine_bench.raw_runner(engine_bench.load_engine(spec))
+def engine_stage(
+    engine: Engine, workload: Workload, plan: Plan, tick: Tick
+) -> tuple[dict[str, Any], BatchRunner]:
+    """Seed 003's table on the raw engine (loaded in this process). Returns the entry and the
+    engine's runner, kept for the paired single-request latencies of `bus_stage`."""
+    raw = engine_bench.raw_runner(engine)
     table = engine_bench.batch_table(
-        raw, workload.items[: plan.clips], BATCH_SIZES, tick, warmup_items=plan.warmup_items
+        raw, workload.items, BATCH_SIZES, tick, warmup_items=plan.warmup_items, per_size=plan.table_per_size
     )
     size, rps = engine_bench.best_throughput(table)
     entry = {
-        "model": spec.name,
+        "model": engine.name,
         "clips": plan.clips,
         "engine_batch": table,
         "best_raw": {"batch_size": size, "throughput_rps": rps},
@@ -155,6 +172,49 @@ def paired_singles(
     }
 
 
+def compare_fixed_and_adaptive(
+    bus: Any, workload: Workload, plan: Plan, batching: BatchConfig, tick: Tick
+) -> dict[str, Any]:
+    """Closed loop at HEADLINE_CLIENTS with each of `plan.compared_sizes` pinned and with the
+    configured (adaptive) policy, interleaved in `plan.rounds` rounds; each configuration's
+    rounds are summarized as one row (throughput over the summed wall times). The bus is
+    left on the configured policy."""
+    task = workload.task
+    configurations = [str(size) for size in plan.compared_sizes] + ["adaptive"]
+    samples: dict[str, list[Sample]] = {name: [] for name in configurations}
+    wall_s = dict.fromkeys(configurations, 0.0)
+    formed: dict[str, Counter[str]] = {name: Counter() for name in configurations}
+    clients = HEADLINE_CLIENTS
+    try:
+        for round_index in range(plan.rounds):
+            order = configurations if round_index % 2 == 0 else configurations[::-1]
+            for name in order:
+                if name == "adaptive":
+                    bus.restore(task, batching)
+                else:
+                    bus.pin_batch_size(task, int(name))
+                before = bus.histogram(task)
+                connect = partial(bus.connection, workload, "single")
+                got, wall = closed_loop_samples(connect, workload, clients, plan.requests(clients), tick)
+                samples[name] += got
+                wall_s[name] += wall
+                formed[name].update(histogram_delta(before, bus.histogram(task)))
+    finally:
+        bus.restore(task, batching)
+
+    def row(name: str) -> dict[str, Any]:
+        sizes = dict(sorted(formed[name].items(), key=lambda kv: int(kv[0])))
+        return {"clients": clients, "rounds": plan.rounds, "mode": "single",
+                **summarize(samples[name], wall_s[name]), "batch_sizes": sizes}
+
+    return {
+        "clients": clients,
+        "rounds": plan.rounds,
+        "fixed": {name: row(name) for name in configurations if name != "adaptive"},
+        "adaptive": row("adaptive"),
+    }
+
+
 def bus_stage(
     bus: Any, raw: BatchRunner, workload: Workload, plan: Plan, batching: BatchConfig, seed: int, tick: Tick
 ) -> dict[str, Any]:
@@ -176,21 +236,19 @@ def bus_stage(
     try:
         bus_table = engine_bench.batch_table(
             batch_runner(bus, workload),
-            workload.items[: plan.clips],
+            workload.items,
             BATCH_SIZES,
             tick,
             pin,
             formed,
             warmup_items=plan.warmup_items,
+            per_size=plan.table_per_size,
         )
-        fixed = {}
-        for size in BATCH_SIZES:
-            pin(size)
-            fixed[str(size)] = sweep(bus, workload, "single", [HEADLINE_CLIENTS], plan, tick)[0]
     finally:
         bus.restore(task, batching)
+    compared = compare_fixed_and_adaptive(bus, workload, plan, batching, tick)
     singles = paired_singles(raw, bus.connection(workload, "single"), workload, plan.singles, tick)
-    loads = load_stage(bus, workload, plan, tick)
+    loads = load_stage(bus, workload, plan, tick, measured=[compared["adaptive"]])
     capacity = max((r["throughput_rps"] or 0.0 for r in loads["closed_loop"]), default=0.0)
     rng = np.random.default_rng(seed)
     opened = []
@@ -214,7 +272,7 @@ def bus_stage(
     return {
         "bus_batch": bus_table,
         **singles,
-        "fixed_vs_adaptive": {"clients": HEADLINE_CLIENTS, "fixed": fixed},
+        "fixed_vs_adaptive": compared,
         **loads,
         "open_loop": opened,
     }
@@ -229,9 +287,10 @@ def ratios(entry: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of one task from its measured rows (all from this run)."""
     raw, bus = entry["raw_single_ms"], entry["bus_single_ms"]
     headline = row_at(entry["closed_loop"], HEADLINE_CLIENTS)
-    fixed = entry["fixed_vs_adaptive"]["fixed"]
+    compared = entry["fixed_vs_adaptive"]
+    fixed = compared["fixed"]
     best_fixed = max(fixed, key=lambda s: fixed[s]["throughput_rps"] or 0.0)
-    entry["fixed_vs_adaptive"].update(adaptive=headline, best_fixed_size=int(best_fixed))
+    compared["best_fixed_size"] = int(best_fixed)
     overhead = {
         f"bus_overhead_ms_{q}": None if bus[f"{q}_ms"] is None else bus[f"{q}_ms"] - raw[f"{q}_ms"]
         for q in ("p50", "p99")
@@ -239,7 +298,9 @@ def ratios(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         **overhead,
         "bus_vs_raw_throughput": ratio(headline["throughput_rps"], entry["best_raw"]["throughput_rps"]),
-        "adaptive_vs_best_fixed": ratio(headline["throughput_rps"], fixed[best_fixed]["throughput_rps"]),
+        "adaptive_vs_best_fixed": ratio(
+            compared["adaptive"]["throughput_rps"], fixed[best_fixed]["throughput_rps"]
+        ),
     }
 
 
