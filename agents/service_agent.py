@@ -107,6 +107,9 @@ class Stream:
     expires_at: float
     next_index: int = 0
     waiting: ClientCall | None = None
+    # The chunks after the first, held back until the first is answered (see `_stream`):
+    # (job_id, waiter, infer message, its packed body).
+    held: list[tuple[str, Waiter, dict[str, Any], bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -416,12 +419,23 @@ class ServiceAgent:
         self.streams[request_id] = stream
         deadline = self._deadline(message)
         fields = {**message, "request_id": request_id}
-        # Every chunk is queued at once, so they batch together; the first is sent when ready.
+        # The first chunk goes alone: queued with its siblings it would share their batch and
+        # come back only when all of them are done, so time to first chunk would be the whole
+        # text's. The rest are queued together (and batch together) once it is answered.
         for index, (job_id, infer, body) in enumerate(jobs):
-            self._submit(
-                job_id, Waiter(deadline, stream=stream, stream_index=index, fields=fields), infer, body
-            )
+            stream.held.append((job_id, Waiter(deadline, stream=stream, stream_index=index, fields=fields),
+                                infer, body))
+        self._submit(*stream.held.pop(0))
         self._send(call, {"status": "streaming", "request_id": request_id, "num_chunks": len(pieces)})
+
+    def _release_held_chunks(self, stream: Stream) -> None:
+        held, stream.held = stream.held, []
+        for job_id, waiter, infer, body in held:
+            if self.stopping:
+                failure = BusError(SHUTTING_DOWN, "the agent shut down before this chunk was made")
+                stream.chunks[waiter.stream_index] = protocol.error_reply(failure, stream.request_id)
+            else:
+                self._submit(job_id, waiter, infer, body)
 
     def _next_chunk(self, call: ClientCall, message: dict[str, Any]) -> None:
         request_id = _request_key(_required(message, "request_id"))
@@ -626,6 +640,7 @@ class ServiceAgent:
                 self._finish_batch(batch)
         elif waiter.stream is not None:
             waiter.stream.chunks[waiter.stream_index] = entry
+            self._release_held_chunks(waiter.stream)
             self._deliver_stream(waiter.stream)
         elif waiter.queued_id is not None:
             entry["request_id"] = waiter.queued_id

@@ -137,11 +137,27 @@ def test_queue_for_batch_and_get_result(bus):
     assert len(pcm(result)) > 24000 * 0.3
 
 
-def test_stream_sends_chunks_in_order(bus):
+def _histogram(bus) -> dict[str, int]:
+    stats = bus.request({"action": "stats"}, address=bus.tts_address)
+    (model,) = stats["models"]
+    return dict(model["batch_size_histogram"])
+
+
+def test_stream_sends_chunks_in_order_the_first_alone(bus):
     text = "First sentence here. Second sentence follows. And a third one ends it."
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(bus.tts_address)
+    # Batches would form whatever the cost model chose: the first chunk must still run alone.
+    with fixed_batching(bus, bus.tts_address, min_batch_size=2, max_batch_wait_ms=1000):
+        before = _histogram(bus)
+        _stream_three_chunks(sock, text)
+        after = _histogram(bus)
+    grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert {size: n for size, n in grown.items() if n} == {"1": 1, "2": 1}
+
+
+def _stream_three_chunks(sock, text: str) -> None:
     try:
         sock.send(msgpack.packb({"action": "stream", "text": text, "format": "pcm", "request_id": "st1"}))
         assert sock.poll(30_000)

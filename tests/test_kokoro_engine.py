@@ -15,7 +15,7 @@ import torch
 from speech import word_error_rate
 
 from model_manager import kokoro_convert
-from model_manager.engines.kokoro import MAX_TOKENS, SAMPLE_RATE, KokoroEngine, PlannedPiece
+from model_manager.engines.kokoro import MAX_TOKENS, SAMPLE_RATE, KokoroEngine, PlannedPiece, _auto_backend
 from model_manager.engines.kokoro_batch import forward_batch
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, UNKNOWN_VOICE, BusError
 from model_manager.text_split import Pause
@@ -169,6 +169,20 @@ def test_long_text_is_split_not_truncated(onnx_engine):
     long_audio, short_audio = (r["audio"] for r in onnx_engine.run_batch([long_request, short_request]))
     ratio = (len(long_audio) / len(short_audio)) / (len(long_text) / len(short_text))
     assert 0.6 < ratio < 1.6, ratio
+
+
+@pytest.mark.parametrize(
+    ("weights", "device", "dtype", "expected"),
+    [
+        (None, "cpu", "auto", "onnx"),  # the shipped int8 weights on a CPU: onnxruntime is faster
+        (None, "cpu", "FLOAT32", "onnx"),
+        ("/models/kokoro-v1_0.pth", "cpu", "auto", "torch"),  # a user's checkpoint needs torch
+        (None, "cuda", "auto", "torch"),  # batching pays on a GPU
+        (None, "cpu", "bfloat16", "torch"),  # torch then explains that bf16 needs CUDA
+    ],
+)
+def test_auto_backend_is_onnx_only_for_the_shipped_weights_on_a_cpu(weights, device, dtype, expected):
+    assert _auto_backend(weights, device, dtype) == expected
 
 
 def test_onnx_backend_speaks_and_pauses_are_real_silence(onnx_engine):

@@ -6,8 +6,9 @@ manager and cost-model batch sizes against Ray Serve's HTTP proxy, replica actor
 `@serve.batch` queue. Like the bus, the peer:
 - batches up to the bus's `max_batch_size` requests, one batch at a time per model instance
   (`max_concurrent_batches` = the spec's `instances`);
-- streams TTS by splitting text with the bus's own splitter (agents.services) and queueing
-  every chunk at once, sending each as soon as it and those before it are done;
+- streams TTS by splitting text with the bus's own splitter (agents.services), queueing the
+  first chunk alone and the rest at once when it is done, sending each as soon as it and
+  those before it are done;
 - runs the blocking engine call off the event loop, so requests keep queueing meanwhile.
 Its batching wait (`batch_wait_timeout_s`) is a parameter, recorded in the report.
 
@@ -90,17 +91,20 @@ class EngineServer:
         if request.query_params.get("stream") != "1":
             result = await self.infer(prepared)
             return Response(_pcm(result), media_type="application/octet-stream")
-        # Every chunk is queued at once so that they can share batches, as the bus does.
-        tasks = [asyncio.ensure_future(self.infer(piece)) for piece in split_tts_for_stream(prepared)]
+        # As the bus does: the first chunk alone, then the rest at once (sharing batches).
+        pieces = split_tts_for_stream(prepared)
+        tasks = [asyncio.ensure_future(self.infer(pieces[0]))]
 
         async def frames() -> Any:
-            for task in tasks:
+            for index in range(len(pieces)):
                 try:
-                    pcm = _pcm(await task)
+                    pcm = _pcm(await tasks[index])
+                    frame = struct.pack("<I", len(pcm)) + pcm
                 except Exception:  # a failed chunk is an error frame; later chunks still go out
-                    yield struct.pack("<I", FAILED_CHUNK)
-                    continue
-                yield struct.pack("<I", len(pcm)) + pcm
+                    frame = struct.pack("<I", FAILED_CHUNK)
+                if index == 0:
+                    tasks.extend(asyncio.ensure_future(self.infer(piece)) for piece in pieces[1:])
+                yield frame
 
         return StreamingResponse(frames(), media_type="application/octet-stream")
 
