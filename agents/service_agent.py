@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from agents import security
+from agents.connections import MONITOR_EVENTS, ConnectionTracker, drain_monitor, message_fd
 from agents.results import ResultStore
 from agents.services import SERVICES, Service, valid_unicode
 from model_manager import protocol
@@ -40,6 +41,7 @@ from model_manager.batcher import BULK, INTERACTIVE
 from model_manager.config import Config, load_config
 from model_manager.errors import (
     BAD_REQUEST,
+    CANCELLED,
     DUPLICATE_REQUEST_ID,
     INTERNAL,
     INVALID_FIELD,
@@ -76,6 +78,8 @@ DEADLINE_GRACE_S = 2.0
 SHUTDOWN_GRACE_S = 30.0
 STATS_TIMEOUT_S = 2.0
 PRIORITIES = {"interactive": INTERACTIVE, "bulk": BULK}
+#: Actions that start no new work, still answered while the agent drains for shutdown.
+SERVED_WHILE_STOPPING = frozenset({"health", "stats", "get_result", "next_chunk", "voices", "cancel"})
 
 
 @dataclass
@@ -145,6 +149,9 @@ class ServiceAgent:
         self.streams: dict[str, Stream] = {}
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.connections = ConnectionTracker()
+        # Jobs dropped before they ran because their client's connection closed.
+        self.dropped_for_gone_clients = 0
         self.last_pong: dict[str, Any] = {}
         self.last_pong_at = float("-inf")
         self.stopping = False
@@ -157,6 +164,7 @@ class ServiceAgent:
         self.front.setsockopt(zmq.MAXMSGSIZE, HARD_MESSAGE_CAP_FACTOR * self.limits.max_message_bytes)
         self.front.setsockopt(zmq.LINGER, 1000)
         authenticator = security.secure_server_socket(self.front, self.context, self.config.security)
+        self.front_monitor = self.front.get_monitor_socket(MONITOR_EVENTS)
         self.front.bind(f"tcp://{self.config.endpoints.host}:{self.port}")
         self.back = self.context.socket(zmq.DEALER)
         self.back.setsockopt(zmq.LINGER, 0)
@@ -164,6 +172,7 @@ class ServiceAgent:
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
+        poller.register(self.front_monitor, zmq.POLLIN)
         log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
         self._recover_journal()
         next_ping = 0.0
@@ -182,9 +191,11 @@ class ServiceAgent:
                     next_ping = now + PING_INTERVAL_S
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is self.front:
-                        self._on_client(self.front.recv_multipart())
-                    else:
+                        self._receive_client()
+                    elif sock is self.back:
                         self._on_model_manager(self.back.recv_multipart())
+                    else:
+                        drain_monitor(self.front_monitor, self.connections, self._client_gone)
                 self._expire(time.monotonic())
             # Journaled queue_for_batch jobs stay pending: the next start resubmits them.
             for job_id in [j for j, w in self.waiters.items() if w.queued_id is None]:
@@ -192,6 +203,8 @@ class ServiceAgent:
                     job_id, BusError(SHUTTING_DOWN, "the agent shut down before this request finished")
                 )
         finally:
+            self.front.disable_monitor()
+            self.front_monitor.close()
             self.front.close()
             self.back.close()
             self.results.close()
@@ -230,6 +243,69 @@ class ServiceAgent:
 
     # --- client side ----------------------------------------------------------------------
 
+    def _receive_client(self) -> None:
+        # Connection events first (see agents/connections.py): then the message's descriptor
+        # is known to belong to its sender's connection, or known to be closed.
+        drain_monitor(self.front_monitor, self.connections, self._client_gone)
+        frames = self.front.recv_multipart(copy=False)
+        raw = [frame.bytes for frame in frames]
+        if not self.connections.message(message_fd(frames[0]), raw[0]):
+            self.dropped_for_gone_clients += 1  # sent just before its client hung up
+            return
+        self._on_client(raw)
+
+    def _client_gone(self, routing_id: bytes) -> None:
+        """A client's connection closed: no reply can reach it any more, so its jobs are
+        dropped before they run. queue_for_batch jobs and streams are not tied to a
+        connection (they are fetched by request_id, from any socket) and carry on."""
+        jobs = [
+            job_id
+            for job_id, w in self.waiters.items()
+            if w.control is None
+            and (call := w.single or (w.batch.call if w.batch else None)) is not None
+            and call.envelope[0] == routing_id
+        ]
+        self.dropped_for_gone_clients += len(jobs)
+        self._drop_jobs(jobs)
+        for stream in self.streams.values():
+            if stream.waiting is not None and stream.waiting.envelope[0] == routing_id:
+                stream.waiting = None  # its client may come back for the chunk on a new socket
+        if jobs:
+            log.info("a client went away: %d of its jobs dropped before they ran", len(jobs))
+
+    def _drop_jobs(self, job_ids: list[str]) -> None:
+        """Forget these jobs unanswered; the model manager drops the ones not yet running."""
+        if not job_ids:
+            return
+        self._to_model_manager({"type": "cancel", "job_ids": job_ids})
+        for job_id in job_ids:
+            del self.waiters[job_id]
+
+    def _cancel(self, call: ClientCall, message: dict[str, Any]) -> None:
+        """Stop a queue_for_batch request or a stream: what has not run yet never runs; a
+        later get_result answers `cancelled`. A finished result is left to get_result."""
+        request_id = _request_key(_required(message, "request_id"))
+        stream = self.streams.pop(request_id, None)
+        cancelled = BusError(CANCELLED, "cancelled by its client")
+        if stream is not None:
+            jobs = [job_id for job_id, w in self.waiters.items() if w.stream is stream]
+            stream.held = []
+            if stream.waiting is not None:
+                self._send(stream.waiting, protocol.error_reply(cancelled, request_id))
+        else:
+            jobs = [job_id for job_id, w in self.waiters.items() if w.queued_id == request_id]
+            if jobs:
+                self.results.complete(request_id, protocol.error_reply(cancelled, request_id), time.time())
+            elif self.results.contains(request_id, time.time()):
+                self._send(call, {"status": "success", "request_id": request_id, "cancelled": False,
+                                  "message": "already finished; get_result returns its result"})
+                return
+            else:
+                raise BusError(NOT_FOUND, f"nothing to cancel for request_id {request_id!r}: "
+                                          "unknown, finished and fetched, or expired")
+        self._drop_jobs(jobs)
+        self._send(call, {"status": "success", "request_id": request_id, "cancelled": True})
+
     def _on_client(self, frames: list[bytes]) -> None:
         # REQ clients put an empty delimiter after their identity; DEALER clients may not.
         split = frames.index(b"") + 1 if b"" in frames else 1
@@ -262,6 +338,7 @@ class ServiceAgent:
             "health": self._health,
             "stats": self._stats,
             "get_result": self._get_result,
+            "cancel": self._cancel,
             "configure": self._configure,
             svc.single_action: self._single,
             "queue_for_batch": self._queue_for_batch,
@@ -279,7 +356,7 @@ class ServiceAgent:
                 UNKNOWN_ACTION,
                 f"unknown action {action!r:.100}; this {svc.task} agent serves: {', '.join(handlers)}",
             )
-        if self.stopping and action not in ("health", "stats", "get_result", "next_chunk", "voices"):
+        if self.stopping and action not in SERVED_WHILE_STOPPING:
             raise BusError(SHUTTING_DOWN, "the agent is shutting down")
         handler(call, message)
 
@@ -342,6 +419,7 @@ class ServiceAgent:
             "errors_by_code": dict(self.errors),
             "in_flight": len(self.waiters),
             "results_stored": len(self.results),
+            "dropped_for_gone_clients": self.dropped_for_gone_clients,
         }
 
     def _get_result(self, call: ClientCall, message: dict[str, Any]) -> None:
@@ -626,6 +704,8 @@ class ServiceAgent:
                     "request_id": rid,
                     **self.service.render_result(outcome, waiter.fields, self.limits),
                 }
+                if "timing" in outcome:
+                    entry["timing"] = outcome["timing"]
             except BusError as exc:  # e.g. the output_path file cannot be written
                 entry = protocol.error_reply(exc, rid)
         if waiter.single:

@@ -21,6 +21,7 @@ UNKNOWN_MODEL = "unknown_model"
 UNKNOWN_VOICE = "unknown_voice"
 NOT_FOUND = "not_found"  # get_result for an unknown or expired request_id
 DUPLICATE_REQUEST_ID = "duplicate_request_id"
+CANCELLED = "cancelled"  # its client cancelled it (the `cancel` action)
 MESSAGE_TOO_LARGE = "message_too_large"  # a frame over limits.max_message_bytes
 
 # Server problems: retry later or elsewhere.

@@ -303,7 +303,15 @@ class ModelWorker:
             len(outcomes),
             elapsed * 1000,
         )
-        for job, outcome in zip(batch.items, outcomes, strict=True):
+        for job, waited_s, outcome in zip(batch.items, batch.waited_s, outcomes, strict=True):
+            if not isinstance(outcome, BusError):
+                # Where this request's time went, for the client (see docs/protocol.md).
+                timing = {
+                    "queue_ms": round(waited_s * 1000, 3),
+                    "compute_ms": round(elapsed * 1000, 3),
+                    "batch_size": len(outcomes),
+                }
+                outcome = {**outcome, "timing": timing}
             self._finish(job, outcome)
 
     def _run_resilient(self, jobs: list[Job]) -> list[Outcome]:

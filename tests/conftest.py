@@ -153,5 +153,25 @@ def fixed_batching(bus: Bus, address: str, **settings: object) -> Iterator[dict]
     try:
         yield reply
     finally:
-        defaults = {"dynamic_batching": True, "max_batch_size": 8, "min_batch_size": 2}
+        from model_manager.config import load_config
+
+        configured = load_config().batch_processing_config
+        defaults = {
+            "dynamic_batching": configured.dynamic_batching,
+            "max_batch_size": configured.max_batch_size,
+            "min_batch_size": configured.min_batch_size,
+            "max_batch_wait_ms": configured.max_batch_wait_ms,
+            "lone_request_wait_ms": configured.lone_request_wait_ms,
+        }
         bus.request({"action": "configure", "settings": defaults}, address=address)
+
+
+@contextmanager
+def queue_held(bus: Bus, address: str, seconds: float = 20.0) -> Iterator[None]:
+    """Requests to `address` wait in the model's queue for `seconds` (a batch of 8 that does
+    not fill) instead of running: for tests of what happens to work before it runs."""
+    wait_ms = int(seconds * 1000)
+    settings = {"max_batch_size": 8, "min_batch_size": 8, "max_batch_wait_ms": wait_ms,
+                "lone_request_wait_ms": wait_ms}
+    with fixed_batching(bus, address, **settings):
+        yield

@@ -43,11 +43,19 @@ class ScriptedEngine(Engine):
         return [{"y": x} for x in xs]
 
 
-def run_jobs(engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, **policy) -> dict[int, object]:
+def run_jobs(
+    engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, timings: dict | None = None, **policy
+) -> dict[int, object]:
+    """Each job's outcome by x; the `timing` of successes goes to `timings`, if given."""
     done: dict[int, object] = {}
     finished = threading.Event()
 
     def on_done(job: Job, outcome: object) -> None:
+        if isinstance(outcome, dict):
+            outcome = dict(outcome)
+            timing = outcome.pop("timing")
+            if timings is not None:
+                timings[job.request["x"]] = timing
         done[job.request["x"]] = outcome
         if len(done) == len(xs):
             finished.set()
@@ -66,6 +74,16 @@ def run_jobs(engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, **po
     assert finished.wait(10), done
     worker.stop(5)
     return done
+
+
+def test_every_result_says_where_its_time_went():
+    timings: dict = {}
+    run_jobs(ScriptedEngine(), [0, 1, 2], timings=timings, max_batch_size=3, min_batch_size=3)
+    assert set(timings) == {0, 1, 2}
+    for timing in timings.values():
+        assert timing["batch_size"] == 3
+        assert timing["queue_ms"] >= 0 and timing["compute_ms"] >= 0
+    assert len({t["compute_ms"] for t in timings.values()}) == 1  # one batch, one engine time
 
 
 def test_out_of_memory_splits_the_batch_in_halves_down_to_what_fits():

@@ -94,7 +94,9 @@ class BusConnection:
         reply = self.request({"action": SINGLE_ACTION[task], **wire_fields(task, item)})
         end = time.perf_counter()
         audio_s = self.workload.input_audio_s(item) if task == "stt" else reply_audio_s(reply)
-        return Outcome(end=end, audio_s=audio_s, error=error_code(reply))
+        compute_ms = (reply.get("timing") or {}).get("compute_ms")
+        engine_s = None if compute_ms is None else compute_ms / 1000
+        return Outcome(end=end, audio_s=audio_s, error=error_code(reply), engine_s=engine_s)
 
     def _stream(self, item: dict[str, Any]) -> Outcome:
         fields = wire_fields(self.workload.task, item)

@@ -36,12 +36,14 @@ class Outcome:
     """One request's end. `end` and `first` are time.perf_counter() readings: when the reply
     (the last chunk) came, and when the first audio chunk came (TTS; None otherwise).
     `audio_s`: seconds of audio the request carried (STT input, TTS output). `error`: the
-    error code when it failed."""
+    error code when it failed. `engine_s`: the engine's time for the batch that ran it,
+    where the system reports it (the bus's reply `timing`)."""
 
     end: float
     first: float | None = None
     audio_s: float = 0.0
     error: str | None = None
+    engine_s: float | None = None
 
     @property
     def ok(self) -> bool:

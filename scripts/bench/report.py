@@ -7,7 +7,9 @@ strings or problems. The report's contract (what `--json` promises to downstream
   - "engine_batch": {"1", "2", "4", "8": {"per_item_s": > 0, "total_s", "speedup"}}: the raw
     engine in process (seed 003's table); "bus_batch" the same through the bus;
   - "bus_overhead_ms_p50", "bus_overhead_ms_p99": single-request latency through the bus
-    minus the raw engine's, ms (finite; noise can make a small overhead negative);
+    minus the engine's time for that same request (which the bus reports per request), ms;
+    "paired_difference_ms_p50"/"_p99": the bus's latency minus the raw engine's in this
+    process, measured in pairs (finite; noise can make either negative);
   - "bus_vs_raw_throughput": bus throughput at 8 clients over the best raw configuration (> 0);
   - "adaptive_vs_best_fixed": bus throughput with dynamic batching over the best pinned
     batch size, same load (> 0);
@@ -170,7 +172,8 @@ def summary(report: Mapping[str, Any]) -> str:
         e = report[task]
         lines.append(
             f"  {task}: bus overhead p50 {_fmt(e.get('bus_overhead_ms_p50'))} ms, "
-            f"p99 {_fmt(e.get('bus_overhead_ms_p99'))} ms; "
+            f"p99 {_fmt(e.get('bus_overhead_ms_p99'))} ms "
+            f"(bus minus raw in process, paired: p50 {_fmt(e.get('paired_difference_ms_p50'))} ms); "
             f"bus/raw throughput {_fmt(e.get('bus_vs_raw_throughput'), '.2f', 'x')} "
             f"(8 clients vs raw batch {e.get('best_raw', {}).get('batch_size', '?')}); "
             f"adaptive/best fixed {_fmt(e.get('adaptive_vs_best_fixed'), '.2f', 'x')}"
