@@ -36,10 +36,10 @@ TTS_TEXTS = [
 #: --quick: the same shape (two sentences) at a fraction of the length; Kokoro's time grows
 #: with the audio it makes, and the quick run has to fit in three minutes on two cores.
 TTS_TEXTS_SHORT = [
-    "Hi there. See you.",
-    "Thank you. Bye now.",
-    "Come in. Sit down.",
-    "Yes, please. Thanks.",
+    "Hi. See you.",
+    "Thanks. Bye.",
+    "Come in. Sit.",
+    "Yes. Thanks.",
 ]
 
 
