@@ -58,7 +58,7 @@ class Endpoints:
 class Limits:
     request_timeout_ms: int = 120_000
     result_ttl_s: float = 600.0
-    max_audio_seconds: float = 30.0
+    max_audio_seconds: float = 600.0
     max_text_chars: int = 20_000
     max_batch_items: int = 64
     max_message_bytes: int = 64 * 1024 * 1024

@@ -127,6 +127,7 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
 # Small limits, so that tests can reach them cheaply over real sockets.
 FRAGILE_LIMITS = {
     "VOICEBUS__LIMITS__MAX_MESSAGE_BYTES": str(1024 * 1024),
+    "VOICEBUS__LIMITS__MAX_AUDIO_SECONDS": "30",
     "VOICEBUS__LIMITS__REQUEST_TIMEOUT_MS": "60000",
     "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_QUEUE_SIZE": "8",
 }

@@ -78,7 +78,7 @@ def pack(message: dict) -> bytes:
 
 def bad_inputs() -> list[tuple[str, str, bytes]]:
     """(name, service, frame): each must get an error reply, and cost no inference."""
-    long_audio = np.zeros(16000 * 31, "<i2").tobytes()  # 31 s: over max_audio_seconds, under 1 MiB
+    long_audio = np.zeros(16000 * 31, "<i2").tobytes()  # 31 s: over the fragile bus's 30 s, under 1 MiB
     return [
         ("garbage", "stt", b"\xc1\xff garbage"),
         ("bad json", "tts", b'{"action": "synthesize", "text": '),

@@ -10,7 +10,7 @@ import pytest
 
 from agents.results import ResultStore
 from model_manager import protocol
-from model_manager.audio import decode_audio
+from model_manager.audio import decode_audio, split_into_windows
 from model_manager.config import ConfigError, load_config
 from model_manager.errors import BusError
 
@@ -150,3 +150,19 @@ def test_result_store_keeps_results_until_fetched_or_expired():
     assert store.fetch("a", now=3) is None  # fetched once, then gone
     assert store.contains("b", now=11.9)
     assert store.fetch("b", now=12) is None  # expired after its TTL
+
+
+def test_long_audio_is_cut_into_windows_at_its_pauses():
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(16000 * 95)).astype(np.float32)
+    audio[16000 * 27 : 16000 * 27 + 4000] = 0.0  # a pause 27.0-27.25 s, inside the search span
+    pieces = split_into_windows(audio, window_s=30.0, search_s=5.0)
+    assert all(len(p) <= 30 * 16000 for p in pieces) and len(pieces) == 4
+    assert np.array_equal(np.concatenate(pieces), audio)  # every sample once, in order
+    assert 27 * 16000 <= len(pieces[0]) <= 27 * 16000 + 4000  # the first cut is in the pause
+
+
+def test_audio_of_one_window_or_less_is_one_piece():
+    audio = np.ones(16000 * 30, np.float32)
+    (piece,) = split_into_windows(audio)
+    assert piece is audio or np.shares_memory(piece, audio)

@@ -4,12 +4,16 @@ input features, prompts and validation and therefore give the same text.
 - `prepare_stt_request` validates and normalises an STT request (see `engines.base`).
 - `log_mel_batch` turns clips of different lengths into one [N, n_mels, 3000] array.
 - `WhisperTokens` knows the special token ids and builds the decoder prompt.
+- `WhisperEngine.run_batch` cuts audio longer than one 30 s window into windows, runs the
+  windows of every request together through the subclass's `transcribe_windows`, and
+  joins each request's texts.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from abc import abstractmethod
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +22,8 @@ from typing import Any
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from model_manager.engines.base import Engine, Request
+from model_manager.audio import split_into_windows
+from model_manager.engines.base import Engine, Request, Result
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     INVALID_AUDIO,
@@ -29,7 +34,13 @@ from model_manager.errors import (
 )
 
 SAMPLE_RATE = 16000
-MAX_AUDIO_SECONDS = 30.0
+#: One Whisper window: all the encoder ever sees at once. Longer audio is cut into windows.
+WINDOW_SECONDS = 30.0
+#: The engine's own cap on one request; the agents refuse beyond limits.max_audio_seconds first.
+MAX_AUDIO_SECONDS = 3600.0
+#: Windows per engine call, unless the batch holds more requests than this: a long request's
+#: windows batch together, without one hour of audio becoming one forward pass.
+MAX_WINDOWS_PER_CALL = 16
 #: The encoder always sees 30 s: 3000 frames of 10 ms.
 N_FRAMES = 3000
 TASKS = ("transcribe", "translate")
@@ -136,7 +147,7 @@ def validate_language(language: object, multilingual: bool, known: Mapping[str, 
 
 
 def validate_audio(audio: object) -> np.ndarray:
-    """A 1-D, finite, non-empty float32 array of at most 30 s at 16 kHz, or BusError."""
+    """A 1-D, finite, non-empty float32 array of at most MAX_AUDIO_SECONDS at 16 kHz, or BusError."""
     if audio is None:
         raise BusError(MISSING_FIELD, "audio is required")
     arr = np.asarray(audio)
@@ -248,8 +259,9 @@ def out_of_memory_as_bus_error(what: str) -> Iterator[None]:
 
 
 class WhisperEngine(Engine):
-    """What every Whisper engine shares: request checks, the batch key and the cost unit.
-    Subclasses set `multilingual` and `tokens` when they load, and implement `run_batch`."""
+    """What every Whisper engine shares: request checks, the batch key, the cost unit and
+    long audio. Subclasses set `multilingual` and `tokens` when they load, and implement
+    `transcribe_windows`."""
 
     task = "stt"
     multilingual: bool
@@ -264,3 +276,30 @@ class WhisperEngine(Engine):
 
     def cost(self, request: Request) -> float:
         return audio_seconds(request)
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """One {"text", "language"} per request, in order. Audio longer than one window is cut
+        at pauses (`audio.split_into_windows`); the windows of all requests run together, and
+        each request's window texts are joined in order. A request's language is its first
+        window's (each window of a multilingual request without a language detects its own)."""
+        prepared = [self.prepare(r) for r in requests]
+        windows = [(owner, piece) for owner, request in enumerate(prepared)
+                   for piece in split_into_windows(request["audio"], WINDOW_SECONDS)]
+        per_call = max(MAX_WINDOWS_PER_CALL, len(prepared))
+        results: list[Result] = []
+        for start in range(0, len(windows), per_call):
+            chunk = windows[start:start + per_call]
+            results += self.transcribe_windows([{**prepared[o], "audio": piece} for o, piece in chunk])
+        texts: list[list[str]] = [[] for _ in prepared]
+        languages: list[str | None] = [None] * len(prepared)
+        for (owner, _), result in zip(windows, results, strict=True):
+            if result["text"]:
+                texts[owner].append(result["text"])
+            languages[owner] = languages[owner] or result["language"]
+        return [{"text": " ".join(parts), "language": language}
+                for parts, language in zip(texts, languages, strict=True)]
+
+    @abstractmethod
+    def transcribe_windows(self, requests: Sequence[Request]) -> list[Result]:
+        """One {"text", "language"} per prepared request of at most one window, in order, in
+        as few forward passes as the engine can. Raises BusError(OUT_OF_MEMORY) on OOM."""
