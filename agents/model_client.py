@@ -45,9 +45,10 @@ from agents.security import secure_client_socket
 from model_manager.errors import BAD_REQUEST, BUS_UNAVAILABLE, NO_REPLY, RETRYABLE
 
 #: Actions whose repetition is harmless, so a request without a reply may be sent again.
-IDEMPOTENT_ACTIONS = frozenset(
-    {"health", "stats", "voices", "transcribe", "synthesize", "batch_transcribe", "batch_synthesize"}
-)
+IDEMPOTENT_ACTIONS = frozenset({
+    "health", "stats", "voices", "cancel",
+    "transcribe", "synthesize", "batch_transcribe", "batch_synthesize",
+})
 Z85_KEY_LENGTH = 40
 
 
@@ -260,6 +261,11 @@ class ModelClient:
     def health(self, task: str = "stt") -> dict[str, Any]:
         address = self.config.stt_address if task == "stt" else self.config.tts_address
         return self.request(address, {"action": "health"}, self.config.connect_timeout_s)
+
+    def cancel(self, request_id: str, task: str = "stt") -> dict[str, Any]:
+        """Cancel a queue_for_batch request or a stream on the `task` agent (docs/protocol.md)."""
+        address = self.config.stt_address if task == "stt" else self.config.tts_address
+        return self.request(address, {"action": "cancel", "request_id": request_id})
 
 
 _default_client: ModelClient | None = None

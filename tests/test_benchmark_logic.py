@@ -433,16 +433,12 @@ def test_peer_ratios_compare_time_to_first_chunk_of_streams():
 
 
 def test_plan_sizes_the_load():
-    plan = Plan(
-        clips=8,
+    plan = dataclasses.replace(
+        quick_plan(),
         table_per_size=8,
-        warmup_items=1,
         singles=4,
-        levels=(1, 8),
-        stream_levels=(1,),
         min_requests=8,
         per_client=3,
-        arrivals=4,
         rates=(Rate(1.0), Rate(0.5, relative=True)),
         compared_sizes=(1, 2, 4, 8),
         rounds=2,

@@ -15,6 +15,7 @@ from conftest import queue_held
 from speech import speak
 
 from agents.connections import ConnectionTracker
+from agents.model_client import ClientConfig, ModelClient
 
 STT_MODEL = "whisper-tiny.en"
 
@@ -88,7 +89,8 @@ def test_a_cancelled_queue_for_batch_request_never_runs(bus):
         queued = bus.request({"action": "queue_for_batch", "request_id": request_id, **_audio_fields()})
         assert queued["status"] == "queued"
         _wait_for(lambda: _stt_model(bus)["queue_depth"] == 1)
-        reply = bus.request({"action": "cancel", "request_id": request_id})
+        client = ModelClient(ClientConfig(stt_address=bus.stt_address, tts_address=bus.tts_address))
+        reply = client.cancel(request_id)
         assert reply == {"status": "success", "request_id": request_id, "cancelled": True}
         _wait_for(lambda: _stt_model(bus)["queue_depth"] == 0)
         assert _stt_model(bus)["requests"] == ran_before
