@@ -15,7 +15,8 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    measured in pairs (raw, bus, bus, raw, ...) so that drifting machine load cancels; bus
    throughput at 8 clients over the best raw-engine batch size.
 4. Adaptive vs fixed: 8 clients with `dynamic_batching` on, against each pinned batch size,
-   interleaved in rounds so that drifting machine load hits them alike.
+   interleaved in rounds so that drifting machine load hits them alike; the best pinned
+   size of each round is picked from the other rounds (no winner's-curse bias).
 5. The peer: the same engines behind Ray Serve `@serve.batch` (the `peer` extra), same
    clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
    report, when Ray is not installed or --no-peer is given.
@@ -126,7 +127,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         rates=tuple(rates),
         # --quick compares the adaptive policy with the two ends only.
         compared_sizes=(1, max(BATCH_SIZES)) if quick else BATCH_SIZES,
-        rounds=1 if quick else 2,
+        rounds=1 if quick else 3,
+        compared_requests=HEADLINE_CLIENTS * (1 if quick else 2),
     )
 
 
@@ -267,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_sizes": list(BATCH_SIZES),
             "compared_sizes": list(plan.compared_sizes),
             "comparison_rounds": plan.rounds,
+            "comparison_requests_per_round": plan.compared_requests,
             "rates": [str(r) for r in plan.rates],
             "arrivals_per_rate": plan.arrivals,
         },

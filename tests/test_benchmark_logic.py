@@ -33,6 +33,7 @@ from bench.stats import (  # noqa: E402
 )
 from bench.suite import (  # noqa: E402
     Plan,
+    adaptive_vs_best_fixed,
     compare_fixed_and_adaptive,
     paired_singles,
     peer_ratios,
@@ -342,15 +343,16 @@ class FakeBus:
 
 def test_fixed_and_adaptive_interleave_in_rounds_and_merge_each_configuration():
     bus = FakeBus()
-    plan = dataclasses.replace(quick_plan(), compared_sizes=(1, 8), rounds=2, min_requests=8, per_client=1)
+    plan = dataclasses.replace(quick_plan(), compared_sizes=(1, 8), rounds=2, compared_requests=16)
     got = compare_fixed_and_adaptive(bus, WORKLOAD, plan, None, lambda n: None)
-    # round 1 in order, round 2 reversed, and the bus left on the configured policy
-    assert bus.log == ["1", "8", "adaptive", "adaptive", "8", "1", "adaptive"]
+    # round 1 in order, round 2 rotated, and the bus left on the configured policy
+    assert bus.log == ["1", "8", "adaptive", "adaptive", "1", "8", "adaptive"]
     assert set(got["fixed"]) == {"1", "8"} and got["rounds"] == 2
     for row in [*got["fixed"].values(), got["adaptive"]]:
-        assert row["clients"] == 8 and row["requests"] == 16 and row["succeeded"] == 16
+        assert row["clients"] == 8 and row["requests"] == 32 and row["succeeded"] == 32
         assert row["throughput_rps"] > 0
-    assert got["fixed"]["1"]["batch_sizes"] == {"1": 16}
+        assert [r["succeeded"] for r in row["by_round"]] == [16, 16]
+    assert got["fixed"]["1"]["batch_sizes"] == {"1": 32}
 
 
 def quick_plan() -> Plan:
@@ -367,6 +369,7 @@ def quick_plan() -> Plan:
         rates=(Rate(0.7, relative=True),),
         compared_sizes=(1, 8),
         rounds=1,
+        compared_requests=8,
     )
 
 
@@ -375,6 +378,30 @@ def quick_plan() -> Plan:
 
 def load_row(clients: int, rps: float, p99: float = 100.0) -> dict[str, Any]:
     return {"clients": clients, "throughput_rps": rps, "p50_ms": 50.0, "p99_ms": p99}
+
+
+def compared_row(*rates: float) -> dict[str, Any]:
+    """A row of the adaptive-vs-fixed comparison: one round of one second per rate."""
+    by_round = [{"succeeded": r, "wall_s": 1.0} for r in rates]
+    return {**load_row(8, sum(rates) / len(rates)), "by_round": by_round}
+
+
+def test_the_best_fixed_size_is_picked_from_the_other_rounds():
+    # Two pinned sizes that are equal but for noise, and an adaptive policy as fast as them:
+    # picking the best in the same rounds would make adaptive look slower (10 / 10.25).
+    compared = {
+        "fixed": {"1": compared_row(11.0, 9.5), "2": compared_row(9.0, 10.5)},
+        "adaptive": compared_row(10.0, 10.0),
+    }
+    got, size, how = adaptive_vs_best_fixed(compared)
+    assert how == "cross-fitted over rounds" and size == 1
+    # round 1 is judged by size 2 (best in round 2): 9.0; round 2 by size 1: 9.5
+    assert got == pytest.approx(20.0 / 18.5)
+
+
+def test_with_one_round_the_best_fixed_size_is_the_best_measured():
+    compared = {"fixed": {"1": compared_row(8.0), "2": compared_row(10.0)}, "adaptive": compared_row(9.0)}
+    assert adaptive_vs_best_fixed(compared) == (pytest.approx(0.9), 2, "same round")
 
 
 def task_entry() -> dict[str, Any]:
@@ -389,8 +416,8 @@ def task_entry() -> dict[str, Any]:
         "best_raw": {"batch_size": 4, "throughput_rps": 10.0},
         "fixed_vs_adaptive": {
             "clients": 8,
-            "fixed": {"1": load_row(8, 6.0), "4": load_row(8, 9.0)},
-            "adaptive": load_row(8, 9.9),
+            "fixed": {"1": compared_row(6.0), "4": compared_row(9.0)},
+            "adaptive": compared_row(9.9),
         },
         "closed_loop": [load_row(1, 5.0), load_row(8, 9.9)],
         "open_loop": [],
@@ -448,7 +475,7 @@ def test_plan_sizes_the_load():
     assert units["engine"] == 1 + 8 * 4
     # table, comparison (2 rounds of 4 sizes + adaptive at 8 clients, which is also the
     # sweep's 8-client row), singles, the sweep's 1-client row, open loop
-    assert units["bus"] == (1 + 8 * 4) + 2 * 5 * 24 + 4 + 8 + 4 * 2
+    assert units["bus"] == (1 + 8 * 4) + 2 * 5 * 8 + 4 + 8 + 4 * 2
     assert units["peer"] == 1 + 8 + 24
     assert plan.units(peer=False)["peer"] == 0
     streamed = plan.units(peer=True, streams=True)
