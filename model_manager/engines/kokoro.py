@@ -102,7 +102,7 @@ class KokoroEngine(Engine):
     def __init__(self, name: str = "kokoro-82m", weights: str | None = None, voices_dir: str | None = None,
                  device: str = "auto", dtype: str = "auto", backend: str = "auto",
                  max_text_chars: int = 20000, *, default_voice: str = DEFAULT_VOICE,
-                 max_batch_items: int | None = None, seed: int = 0) -> None:
+                 max_batch_items: int | None = None, seed: int = 0, cpu_threads: int = 0) -> None:
         from model_manager import kokoro_convert
         from model_manager.voices import VoiceLibrary
 
@@ -133,7 +133,7 @@ class KokoroEngine(Engine):
                                  "weights must be None")
             self.device = "cpu"
             self._autocast = None
-            self._session = self._onnx_session(kokoro_convert.onnx_model_path())
+            self._session = self._onnx_session(kokoro_convert.onnx_model_path(), cpu_threads)
             default_items = 1
         self.max_batch_items = max(1, max_batch_items or default_items)
 
@@ -155,11 +155,13 @@ class KokoroEngine(Engine):
         return getattr(torch, name)
 
     @staticmethod
-    def _onnx_session(path: Any) -> Any:
+    def _onnx_session(path: Any, cpu_threads: int = 0) -> Any:
+        """`cpu_threads`: onnxruntime's intra-op threads; 0 is one per core."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the int8 graph warns about unused initializers
+        options.intra_op_num_threads = cpu_threads
         # Idle pool threads sleep rather than spin: Kokoro shares the CPU with the STT
         # engines, and spinning took their cycles (see runtime.share_cpu_between_engines).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
