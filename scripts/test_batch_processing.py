@@ -45,10 +45,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from model_manager.runtime import share_cpu_between_engines  # noqa: E402
-
-share_cpu_between_engines()  # the raw engines in this process run as the model manager's do
-
 from bench import engine as engine_bench  # noqa: E402
 from bench import report as report_text  # noqa: E402
 from bench.engine import BatchRunner  # noqa: E402

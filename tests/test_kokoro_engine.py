@@ -185,11 +185,6 @@ def test_auto_backend_is_onnx_only_for_the_shipped_weights_on_a_cpu(weights, dev
     assert _auto_backend(weights, device, dtype) == expected
 
 
-def test_onnx_pool_threads_sleep_rather_than_spin_on_a_shared_cpu(onnx_engine):
-    options = onnx_engine._session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-
-
 def test_onnx_backend_speaks_and_pauses_are_real_silence(onnx_engine):
     requests = [
         onnx_engine.prepare({"text": SENTENCES[0]}),

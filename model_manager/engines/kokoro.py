@@ -162,9 +162,6 @@ class KokoroEngine(Engine):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the int8 graph warns about unused initializers
         options.intra_op_num_threads = cpu_threads
-        # Idle pool threads sleep rather than spin: Kokoro shares the CPU with the STT
-        # engines, and spinning took their cycles (see runtime.share_cpu_between_engines).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
     # --- Engine interface ------------------------------------------------------------------
