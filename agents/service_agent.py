@@ -500,9 +500,10 @@ class ServiceAgent:
         # The first chunk goes alone: queued with its siblings it would share their batch and
         # come back only when all of them are done, so time to first chunk would be the whole
         # text's. The rest are queued together (and batch together) once it is answered.
-        for index, (job_id, infer, body) in enumerate(jobs):
-            stream.held.append((job_id, Waiter(deadline, stream=stream, stream_index=index, fields=fields),
-                                infer, body))
+        stream.held = [
+            (job_id, Waiter(deadline, stream=stream, stream_index=index, fields=fields), infer, body)
+            for index, (job_id, infer, body) in enumerate(jobs)
+        ]
         self._submit(*stream.held.pop(0))
         self._send(call, {"status": "streaming", "request_id": request_id, "num_chunks": len(pieces)})
 

@@ -300,6 +300,6 @@ class WhisperEngine(Engine):
                 for parts, language in zip(texts, languages, strict=True)]
 
     @abstractmethod
-    def transcribe_windows(self, requests: Sequence[Request]) -> list[Result]:
+    def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
         """One {"text", "language"} per prepared request of at most one window, in order, in
         as few forward passes as the engine can. Raises BusError(OUT_OF_MEMORY) on OOM."""

@@ -62,10 +62,9 @@ class CT2WhisperEngine(WhisperEngine):
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
 
-    def transcribe_windows(self, requests: Sequence[Request]) -> list[Result]:
+    def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
         """One generate call for all requests (plus one encode + detect_language first when a
         multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
-        prepared = requests  # prepared by run_batch, each at most one window
         options = check_uniform(prepared)
         features = ctranslate2.StorageView.from_array(
             log_mel_batch([r["audio"] for r in prepared], self.n_mels))

@@ -56,11 +56,10 @@ class HFWhisperEngine(WhisperEngine):
         self.n_mels: int = self._model.config.num_mel_bins
         self.num_parameters = sum(p.numel() for p in self._model.parameters())
 
-    def transcribe_windows(self, requests: Sequence[Request]) -> list[Result]:
+    def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
         """One encoder pass and one generate call for all requests (plus one decoder step to
         detect the language when a multilingual request has language None).
         Raises BusError(OUT_OF_MEMORY) on CUDA out-of-memory."""
-        prepared = requests  # prepared by run_batch, each at most one window
         options = check_uniform(prepared)
         languages: list[str | None] = [r["language"] for r in prepared]
         try:
