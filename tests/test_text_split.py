@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_manager.text_split import (
+from model_manager.engines.kokoro.text_split import (
     MAX_PAUSE_SECONDS,
     Pause,
     fit,

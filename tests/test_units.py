@@ -10,8 +10,9 @@ import pytest
 
 from agents.results import ResultStore
 from model_manager import protocol
-from model_manager.audio import decode_audio, split_into_windows
+from model_manager.audio import decode_audio
 from model_manager.config import ConfigError, load_config
+from model_manager.engines.whisper.windows import split_into_windows
 from model_manager.errors import BusError
 
 

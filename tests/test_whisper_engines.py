@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from speech import SENTENCES, speak, word_error_rate
 
-from model_manager import errors, weights
-from model_manager.ct2_format import CT2FormatError, count_parameters, read_ct2_model
-from model_manager.engines.whisper_common import (
+from model_manager import errors
+from model_manager.engines.whisper import weights
+from model_manager.engines.whisper.common import (
     N_FRAMES,
     SAMPLE_RATE,
     log_mel_batch,
     out_of_memory_as_bus_error,
 )
-from model_manager.engines.whisper_ct2 import CT2WhisperEngine
+from model_manager.engines.whisper.ct2 import CT2WhisperEngine
+from model_manager.engines.whisper.ct2_format import CT2FormatError, count_parameters, read_ct2_model
 from model_manager.errors import BusError
 
 # Mean WER of tiny.en int8, greedy, over the 8 espeak-ng (en-us) SENTENCES: measured 0.157

@@ -8,15 +8,15 @@ from model_manager.engines.base import Engine
 
 
 def weights_installed(spec: ModelSpec) -> bool:
-    from model_manager import weights
+    from model_manager.engines.whisper import weights
 
     return weights.installed(spec.weights) if spec.weights else True
 
 
 def build_engine(spec: ModelSpec) -> Engine:
     if spec.engine == "ctranslate2":
-        from model_manager import weights
-        from model_manager.engines.whisper_ct2 import CT2WhisperEngine
+        from model_manager.engines.whisper import weights
+        from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 
         return CT2WhisperEngine(
             spec.name,
@@ -26,8 +26,8 @@ def build_engine(spec: ModelSpec) -> Engine:
             **spec.options,
         )
     if spec.engine == "transformers":
-        from model_manager import weights
-        from model_manager.engines.whisper_hf import HFWhisperEngine
+        from model_manager.engines.whisper import weights
+        from model_manager.engines.whisper.hf import HFWhisperEngine
 
         return HFWhisperEngine(
             spec.name,
@@ -37,7 +37,7 @@ def build_engine(spec: ModelSpec) -> Engine:
             **spec.options,
         )
     if spec.engine == "kokoro":
-        from model_manager.engines.kokoro import KokoroEngine
+        from model_manager.engines.kokoro.engine import KokoroEngine
 
         return KokoroEngine(
             spec.name,

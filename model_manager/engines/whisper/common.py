@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from model_manager.audio import split_into_windows
 from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.whisper.windows import split_into_windows
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     INVALID_AUDIO,

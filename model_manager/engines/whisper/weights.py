@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_manager.ct2_format import read_ct2_model
+from model_manager.engines.whisper.ct2_format import read_ct2_model
 
 PACKAGE_PREFIX = "package:"
 CACHE_ENV = "VOICEBUS_CACHE"

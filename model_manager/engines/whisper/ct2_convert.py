@@ -1,7 +1,8 @@
 """Convert a CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json) into a
 transformers `WhisperForConditionalGeneration` directory, offline.
 
-    python -m model_manager.ct2_convert SRC DST [--dtype float32|float16|bfloat16] [--overwrite]
+    python -m model_manager.engines.whisper.ct2_convert SRC DST [--dtype float32|float16|bfloat16]
+                                                        [--overwrite]
 
 The conversion is strict, so a layout it does not understand fails loudly instead of
 producing a model that silently transcribes garbage:
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model_manager.ct2_format import CT2Model, read_ct2_model
-from model_manager.engines.whisper_common import WhisperTokens
+from model_manager.engines.whisper.common import WhisperTokens
+from model_manager.engines.whisper.ct2_format import CT2Model, read_ct2_model
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only the functions below need it
     from transformers import (
@@ -308,7 +309,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "float32", overwrite:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_manager.ct2_convert",
+    parser = argparse.ArgumentParser(prog="python -m model_manager.engines.whisper.ct2_convert",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("src", help="CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json)")
     parser.add_argument("dst", help="output directory for transformers")

@@ -2,8 +2,8 @@
 
 Request: {"text": str, "voice": str, "speed": float}; result: {"audio": float32 ndarray at
 24 kHz, "sample_rate": 24000}. `voice` is a pack name or a weighted mix ("jf_alpha(2)+jm_kumo(1)",
-see `model_manager.voices`); it defaults to `default_voice`, `speed` to 1.0. The text may
-hold pause markers such as ``[pause:0.5]`` (see `model_manager.text_split`).
+see `model_manager.engines.kokoro.voices`); it defaults to `default_voice`, `speed` to 1.0. The text may
+hold pause markers such as ``[pause:0.5]`` (see `model_manager.engines.kokoro.text_split`).
 
 How a batch runs: every request's text is cut into pieces of at most 510 phoneme tokens
 (sentence, then clause, then word boundaries; nothing is ever truncated), ALL pieces of ALL
@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_manager import text_split
 from model_manager.engines.base import Engine, Request, Result, resolve_device
+from model_manager.engines.kokoro import text_split
+from model_manager.engines.kokoro.text_split import Pause
 from model_manager.errors import (
     INFERENCE_FAILED,
     INVALID_FIELD,
@@ -53,10 +54,9 @@ from model_manager.errors import (
     TEXT_TOO_LONG,
     BusError,
 )
-from model_manager.text_split import Pause
 
 if TYPE_CHECKING:
-    from model_manager.g2p import Phonemizer
+    from model_manager.engines.kokoro.g2p import Phonemizer
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class KokoroEngine(Engine):
                  device: str = "auto", dtype: str = "auto", backend: str = "auto",
                  max_text_chars: int = 20000, *, default_voice: str = DEFAULT_VOICE,
                  max_batch_items: int | None = None, seed: int = 0, cpu_threads: int = 0) -> None:
-        from model_manager import kokoro_convert
-        from model_manager.voices import VoiceLibrary
+        from model_manager.engines.kokoro import convert as kokoro_convert
+        from model_manager.engines.kokoro.voices import VoiceLibrary
 
         if backend == "auto":
             backend = _auto_backend(weights, device, dtype)
@@ -297,7 +297,7 @@ class KokoroEngine(Engine):
     def _run_torch(self, group: list[_Job]) -> list[np.ndarray]:
         import torch
 
-        from model_manager.engines.kokoro_batch import forward_batch
+        from model_manager.engines.kokoro.batch import forward_batch
 
         styles = torch.from_numpy(np.stack([job.style for job in group]))
         try:
@@ -345,8 +345,8 @@ def _auto_backend(weights: str | None, device: str, dtype: str | None) -> str:
 def _shared_phonemizer() -> Phonemizer:
     """One G2P per process: loading spaCy and the lexicon takes seconds and ~100 MB, and the
     phonemizer is thread-safe, so every Kokoro engine (torch and onnx) shares it."""
-    from model_manager import kokoro_convert
-    from model_manager.g2p import Phonemizer
+    from model_manager.engines.kokoro import convert as kokoro_convert
+    from model_manager.engines.kokoro.g2p import Phonemizer
 
     return Phonemizer(kokoro_convert.load_config()["vocab"])
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import ctranslate2
 import tokenizers
 
-from model_manager.ct2_format import count_parameters
 from model_manager.engines.base import Request, Result
-from model_manager.engines.whisper_common import (
+from model_manager.engines.whisper.common import (
     MAX_TARGET_POSITIONS,
     WhisperEngine,
     WhisperTokens,
@@ -22,6 +21,7 @@ from model_manager.engines.whisper_common import (
     log_mel_batch,
     out_of_memory_as_bus_error,
 )
+from model_manager.engines.whisper.ct2_format import count_parameters
 
 _REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
 

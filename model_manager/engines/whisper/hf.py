@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from model_manager.engines.base import Request, Result, resolve_device
-from model_manager.engines.whisper_common import (
+from model_manager.engines.whisper.common import (
     WhisperEngine,
     WhisperTokens,
     check_uniform,
@@ -31,7 +31,7 @@ def _multilingual(config: transformers.WhisperConfig) -> bool:
 
 
 class HFWhisperEngine(WhisperEngine):
-    """A transformers Whisper model: a local directory (e.g. from `model_manager.ct2_convert`)
+    """A transformers Whisper model: a local directory (e.g. from `model_manager.engines.whisper.ct2_convert`)
     or a hub name, loaded with `from_pretrained` (a hub name needs network or a warm HF cache).
 
     dtype "auto" is float32 on CPU and float16 on CUDA; "bfloat16" is accepted too.

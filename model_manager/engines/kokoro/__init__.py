@@ -1,0 +1,1 @@
+"""Kokoro text-to-speech: the engine, its batched forward, weights, voices, G2P and text splitting."""

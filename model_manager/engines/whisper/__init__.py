@@ -1,0 +1,1 @@
+"""Whisper speech-to-text: CTranslate2 and transformers engines, their weights, formats and audio windows."""
