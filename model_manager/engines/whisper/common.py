@@ -1,12 +1,12 @@
 """What the CTranslate2 and transformers Whisper engines share, so that both see the same
-input features, prompts and validation and therefore give the same text.
+input features, prompts, windows and bounds and therefore give the same text.
 
-- `prepare_stt_request` validates and normalises an STT request (see `engines.base`).
-- `log_mel_batch` turns clips of different lengths into one [N, n_mels, 3000] array.
+- `request.prepare_request` checks a request once and plans its window (window_policy).
+- `log_mel_batch` turns clips of different lengths into one [N, n_mels, frames] array.
 - `WhisperTokens` knows the special token ids and builds the decoder prompt.
-- `WhisperEngine.run_batch` cuts audio longer than one 30 s window into windows, runs the
-  windows of every request together through the subclass's `transcribe_windows`, and
-  joins each request's texts.
+- `WhisperEngine.run_batch` answers requests without speech at once, cuts audio longer than
+  one 30 s window into windows, runs the windows that share a window length together
+  through the subclass's `transcribe_windows`, and joins each request's texts.
 """
 
 from __future__ import annotations
@@ -22,53 +22,30 @@ from typing import Any
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from model_manager.engines.base import Engine, Request, Result
-from model_manager.engines.whisper.windows import split_into_windows
-from model_manager.errors import (
-    AUDIO_TOO_LONG,
-    INVALID_AUDIO,
-    INVALID_FIELD,
-    MISSING_FIELD,
-    OUT_OF_MEMORY,
-    BusError,
+from model_manager.engines.base import Engine, Result
+from model_manager.engines.whisper import vad as speech_detector
+from model_manager.engines.whisper.request import SAMPLE_RATE, SttRequest, prepare_request
+from model_manager.engines.whisper.window_policy import (
+    DEFAULT_MIN_WINDOW_S,
+    FULL_WINDOW_S,
+    WindowPolicy,
+    window_frames,
 )
+from model_manager.engines.whisper.windows import split_into_windows
+from model_manager.errors import OUT_OF_MEMORY, BusError
 
-SAMPLE_RATE = 16000
-#: One Whisper window: all the encoder ever sees at once. Longer audio is cut into windows.
-WINDOW_SECONDS = 30.0
-#: The engine's own cap on one request; the agents refuse beyond limits.max_audio_seconds first.
-MAX_AUDIO_SECONDS = 3600.0
 #: Windows per engine call, unless the batch holds more requests than this: a long request's
 #: windows batch together, without one hour of audio becoming one forward pass.
 MAX_WINDOWS_PER_CALL = 16
-#: The encoder always sees 30 s: 3000 frames of 10 ms.
+#: The encoder's full input: 3000 frames of 10 ms.
 N_FRAMES = 3000
-TASKS = ("transcribe", "translate")
-MIN_BEAM_SIZE = 1
-MAX_BEAM_SIZE = 10
 #: Decoder context of every Whisper size; prompt + generated tokens must fit in it.
 MAX_TARGET_POSITIONS = 448
+#: Text tokens Whisper decodes at most from one window when nothing tighter bounds it
+#: (openai-whisper's sample_len: half the decoder context; CTranslate2 stops there too).
+MAX_TEXT_TOKENS = MAX_TARGET_POSITIONS // 2
 
 _LANGUAGE_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")
-
-
-@dataclass(frozen=True)
-class WhisperOptions:
-    """Decoding options of one request, after validation.
-
-    language: a code such as "en", or None to detect it (multilingual models only; English-only
-    models normalise None to "en"). task: "transcribe" or "translate". beam_size: 1 is greedy.
-    """
-
-    language: str | None = None
-    task: str = "transcribe"
-    beam_size: int = 1
-
-    @classmethod
-    def from_request(cls, request: Mapping[str, Any]) -> WhisperOptions:
-        """Read the fields of an already prepared request (no validation)."""
-        return cls(language=request.get("language"), task=request.get("task", "transcribe"),
-                   beam_size=int(request.get("beam_size", 1)))
 
 
 @dataclass(frozen=True)
@@ -124,86 +101,6 @@ class WhisperTokens:
         return m.group(1)
 
 
-def validate_language(language: object, multilingual: bool, known: Mapping[str, int] | Sequence[str],
-                      model_name: str) -> str | None:
-    """Normalised language of a request, or BusError(INVALID_FIELD).
-
-    English-only models accept None or "en" and return "en". Multilingual models accept a code
-    in `known` (case-insensitive) or None, meaning: detect it.
-    """
-    if language is not None and not isinstance(language, str):
-        raise BusError(INVALID_FIELD, f"language must be a string or null, got {type(language).__name__}")
-    code = language.strip().lower() if isinstance(language, str) else None
-    if code == "":
-        code = None
-    if not multilingual:
-        if code not in (None, "en"):
-            raise BusError(INVALID_FIELD, f"model {model_name} is English-only; language {language!r} "
-                                          "is not supported (use 'en' or null)")
-        return "en"
-    if code is not None and code not in known:
-        raise BusError(INVALID_FIELD, f"unknown language {language!r} for model {model_name}")
-    return code
-
-
-def validate_audio(audio: object) -> np.ndarray:
-    """A 1-D, finite, non-empty float32 array of at most MAX_AUDIO_SECONDS at 16 kHz, or BusError."""
-    if audio is None:
-        raise BusError(MISSING_FIELD, "audio is required")
-    arr = np.asarray(audio)
-    if not np.issubdtype(arr.dtype, np.floating):
-        # Integer PCM would need a scale we cannot guess; the wire format is float32.
-        raise BusError(INVALID_AUDIO, f"audio must be float32 samples, got dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise BusError(INVALID_AUDIO, f"audio must be mono (1-D), got shape {arr.shape}")
-    if arr.size == 0:
-        raise BusError(INVALID_AUDIO, "audio is empty")
-    if arr.size > MAX_AUDIO_SECONDS * SAMPLE_RATE:
-        raise BusError(AUDIO_TOO_LONG, f"audio is {arr.size / SAMPLE_RATE:.2f} s; at most "
-                                       f"{MAX_AUDIO_SECONDS:g} s per request")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise BusError(INVALID_AUDIO, "audio contains NaN or infinite samples")
-    return arr
-
-
-def validate_options(request: Mapping[str, Any], multilingual: bool, known_languages: Mapping[str, int],
-                     model_name: str) -> WhisperOptions:
-    """Options of a raw request with defaults filled in, or BusError(INVALID_FIELD)."""
-    task = request.get("task") or "transcribe"
-    if task not in TASKS:
-        raise BusError(INVALID_FIELD, f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task == "translate" and not multilingual:
-        raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
-    beam_size = request.get("beam_size")
-    if beam_size is None:
-        beam_size = 1
-    # bool is an int subclass; True as a beam size is a client bug, not 1.
-    if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)):
-        raise BusError(INVALID_FIELD, f"beam_size must be an integer, got {beam_size!r}")
-    if not MIN_BEAM_SIZE <= beam_size <= MAX_BEAM_SIZE:
-        raise BusError(INVALID_FIELD,
-                       f"beam_size must be in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, got {beam_size}")
-    language = validate_language(request.get("language"), multilingual, known_languages, model_name)
-    return WhisperOptions(language=language, task=task, beam_size=int(beam_size))
-
-
-def prepare_stt_request(request: Mapping[str, Any], multilingual: bool, known_languages: Mapping[str, int],
-                        model_name: str) -> dict[str, Any]:
-    """The normalised request: every input key kept, plus float32 `audio`, `language`
-    (None only for detection on multilingual models), `task` and int `beam_size`.
-    Idempotent, so engines may call it again inside run_batch."""
-    options = validate_options(request, multilingual, known_languages, model_name)
-    audio = validate_audio(request.get("audio"))
-    return {**request, "audio": audio, "language": options.language, "task": options.task,
-            "beam_size": options.beam_size}
-
-
-def audio_seconds(request: Mapping[str, Any]) -> float:
-    audio = request.get("audio")
-    return 0.0 if audio is None else len(audio) / SAMPLE_RATE
-
-
 @functools.lru_cache(maxsize=4)
 def _feature_extractor(n_mels: int) -> FeatureExtractor:
     # Building the mel filter bank costs a few ms; the extractor is stateless after that
@@ -211,34 +108,80 @@ def _feature_extractor(n_mels: int) -> FeatureExtractor:
     return FeatureExtractor(feature_size=n_mels)
 
 
-def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """[n_mels, 3000] float32 log-mel of one clip of at most 30 s, exactly as faster-whisper
-    feeds the encoder: the spectrogram of the clip alone, last frame dropped, then padded with
-    0.0 in the log-mel domain. (Padding the *audio* with silence, as transformers does, gives
-    about -0.69 there instead and measurably worse WER: 9.6% against 5.3% greedy.)"""
+def log_mel(audio: np.ndarray, n_mels: int = 80, frames: int = N_FRAMES) -> np.ndarray:
+    """[n_mels, frames] float32 log-mel of one clip of at most `frames` x 10 ms, exactly as
+    faster-whisper feeds the encoder: the spectrogram of the clip alone, last frame dropped,
+    then padded with 0.0 in the log-mel domain. (Padding the *audio* with silence, as
+    transformers does, gives about -0.69 there instead and measurably worse WER: 9.6% against
+    5.3% greedy.)"""
     mel = _feature_extractor(n_mels)(audio)[:, :-1]
-    out = np.zeros((n_mels, N_FRAMES), dtype=np.float32)
-    n = min(mel.shape[1], N_FRAMES)
+    out = np.zeros((n_mels, frames), dtype=np.float32)
+    n = min(mel.shape[1], frames)
     out[:, :n] = mel[:, :n]
     return out
 
 
-def log_mel_batch(clips: Sequence[np.ndarray], n_mels: int = 80) -> np.ndarray:
-    """[N, n_mels, 3000] float32 features for clips of different lengths (see `log_mel`)."""
-    return np.stack([log_mel(c, n_mels) for c in clips])
+def log_mel_batch(clips: Sequence[np.ndarray], n_mels: int = 80, frames: int = N_FRAMES) -> np.ndarray:
+    """[N, n_mels, frames] float32 features for clips of different lengths (see `log_mel`)."""
+    return np.stack([log_mel(c, n_mels, frames) for c in clips])
 
 
-def check_uniform(requests: Sequence[Mapping[str, Any]]) -> WhisperOptions:
-    """The task and beam size shared by a batch (one generate call takes one of each);
-    ValueError if the caller mixed batch keys. Languages may differ: prompts are per item."""
-    if not requests:
-        raise ValueError("empty batch")
-    first = WhisperOptions.from_request(requests[0])
-    for r in requests[1:]:
-        o = WhisperOptions.from_request(r)
-        if (o.task, o.beam_size) != (first.task, first.beam_size):
-            raise ValueError("requests with different task or beam_size in one batch")
-    return first
+@dataclass(frozen=True, eq=False)
+class Window:
+    """One encoder window of a request: at most `request.window_s` of its audio, decoded to at
+    most `max_tokens` text tokens (None: MAX_TEXT_TOKENS)."""
+
+    audio: np.ndarray
+    request: SttRequest
+    max_tokens: int | None
+
+    @property
+    def call_key(self) -> tuple[str, int, float, float]:
+        """What one generate call takes once for all its items."""
+        r = self.request
+        return (r.task, r.beam_size, r.window_s, r.repetition_penalty)
+
+
+@dataclass(frozen=True)
+class WindowText:
+    text: str
+    language: str
+    #: The decoder reached the window's token bound: the text was cut there (a loop, usually).
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """The shared settings of one generate call over `windows` (see Window.call_key)."""
+
+    task: str
+    beam_size: int
+    frames: int
+    repetition_penalty: float
+    #: Text tokens to decode at most: one more than the largest bound, so a window that
+    #: reaches its bound is known to have been cut; or MAX_TEXT_TOKENS.
+    decode_tokens: int
+
+    @classmethod
+    def of(cls, windows: Sequence[Window]) -> CallPlan:
+        if not windows:
+            raise ValueError("empty batch")
+        keys = {w.call_key for w in windows}
+        if len(keys) > 1:
+            raise ValueError(f"windows of different calls in one batch: {sorted(keys)}")
+        task, beam_size, window_s, penalty = keys.pop()
+        bounds = [w.max_tokens for w in windows]
+        decode = MAX_TEXT_TOKENS if None in bounds else min(MAX_TEXT_TOKENS, max(b for b in bounds if b) + 1)
+        return cls(task, beam_size, window_frames(window_s), penalty, decode)
+
+
+def bounded(ids: Sequence[int], window: Window) -> tuple[list[int], bool]:
+    """A window's decoded text ids cut to its own bound, and whether the bound cut them.
+    Greedy and beam decoding of one item do not depend on its batch neighbours, so cutting
+    at the item's own bound gives what decoding it alone with that bound gives."""
+    bound = MAX_TEXT_TOKENS if window.max_tokens is None else window.max_tokens
+    ids = list(ids)
+    return ids[:bound], len(ids) >= bound + (window.max_tokens is not None)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -259,47 +202,95 @@ def out_of_memory_as_bus_error(what: str) -> Iterator[None]:
 
 
 class WhisperEngine(Engine):
-    """What every Whisper engine shares: request checks, the batch key, the cost unit and
-    long audio. Subclasses set `multilingual` and `tokens` when they load, and implement
-    `transcribe_windows`."""
+    """What every Whisper engine shares: request checks, window planning, the batch key, the
+    cost unit and long audio. Subclasses set `multilingual` and `tokens` when they load, call
+    `configure_windows`, and implement `transcribe_windows`."""
 
     task = "stt"
     multilingual: bool
     tokens: WhisperTokens
+    policy: WindowPolicy = WindowPolicy()
+    vad: bool = True
 
-    def prepare(self, request: Request) -> Request:
-        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
+    def configure_windows(self, min_window_s: float | None, vad: bool) -> None:
+        """The model's `min_window_s` and `vad` options (see window_policy, vad)."""
+        floor = DEFAULT_MIN_WINDOW_S if min_window_s is None else float(min_window_s)
+        self.policy = WindowPolicy(min_window_s=floor)
+        if not isinstance(vad, bool):
+            raise ValueError(f"option vad must be true or false, got {vad!r}")
+        self.vad = vad
+        if vad:
+            speech_detector.load()
 
-    def batch_key(self, request: Request) -> Hashable:
-        return (self.name, request.get("language"), request.get("task", "transcribe"),
-                int(request.get("beam_size", 1)))
+    def prepare(self, fields: Mapping[str, Any] | SttRequest) -> SttRequest:
+        return prepare_request(fields, multilingual=self.multilingual, known_languages=self.tokens.languages,
+                               model_name=self.name, policy=self.policy, vad_default=self.vad)
 
-    def cost(self, request: Request) -> float:
-        return audio_seconds(request)
+    def batch_key(self, request: SttRequest) -> Hashable:
+        """Requests share a generate call when they share these, window length included."""
+        return (self.name, request.language, request.task, request.beam_size, request.window_s,
+                request.repetition_penalty)
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
-        """One {"text", "language"} per request, in order. Audio longer than one window is cut
-        at pauses (`audio.split_into_windows`); the windows of all requests run together, and
-        each request's window texts are joined in order. A request's language is its first
-        window's (each window of a multilingual request without a language detects its own)."""
+    def bucket(self, request: SttRequest) -> Hashable:
+        """Requests of one window length cost alike: the scheduler learns batch sizes per bucket."""
+        return request.window_s
+
+    def cost(self, request: SttRequest) -> float:
+        """Encoder seconds: what the device actually spends on the request."""
+        return request.windows * request.window_s
+
+    def warmup_requests(self, count: int) -> list[SttRequest]:
+        # Five seconds of silence with the detector off: the short window real commands get,
+        # and the encoder, which dominates, costs what it costs on speech.
+        silence = np.zeros(5 * SAMPLE_RATE, dtype=np.float32)
+        return [self.prepare({"audio": silence, "vad": False}) for _ in range(count)]
+
+    def run_batch(self, requests: Sequence[SttRequest | Mapping[str, Any]]) -> list[Result]:
+        """One {"text", "language", "truncated"} per request, in order.
+
+        A request without speech gets "" at once and costs no model call. Audio longer than
+        one window is cut at pauses (`windows.split_into_windows`); windows that share a
+        window length and decoding settings run together, and each request's window texts
+        are joined in order. A request's language is its first window's (each window of a
+        multilingual request without a language detects its own); `truncated` is true when
+        any of its windows hit its token bound.
+        """
         prepared = [self.prepare(r) for r in requests]
-        windows = [(owner, piece) for owner, request in enumerate(prepared)
-                   for piece in split_into_windows(request["audio"], WINDOW_SECONDS)]
+        windows = [
+            (owner, Window(piece, request, None if request.max_tokens is None
+                           else self.policy.max_tokens(len(piece) / SAMPLE_RATE)))
+            for owner, request in enumerate(prepared) if request.has_speech
+            for piece in split_into_windows(request.audio, FULL_WINDOW_S)
+        ]
+        calls: dict[tuple[str, int, float, float], list[int]] = {}
+        for index, (_, window) in enumerate(windows):
+            calls.setdefault(window.call_key, []).append(index)
         per_call = max(MAX_WINDOWS_PER_CALL, len(prepared))
-        results: list[Result] = []
-        for start in range(0, len(windows), per_call):
-            chunk = windows[start:start + per_call]
-            results += self.transcribe_windows([{**prepared[o], "audio": piece} for o, piece in chunk])
-        texts: list[list[str]] = [[] for _ in prepared]
-        languages: list[str | None] = [None] * len(prepared)
-        for (owner, _), result in zip(windows, results, strict=True):
-            if result["text"]:
-                texts[owner].append(result["text"])
-            languages[owner] = languages[owner] or result["language"]
-        return [{"text": " ".join(parts), "language": language}
-                for parts, language in zip(texts, languages, strict=True)]
+        texts: list[WindowText | None] = [None] * len(windows)
+        for indices in calls.values():
+            for start in range(0, len(indices), per_call):
+                chunk = indices[start:start + per_call]
+                for index, text in zip(chunk, self.transcribe_windows([windows[i][1] for i in chunk]),
+                                       strict=True):
+                    texts[index] = text
+        parts: list[list[WindowText]] = [[] for _ in prepared]
+        for (owner, _), text in zip(windows, texts, strict=True):
+            assert text is not None
+            parts[owner].append(text)
+        return [self._joined(request, own) for request, own in zip(prepared, parts, strict=True)]
+
+    @staticmethod
+    def _joined(request: SttRequest, parts: Sequence[WindowText]) -> Result:
+        return {
+            "text": " ".join(p.text for p in parts if p.text),
+            "language": next((p.language for p in parts), request.language),
+            "truncated": any(p.truncated for p in parts),
+        }
 
     @abstractmethod
-    def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
-        """One {"text", "language"} per prepared request of at most one window, in order, in
-        as few forward passes as the engine can. Raises BusError(OUT_OF_MEMORY) on OOM."""
+    def transcribe_windows(self, windows: Sequence[Window]) -> list[WindowText]:
+        """One WindowText per window, in order, in as few forward passes as the engine can.
+        All windows share one `CallPlan`. Raises BusError(OUT_OF_MEMORY) on OOM."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "min_window_s": self.policy.min_window_s, "vad": self.vad}

@@ -12,12 +12,13 @@ from pathlib import Path
 import ctranslate2
 import tokenizers
 
-from model_manager.engines.base import Request, Result
 from model_manager.engines.whisper.common import (
-    MAX_TARGET_POSITIONS,
+    CallPlan,
     WhisperEngine,
     WhisperTokens,
-    check_uniform,
+    Window,
+    WindowText,
+    bounded,
     log_mel_batch,
     out_of_memory_as_bus_error,
 )
@@ -37,12 +38,13 @@ class CT2WhisperEngine(WhisperEngine):
     """A CTranslate2 Whisper model directory (model.bin, config.json, tokenizer.json).
 
     compute_type "auto" is int8 on CPU and float16 on CUDA. cpu_threads 0 lets CTranslate2
-    pick (OMP_NUM_THREADS or its default). Results: {"text": stripped str, "language": code}.
+    pick (OMP_NUM_THREADS or its default). min_window_s and vad: see window_policy and vad
+    (None: the default floor). Results: {"text": stripped str, "language": code,
+    "truncated": bool}.
     """
 
-
     def __init__(self, name: str, model_dir: str | Path, device: str = "auto", compute_type: str = "auto",
-                 cpu_threads: int = 0) -> None:
+                 cpu_threads: int = 0, min_window_s: float | None = None, vad: bool = True) -> None:
         model_dir = Path(model_dir)
         missing = [f for f in _REQUIRED_FILES if not (model_dir / f).is_file()]
         if missing:
@@ -61,15 +63,16 @@ class CT2WhisperEngine(WhisperEngine):
         self.multilingual: bool = self._model.is_multilingual
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
+        self.configure_windows(min_window_s, vad)
 
-    def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
-        """One generate call for all requests (plus one encode + detect_language first when a
+    def transcribe_windows(self, windows: Sequence[Window]) -> list[WindowText]:
+        """One generate call for all windows (plus one encode + detect_language first when a
         multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
-        options = check_uniform(prepared)
+        plan = CallPlan.of(windows)
         features = ctranslate2.StorageView.from_array(
-            log_mel_batch([r["audio"] for r in prepared], self.n_mels))
-        languages: list[str] = [r["language"] for r in prepared]
-        with out_of_memory_as_bus_error(f"{self.name} batch of {len(prepared)}"):
+            log_mel_batch([w.audio for w in windows], self.n_mels, plan.frames))
+        languages: list[str | None] = [w.request.language for w in windows]
+        with out_of_memory_as_bus_error(f"{self.name} batch of {len(windows)}"):
             if any(lang is None for lang in languages):
                 # Encode once and reuse the encoder output for generate, instead of letting
                 # detect_language and generate each run the encoder.
@@ -77,15 +80,21 @@ class CT2WhisperEngine(WhisperEngine):
                 detected = self._model.detect_language(features)
                 languages = [lang if lang is not None else self.tokens.language_of(scores[0][0])
                              for lang, scores in zip(languages, detected, strict=True)]
-            prompts = [self.tokens.prompt(self.multilingual, lang, options.task) for lang in languages]
+            prompts = [self.tokens.prompt(self.multilingual, lang, plan.task) for lang in languages]
+            # CTranslate2's Whisper decodes at most max_length // 2 tokens (measured on 4.8.5,
+            # as openai-whisper's sample_len); `bounded` cuts each window to its own bound, so
+            # a version that decodes more only wastes steps.
             results = self._model.generate(
-                features, prompts, beam_size=options.beam_size,
-                max_length=MAX_TARGET_POSITIONS, suppress_blank=True, suppress_tokens=[-1])
-        return [{"text": self._decode(res.sequences_ids[0]), "language": lang}
-                for res, lang in zip(results, languages, strict=True)]
+                features, prompts, beam_size=plan.beam_size, max_length=2 * plan.decode_tokens,
+                repetition_penalty=plan.repetition_penalty, suppress_blank=True, suppress_tokens=[-1])
+        texts = []
+        for res, lang, window in zip(results, languages, windows, strict=True):
+            ids, truncated = bounded(self.tokens.text_ids(res.sequences_ids[0]), window)
+            texts.append(WindowText(self._decode(ids), lang, truncated))
+        return texts
 
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(self.tokens.text_ids(ids)).strip()
+    def _decode(self, text_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(text_ids)).strip()
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "backend": "ctranslate2", "compute_type": self.compute_type,

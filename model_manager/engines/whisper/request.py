@@ -1,0 +1,150 @@
+"""The Whisper family's typed request, and the one place a request's fields are checked.
+
+`prepare_request` turns a client's fields into an `SttRequest`: audio validated, trimmed to
+its speech (unless `vad` is off), and given its encoder window and token bound by the
+model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads the dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_manager.engines.whisper import vad as speech_detector
+from model_manager.engines.whisper.window_policy import FULL_WINDOW_S, WindowPolicy
+from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, INVALID_FIELD, MISSING_FIELD, BusError
+
+SAMPLE_RATE = 16000
+#: The engine's own cap on one request; the agents refuse beyond limits.max_audio_seconds first.
+MAX_AUDIO_SECONDS = 3600.0
+TASKS = ("transcribe", "translate")
+MIN_BEAM_SIZE = 1
+MAX_BEAM_SIZE = 10
+
+
+@dataclass(frozen=True, eq=False)
+class SttRequest:
+    """One transcription, validated and planned.
+
+    audio: float32 16 kHz, only the speech when `vad` is on (empty when there is none).
+    language: a code, or None to detect it (multilingual models only). task: "transcribe" or
+    "translate". beam_size: 1 is greedy. window_s: the encoder window of each of its windows
+    (0 when there is no speech to run). max_tokens: text tokens one window may decode (None:
+    Whisper's own limit). repetition_penalty: 1.0 is none. received_s: the audio as sent.
+    """
+
+    audio: np.ndarray
+    language: str | None
+    task: str
+    beam_size: int
+    vad: bool
+    window_s: float
+    max_tokens: int | None
+    repetition_penalty: float
+    received_s: float
+
+    @property
+    def has_speech(self) -> bool:
+        return self.window_s > 0
+
+    @property
+    def windows(self) -> int:
+        """How many encoder windows it needs: one, or several for audio over 30 s."""
+        return max(1, -(-len(self.audio) // int(FULL_WINDOW_S * SAMPLE_RATE))) if self.has_speech else 0
+
+
+def validate_language(language: object, multilingual: bool, known: Mapping[str, int] | Sequence[str],
+                      model_name: str) -> str | None:
+    """Normalised language of a request, or BusError(INVALID_FIELD).
+
+    English-only models accept None or "en" and return "en". Multilingual models accept a code
+    in `known` (case-insensitive) or None, meaning: detect it.
+    """
+    if language is not None and not isinstance(language, str):
+        raise BusError(INVALID_FIELD, f"language must be a string or null, got {type(language).__name__}")
+    code = language.strip().lower() if isinstance(language, str) else None
+    if code == "":
+        code = None
+    if not multilingual:
+        if code not in (None, "en"):
+            raise BusError(INVALID_FIELD, f"model {model_name} is English-only; language {language!r} "
+                                          "is not supported (use 'en' or null)")
+        return "en"
+    if code is not None and code not in known:
+        raise BusError(INVALID_FIELD, f"unknown language {language!r} for model {model_name}")
+    return code
+
+
+def validate_audio(audio: object) -> np.ndarray:
+    """A 1-D, finite, non-empty float32 array of at most MAX_AUDIO_SECONDS at 16 kHz, or BusError."""
+    if audio is None:
+        raise BusError(MISSING_FIELD, "audio is required")
+    arr = np.asarray(audio)
+    if not np.issubdtype(arr.dtype, np.floating):
+        # Integer PCM would need a scale we cannot guess; the wire format is float32.
+        raise BusError(INVALID_AUDIO, f"audio must be float32 samples, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise BusError(INVALID_AUDIO, f"audio must be mono (1-D), got shape {arr.shape}")
+    if arr.size == 0:
+        raise BusError(INVALID_AUDIO, "audio is empty")
+    if arr.size > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+        raise BusError(AUDIO_TOO_LONG, f"audio is {arr.size / SAMPLE_RATE:.2f} s; at most "
+                                       f"{MAX_AUDIO_SECONDS:g} s per request")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise BusError(INVALID_AUDIO, "audio contains NaN or infinite samples")
+    return arr
+
+
+def _beam_size(value: object) -> int:
+    if value is None:
+        return 1
+    # bool is an int subclass; True as a beam size is a client bug, not 1.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise BusError(INVALID_FIELD, f"beam_size must be an integer, got {value!r}")
+    if not MIN_BEAM_SIZE <= value <= MAX_BEAM_SIZE:
+        raise BusError(INVALID_FIELD, f"beam_size must be in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, got {value}")
+    return int(value)
+
+
+def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, (bool, np.bool_)):
+        raise BusError(INVALID_FIELD, f"{name} must be true or false, got {value!r:.50}")
+    return bool(value)
+
+
+def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: bool,
+                    known_languages: Mapping[str, int], model_name: str, policy: WindowPolicy,
+                    vad_default: bool) -> SttRequest:
+    """The `SttRequest` of a client's fields, or BusError with a client-fixable code.
+
+    Fields: audio (required), language, task, beam_size, vad (default: the model's `vad`
+    option). An SttRequest passes through unchanged, so preparing twice is harmless.
+    """
+    if isinstance(fields, SttRequest):
+        return fields
+    task = fields.get("task") or "transcribe"
+    if task not in TASKS:
+        raise BusError(INVALID_FIELD, f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "translate" and not multilingual:
+        raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
+    beam_size = _beam_size(fields.get("beam_size"))
+    language = validate_language(fields.get("language"), multilingual, known_languages, model_name)
+    use_vad = _flag(fields, "vad", vad_default)
+    audio = validate_audio(fields.get("audio"))
+    received_s = len(audio) / SAMPLE_RATE
+    if use_vad:
+        span = speech_detector.speech_span(audio)
+        audio = audio[span[0]:span[1]] if span is not None else audio[:0]
+    speech_s = len(audio) / SAMPLE_RATE
+    window_s = policy.window_s(speech_s) if len(audio) else 0.0
+    return SttRequest(
+        audio=audio, language=language, task=task, beam_size=beam_size, vad=use_vad, window_s=window_s,
+        max_tokens=policy.max_tokens(speech_s), repetition_penalty=policy.repetition_penalty(window_s),
+        received_s=received_s)

@@ -1,0 +1,91 @@
+"""How long an encoder window a request gets, and how many tokens it may decode.
+
+Whisper was trained on 30 s windows, and the encoder's cost grows with the window, so a 2 s
+command padded to 30 s pays fifteen times the encoder work it needs. CTranslate2 (and the
+transformers engine, with its positional table sliced) accept shorter windows; what breaks
+short windows is the decoder, which loops on a window much shorter than those it was
+trained on. Three things keep it in check, all measured on scripts/wer_set.py's set:
+
+- a floor (`min_window_s`, per model): no window is shorter than this;
+- a bound on decoded tokens from the audio's length: a loop ends there, flagged truncated;
+- a mild repetition penalty on short windows, which stops most loops before the bound.
+
+Window lengths come from a few fixed buckets, so requests of similar length share one window
+length and one batch, and a 2 s clip never pads to a 25 s neighbour's window.
+
+Contract
+--------
+- `WindowPolicy(min_window_s=30)` is the policy off: every window is 30 s, decoding is
+  bounded only by Whisper's own context and there is no repetition penalty (the engine's
+  behaviour before short windows existed).
+- `window_s(audio_s)` is the bucket that holds `audio_s + margin_s`, at least `min_window_s`,
+  at most 30 s. Audio longer than 30 s is cut into 30 s windows and keeps them (short windows
+  on long audio wreck its accuracy).
+- `max_tokens(audio_s)` bounds the text tokens decoded from `audio_s` seconds of one window;
+  None when the policy is off.
+- `repetition_penalty(window_s)` is 1.0 (none) on 30 s windows.
+
+Pure: no I/O, no model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Whisper's training window, and the longest any request gets.
+FULL_WINDOW_S = 30.0
+#: The window lengths requests are rounded up to. Few enough that concurrent short requests
+#: share one (and so one batch), fine enough that a 3 s clip does not pay for 10 s.
+BUCKETS_S = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
+#: Zero-padded frames after the speech: Whisper needs to "hear" the end of the utterance to
+#: emit its last word and <|endoftext|> rather than trailing off or looping.
+DEFAULT_MARGIN_S = 1.0
+#: The floor when a model's options do not set one; chosen on the WER set (see MODELS.md,
+#: "Short audio and the 30 s window"): the shortest floor within 0.5 WER points of 30 s.
+DEFAULT_MIN_WINDOW_S = 10.0
+#: Text tokens a window may decode: TOKENS_BASE + TOKENS_PER_S x its audio seconds. The
+#: fastest speech of the WER set needs about 4.5 tokens a second (numbers and names more);
+#: this is headroom over it, and far below the 224 a looping decoder reaches.
+TOKENS_BASE = 10
+TOKENS_PER_S = 7.0
+#: Mild, and only on short windows: measured to stop loops without hurting clean text.
+SHORT_WINDOW_REPETITION_PENALTY = 1.1
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    min_window_s: float = DEFAULT_MIN_WINDOW_S
+    margin_s: float = DEFAULT_MARGIN_S
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_window_s <= FULL_WINDOW_S:
+            raise ValueError(f"min_window_s must be in 0..{FULL_WINDOW_S:g}, got {self.min_window_s!r}")
+        if not 0 <= self.margin_s <= FULL_WINDOW_S:
+            raise ValueError(f"window margin must be in 0..{FULL_WINDOW_S:g} s, got {self.margin_s!r}")
+
+    @property
+    def short_windows(self) -> bool:
+        """False when every window is 30 s (`min_window_s: 30`): the policy is off."""
+        return self.min_window_s < FULL_WINDOW_S
+
+    def window_s(self, audio_s: float) -> float:
+        if not self.short_windows or audio_s > FULL_WINDOW_S:
+            return FULL_WINDOW_S
+        needed = max(self.min_window_s, audio_s + self.margin_s)
+        return next((b for b in BUCKETS_S if b >= needed), FULL_WINDOW_S)
+
+    def max_tokens(self, audio_s: float) -> int | None:
+        if not self.short_windows:
+            return None
+        return TOKENS_BASE + math.ceil(TOKENS_PER_S * min(audio_s, FULL_WINDOW_S))
+
+    @staticmethod
+    def repetition_penalty(window_s: float) -> float:
+        return SHORT_WINDOW_REPETITION_PENALTY if window_s < FULL_WINDOW_S else 1.0
+
+
+def window_frames(window_s: float) -> int:
+    """Log-mel frames (10 ms each) of a window; even, as Whisper's stride-2 convolution needs."""
+    frames = int(round(window_s * 100))
+    return frames + frames % 2
