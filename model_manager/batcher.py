@@ -14,10 +14,14 @@ Contract
   - `timeout`: its oldest item has waited `max_wait_s` (counted from that item's arrival,
     so a lone request waits at most `max_wait_s` and then runs alone);
   - `fast_path`: it is the only item queued and nothing else has arrived for
-    `lone_wait_s` (a few ms): a single user does not pay the batching wait;
+    `lone_wait_s` (a few ms): a single user does not pay the batching wait; or it is the only
+    item queued and it arrived at least `lone_wait_s` after the worker went idle
+    (`idle_since`): nothing is running whose replies could bring company, so it runs at once;
   - `unbatched`: batching is disabled, so every item is due at once, alone.
+- `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
+  caller learns a best size per kind of request); `full` and `min_reached` use the cap.
 - `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
-  returns at most `max_batch_size` of its items (or fewer, if `limit` says so), oldest
+  returns at most its batch size of its items (or fewer, if `limit` says so), oldest
   first; None when nothing is due. Items that do not fit stay queued with their arrival
   times unchanged, so they are due again immediately.
 - `seconds_until_due(now)` says how long the caller may sleep before something can be
@@ -88,6 +92,7 @@ class DynamicBatcher(Generic[T]):
         self._groups: dict[Hashable, _Group[T]] = {}
         self._size = 0
         self._last_arrival = float("-inf")
+        self.group_size: Callable[[Hashable], int] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -99,32 +104,44 @@ class DynamicBatcher(Generic[T]):
         self._size += 1
         self._last_arrival = now
 
-    def _due_reason(self, group: _Group[T], now: float) -> str | None:
+    def _batch_size(self, key: Hashable) -> int:
+        size = self.policy.max_batch_size
+        return size if self.group_size is None else max(1, min(size, self.group_size(key)))
+
+    def _due_reason(
+        self, key: Hashable, group: _Group[T], now: float, idle_since: float | None
+    ) -> str | None:
         p = self.policy
         n = len(group.entries)
+        size = self._batch_size(key)
         if not p.enabled:
             return "unbatched"
-        if n >= p.max_batch_size:
+        if n >= size:
             return "full"
-        if n >= p.min_batch_size:
+        if n >= min(p.min_batch_size, size):
             return "min_reached"
         if now - group.entries[0].arrival >= p.max_wait_s:
             return "timeout"
         if self._size == 1 and now - self._last_arrival >= p.lone_wait_s:
             return "fast_path"
+        if self._size == 1 and idle_since is not None and self._last_arrival - idle_since >= p.lone_wait_s:
+            return "fast_path"
         return None
 
-    def next_batch(self, now: float, limit: int | None = None) -> Batch[T] | None:
+    def next_batch(
+        self, now: float, limit: int | None = None, idle_since: float | None = None
+    ) -> Batch[T] | None:
+        """`idle_since`: when the caller's worker last finished a batch; None while it runs one."""
         due = [
             (g.urgency(), key, reason)
             for key, g in self._groups.items()
-            if (reason := self._due_reason(g, now)) is not None
+            if (reason := self._due_reason(key, g, now, idle_since)) is not None
         ]
         if not due:
             return None
         _, key, reason = min(due, key=lambda d: d[0])
         group = self._groups[key]
-        size = 1 if not self.policy.enabled else self.policy.max_batch_size
+        size = 1 if not self.policy.enabled else self._batch_size(key)
         if limit is not None:
             size = max(1, min(size, limit))
         # Within a group, urgent items go first; the sort is stable, so arrival order holds.
@@ -135,12 +152,12 @@ class DynamicBatcher(Generic[T]):
         self._size -= len(taken)
         return Batch(key, [e.item for e in taken], reason, [now - e.arrival for e in taken])
 
-    def seconds_until_due(self, now: float) -> float | None:
+    def seconds_until_due(self, now: float, idle_since: float | None = None) -> float | None:
         if not self._groups:
             return None
         waits = []
-        for group in self._groups.values():
-            if self._due_reason(group, now) is not None:
+        for key, group in self._groups.items():
+            if self._due_reason(key, group, now, idle_since) is not None:
                 return 0.0
             waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
         if self._size == 1:

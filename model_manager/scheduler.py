@@ -3,7 +3,10 @@
 This is where the pure batching policy meets time, threads and failure:
 - With dynamic batching, the batch size comes from a `CostModel` that measures every batch
   (and a short warm-up), capped by free memory and by the earliest queued deadline. Without
-  it, the configured sizes apply as they are.
+  it, the configured sizes apply as they are. Requests of one engine can differ in cost per
+  item (Whisper's window lengths): the engine's `bucket` says which kind a request is, and
+  each bucket has its own cost model and its own best size.
+- A lone request reaching an idle worker runs at once (see batcher: fast_path).
 - Expired requests (past their deadline) are answered with a timeout and never run.
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
@@ -57,6 +60,8 @@ class Job:
     #: Opaque to the worker: where the answer goes (the model manager stores the agent identity).
     reply_to: Any = None
     cost: float = 1.0
+    #: Set by the worker from `engine.bucket`: which cost model learns from this job.
+    bucket: Hashable = None
 
 
 @dataclass
@@ -112,8 +117,13 @@ class ModelWorker:
         self.policy = policy  # as configured; the batcher's own policy is the effective one
         self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
         self.dynamic_batching = dynamic_batching
-        self.cost = cost_model or CostModel()
+        self._template = cost_model or CostModel()
+        self.costs: dict[Hashable, CostModel] = {None: self._template}
         self.choice = SizeChoice(policy.max_batch_size, "configured max_batch_size")
+        self.choices: dict[Hashable, SizeChoice] = {}
+        self._key_buckets: dict[Hashable, Hashable] = {}
+        self._idle_since = float("-inf")
+        self._last_bucket: Hashable = None  # what `choice` and the snapshot's sizes describe
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
         self.observer = observer or WorkerObserver()
@@ -126,6 +136,17 @@ class ModelWorker:
             threading.Thread(target=self._loop, name=f"worker-{engine.name}-{i}", daemon=True)
             for i in range(max(1, instances))
         ]
+
+    @property
+    def cost(self) -> CostModel:
+        """The cost model of requests in no bucket (engines with one kind of request)."""
+        return self.costs[None]
+
+    def _cost(self, bucket: Hashable) -> CostModel:
+        if bucket not in self.costs:
+            t = self._template
+            self.costs[bucket] = CostModel(t.window, t.min_observations, t.tolerance, t.reexplore_every)
+        return self.costs[bucket]
 
     def start(self) -> None:
         with self._cond:
@@ -156,13 +177,16 @@ class ModelWorker:
             self.engine.run_batch(batch)
             elapsed = time.perf_counter() - started
             with self._cond:
-                self.cost.observe(size, sum(self.engine.cost(r) for r in batch), elapsed)
-        log.info("warm-up model=%s throughput_by_size=%s", self.engine.name, self.cost.snapshot())
+                cost = self._cost(self.engine.bucket(batch[0]))
+                cost.observe(size, sum(self.engine.cost(r) for r in batch), elapsed)
+        log.info("warm-up model=%s throughput_by_size=%s", self.engine.name, cost.snapshot())
 
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stopping:
                 raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
+            job.bucket = self.engine.bucket(job.request)
+            self._key_buckets[job.key] = job.bucket
             try:
                 self.batcher.add(job, job.key, self._clock(), job.priority)
             except QueueFull as exc:
@@ -221,6 +245,8 @@ class ModelWorker:
             finally:
                 with self._cond:
                     self._busy -= 1
+                    if self._busy == 0:
+                        self._idle_since = self._clock()
                     self._refresh_choice_locked()
 
     def _drain_estimate_ms_locked(self) -> int:
@@ -233,17 +259,28 @@ class ModelWorker:
     def _refresh_choice_locked(self) -> None:
         """Pick the batch size for the next batch and give the batcher the matching policy.
 
-        Dynamic: the cost model's best size. The configured min_batch_size still decides
-        when an idle worker stops waiting, but never above the chosen size: when batching
-        does not pay (size 1), nothing waits at all.
+        Dynamic: each bucket's cost model's best size, for the groups of that bucket. The
+        configured min_batch_size still decides when an idle worker stops waiting, but never
+        above the chosen size: when batching does not pay (size 1), nothing waits at all.
         """
         p = self.policy
         if self.dynamic_batching and p.enabled:
-            self.choice = self.cost.choose(1, p.max_batch_size)
+            self.choices = {b: self._cost(b).choose(1, p.max_batch_size) for b in self.costs}
+            self.choice = self.choices[self._last_bucket]
+            self.batcher.policy = p
+            self.batcher.group_size = self._group_size_locked
         else:
+            self.choices = {}
             self.choice = SizeChoice(p.max_batch_size, "dynamic_batching is off: configured sizes")
-        size = self.choice.size
-        self.batcher.policy = replace(p, max_batch_size=size, min_batch_size=min(p.min_batch_size, size))
+            size = self.choice.size
+            self.batcher.policy = replace(p, max_batch_size=size, min_batch_size=min(p.min_batch_size, size))
+            self.batcher.group_size = None
+
+    def _group_size_locked(self, key: Hashable) -> int:
+        bucket = self._key_buckets.get(key)
+        if bucket not in self.choices:  # first seen since the last refresh
+            self.choices[bucket] = self._cost(bucket).choose(1, self.policy.max_batch_size)
+        return self.choices[bucket].size
 
     def _batch_limit_locked(self, now: float) -> int:
         limit = self.batcher.policy.max_batch_size
@@ -253,9 +290,10 @@ class ModelWorker:
         queued = self.batcher.queued()
         if queued:
             # Keep the batch small enough to finish before the most urgent request's deadline.
-            seconds_left = min(j.deadline for j in queued) - now
+            urgent = min(queued, key=lambda j: j.deadline)
             units = sum(j.cost for j in queued) / len(queued)
-            limit = min(limit, self.cost.largest_within(seconds_left, units, limit))
+            cost = self._cost(urgent.bucket)
+            limit = min(limit, cost.largest_within(urgent.deadline - now, units, limit))
         return limit
 
     def _next_batch_locked(self) -> Batch[Job] | None:
@@ -263,10 +301,11 @@ class ModelWorker:
             now = self._clock()
             for job in self.batcher.remove(lambda j, now=now: j.deadline <= now):
                 self._finish(job, BusError(TIMEOUT, "request expired in the queue before it could run"))
-            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now))
+            idle_since = self._idle_since if self._busy == 0 else None
+            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now), idle_since=idle_since)
             if batch is not None:
                 return batch
-            wait = self.batcher.seconds_until_due(now)
+            wait = self.batcher.seconds_until_due(now, idle_since)
             deadlines = [j.deadline for j in self.batcher.queued()]
             if deadlines:
                 soonest = max(0.0, min(deadlines) - now)
@@ -294,7 +333,9 @@ class ModelWorker:
         elapsed = time.perf_counter() - started
         if sum(s.fallbacks.values()) == fallbacks_before:  # a clean run measures the batch size
             with self._cond:
-                self.cost.observe(len(batch.items), sum(j.cost for j in batch.items), elapsed)
+                self._last_bucket = batch.items[0].bucket
+                cost = self._cost(self._last_bucket)
+                cost.observe(len(batch.items), sum(j.cost for j in batch.items), elapsed)
         ok = sum(not isinstance(o, BusError) for o in outcomes)
         log.info(
             "batch completed model=%s ok=%d/%d elapsed_ms=%.1f",
@@ -396,7 +437,11 @@ class ModelWorker:
             },
             "chosen_batch_size": self.choice.size,
             "choice_reason": self.choice.reason,
-            "throughput_by_size": self.cost.snapshot(),
+            "throughput_by_size": self._cost(self._last_bucket).snapshot(),
+            "buckets": {
+                str(b): {"chosen_batch_size": c.size, "throughput_by_size": self._cost(b).snapshot()}
+                for b, c in self.choices.items() if b is not None
+            },
             "queue_wait_ms": percentiles(s.queue_wait_s),
             "compute_ms": percentiles(s.compute_s),
         }

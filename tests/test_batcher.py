@@ -133,3 +133,32 @@ def test_no_fast_path_while_others_are_queued():
     b.add("b", "other", 0.001)
     assert b.next_batch(0.05) is None  # two requests in the air: wait for company
     assert b.next_batch(0.1).items == ["a"]
+
+
+def test_a_lone_request_reaching_an_idle_worker_runs_at_once():
+    b = make(lone_wait_s=0.002)
+    b.add("a", "k", 1.0)
+    # The worker has been idle since 0.5: no running batch's replies can bring company.
+    batch = b.next_batch(1.0, idle_since=0.5)
+    assert batch.items == ["a"] and batch.reason == "fast_path" and batch.waited_s == [0.0]
+
+
+def test_a_request_right_after_a_batch_ends_still_waits_for_its_burst():
+    b = make(lone_wait_s=0.002)
+    b.add("a", "k", 1.0005)  # the first reply-triggered request of a burst
+    assert b.next_batch(1.0005, idle_since=1.0) is None
+    assert b.next_batch(1.0005, idle_since=None) is None  # busy worker: no idle rule
+    b.add("b", "k", 1.001)
+    assert b.next_batch(1.001, idle_since=1.0).items == ["a", "b"]
+
+
+def test_group_size_caps_each_group_on_its_own():
+    b = make(max_batch_size=8, min_batch_size=8)
+    b.group_size = {"short": 2, "long": 8}.get
+    for i in range(3):
+        b.add(f"s{i}", "short", 0.0)
+        b.add(f"l{i}", "long", 0.0)
+    first = b.next_batch(0.0)
+    assert first.items == ["s0", "s1"] and first.reason == "full"
+    assert b.next_batch(0.0) is None  # "long" waits for 8 (or its timeout); "short" has 1 of 2
+    assert b.next_batch(0.1).items in (["l0", "l1", "l2"], ["s2"])

@@ -142,3 +142,43 @@ def test_warm_up_measures_every_candidate_batch_size_once():
     worker.warm_up()
     assert [len(c) for c in engine.calls] == [1, 1, 2, 4, 8]  # an unmeasured first call, then each size
     assert {size: worker.cost.observations(size) for size in (1, 2, 4, 8)} == {1: 1, 2: 1, 4: 1, 8: 1}
+
+
+class BucketedEngine(ScriptedEngine):
+    """Requests carry their bucket ("short" or "long") and their batch key with it."""
+
+    def batch_key(self, request: Request) -> str:
+        return request["bucket"]
+
+    def bucket(self, request: Request) -> str:
+        return request["bucket"]
+
+    def cost(self, request: Request) -> float:
+        return 2.0 if request["bucket"] == "short" else 30.0
+
+
+def test_each_bucket_forms_its_own_batches_and_learns_its_own_size():
+    engine = BucketedEngine()
+    done = threading.Event()
+    answered: list[int] = []
+
+    def on_done(job: Job, outcome: object) -> None:
+        answered.append(job.request["x"])
+        if len(answered) == 8:
+            done.set()
+
+    worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=4), on_done)
+    engine.gate.clear()
+    for x in range(8):
+        bucket = "short" if x % 2 else "long"
+        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x, "bucket": bucket},
+                          key=bucket, deadline=1e12))
+    worker.start()
+    engine.gate.set()
+    assert done.wait(10)
+    worker.stop(5)
+    assert all(len({x % 2 for x in call}) == 1 for call in engine.calls)  # never mixed
+    assert set(worker.costs) >= {"short", "long"}
+    assert sum(worker.costs["short"].observations(s) for s in (1, 2, 4)) >= 1
+    assert sum(worker.costs["long"].observations(s) for s in (1, 2, 4)) >= 1
+    assert set(worker.snapshot()["buckets"]) >= {"short", "long"}

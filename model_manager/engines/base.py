@@ -63,6 +63,11 @@ class Engine(ABC):
         """Work units of one request (audio seconds for STT, phoneme tokens for TTS)."""
         return 1.0
 
+    def bucket(self, request: Request) -> Hashable:
+        """Which kind of request this is for batch-size learning: requests of one bucket cost
+        alike per unit (Whisper: one window length). One bucket (None) unless overridden."""
+        return None
+
     def warmup_requests(self, count: int) -> list[Request]:
         """Synthetic requests for measuring batch sizes before serving (see scheduler.warm_up)."""
         if self.task == "stt":

@@ -57,6 +57,10 @@ SHORT_WINDOW_REPETITION_PENALTY = 1.1
 class WindowPolicy:
     min_window_s: float = DEFAULT_MIN_WINDOW_S
     margin_s: float = DEFAULT_MARGIN_S
+    #: Tuning knobs, fixed by measurement; scripts/wer_set.py varies them to show why.
+    tokens_base: int = TOKENS_BASE
+    tokens_per_s: float = TOKENS_PER_S
+    short_window_repetition_penalty: float = SHORT_WINDOW_REPETITION_PENALTY
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_window_s <= FULL_WINDOW_S:
@@ -78,11 +82,10 @@ class WindowPolicy:
     def max_tokens(self, audio_s: float) -> int | None:
         if not self.short_windows:
             return None
-        return TOKENS_BASE + math.ceil(TOKENS_PER_S * min(audio_s, FULL_WINDOW_S))
+        return self.tokens_base + math.ceil(self.tokens_per_s * min(audio_s, FULL_WINDOW_S))
 
-    @staticmethod
-    def repetition_penalty(window_s: float) -> float:
-        return SHORT_WINDOW_REPETITION_PENALTY if window_s < FULL_WINDOW_S else 1.0
+    def repetition_penalty(self, window_s: float) -> float:
+        return self.short_window_repetition_penalty if window_s < FULL_WINDOW_S else 1.0
 
 
 def window_frames(window_s: float) -> int:
