@@ -82,11 +82,16 @@ def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 INVALID_FIELD, f"beam_size must be an integer in 1..{MAX_BEAM_SIZE}, got {beam_size!r:.50}"
             )
         request["beam_size"] = beam_size
+    if fields.get("vad") is not None:
+        if not isinstance(fields["vad"], bool):
+            raise BusError(INVALID_FIELD, f"vad must be true or false, got {fields['vad']!r:.50}")
+        request["vad"] = fields["vad"]
     return request
 
 
 def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: Limits) -> dict:
-    return {"text": result["text"], "language": result.get("language"), "model": result.get("model")}
+    return {"text": result["text"], "language": result.get("language"), "model": result.get("model"),
+            "truncated": bool(result.get("truncated", False))}
 
 
 # --- TTS ------------------------------------------------------------------------------------

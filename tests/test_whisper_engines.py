@@ -20,6 +20,11 @@ from model_manager.engines.whisper.common import (
 )
 from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 from model_manager.engines.whisper.ct2_format import CT2FormatError, count_parameters, read_ct2_model
+from model_manager.engines.whisper.request import SttRequest
+from model_manager.engines.whisper.window_policy import (
+    DEFAULT_MIN_WINDOW_S,
+    SHORT_WINDOW_REPETITION_PENALTY,
+)
 from model_manager.errors import BusError
 
 # Mean WER of tiny.en int8, greedy, over the 8 espeak-ng (en-us) SENTENCES: measured 0.157
@@ -105,6 +110,7 @@ def test_beam_search(tiny, clips):
         ({"audio": np.zeros((2, 100), np.float32)}, errors.INVALID_AUDIO),
         ({"audio": np.zeros(0, np.float32)}, errors.INVALID_AUDIO),
         ({"audio": None}, errors.MISSING_FIELD),
+        ({"vad": "no"}, errors.INVALID_FIELD),
     ],
 )
 def test_bad_requests_are_rejected_with_a_code(tiny, fields, code):
@@ -115,14 +121,15 @@ def test_bad_requests_are_rejected_with_a_code(tiny, fields, code):
 
 def test_prepare_normalises_and_keys_match(tiny):
     audio64 = np.zeros(SAMPLE_RATE // 2, np.float64)
-    a = tiny.prepare({"audio": audio64, "language": None, "request_id": "r1"})
-    b = tiny.prepare({"audio": audio64.astype(np.float32), "language": "EN", "beam_size": 1})
-    assert a["audio"].dtype == np.float32 and a["request_id"] == "r1"
-    assert (a["language"], a["task"], a["beam_size"]) == ("en", "transcribe", 1)
-    assert tiny.batch_key(a) == tiny.batch_key(b) == ("whisper-tiny.en", "en", "transcribe", 1)
-    assert tiny.batch_key(tiny.prepare({"audio": audio64, "beam_size": 5})) != tiny.batch_key(a)
-    assert tiny.cost(a) == pytest.approx(0.5)
-    assert tiny.prepare(tiny.prepare(a))["language"] == "en"  # idempotent
+    a = tiny.prepare({"audio": audio64, "language": None, "request_id": "r1", "vad": False})
+    b = tiny.prepare({"audio": audio64.astype(np.float32), "language": "EN", "beam_size": 1, "vad": False})
+    assert isinstance(a, SttRequest) and a.audio.dtype == np.float32
+    assert (a.language, a.task, a.beam_size, a.vad) == ("en", "transcribe", 1, False)
+    key = ("whisper-tiny.en", "en", "transcribe", 1, DEFAULT_MIN_WINDOW_S, SHORT_WINDOW_REPETITION_PENALTY)
+    assert tiny.batch_key(a) == tiny.batch_key(b) == key
+    assert tiny.batch_key(tiny.prepare({"audio": audio64, "beam_size": 5, "vad": False})) != tiny.batch_key(a)
+    assert tiny.cost(a) == pytest.approx(DEFAULT_MIN_WINDOW_S)  # encoder seconds, not audio seconds
+    assert tiny.prepare(a) is a  # idempotent
 
 
 def test_describe_and_size(tiny):

@@ -179,9 +179,12 @@ def bounded(ids: Sequence[int], window: Window) -> tuple[list[int], bool]:
     """A window's decoded text ids cut to its own bound, and whether the bound cut them.
     Greedy and beam decoding of one item do not depend on its batch neighbours, so cutting
     at the item's own bound gives what decoding it alone with that bound gives."""
-    bound = MAX_TEXT_TOKENS if window.max_tokens is None else window.max_tokens
+    bound = MAX_TEXT_TOKENS if window.max_tokens is None else min(window.max_tokens, MAX_TEXT_TOKENS)
+    # Decoding stops one token past a bound below Whisper's own limit (see CallPlan), and at
+    # that limit otherwise: reaching either means the text did not end by itself.
+    stop = min(bound + 1, MAX_TEXT_TOKENS)
     ids = list(ids)
-    return ids[:bound], len(ids) >= bound + (window.max_tokens is not None)
+    return ids[:bound], len(ids) >= stop
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -146,5 +146,6 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
     window_s = policy.window_s(speech_s) if len(audio) else 0.0
     return SttRequest(
         audio=audio, language=language, task=task, beam_size=beam_size, vad=use_vad, window_s=window_s,
-        max_tokens=policy.max_tokens(speech_s), repetition_penalty=policy.repetition_penalty(window_s),
+        max_tokens=policy.max_tokens(speech_s),
+        repetition_penalty=policy.repetition_penalty(window_s) if window_s else 1.0,
         received_s=received_s)
