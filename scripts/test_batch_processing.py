@@ -21,6 +21,10 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
    report, when Ray is not installed or --no-peer is given.
 
+--windows runs instead Whisper's window policy through the bus (bench/windows.py): short
+utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
+`min_window_s: 30`, interleaved in rounds: throughput, WER and their ratio per round.
+
 Every number is measured in the run that prints it; nothing is compared across runs. The
 bus, the peer and the raw engine run one after the other, never at the same time. Test
 audio is spoken by espeak-ng (scripts/test.sh installs it). Needs the `bench` extra (tqdm,
@@ -99,7 +103,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "adaptive policy then learns from the pinned-size runs that precede its own",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the Poisson arrivals")
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="only Whisper's window policy: short and mixed-length workloads, default vs min_window_s 30",
+    )
     return parser.parse_args(argv)
+
+
+def windows_main(args: argparse.Namespace) -> int:
+    """--windows: bench/windows.py's stage alone, printed and written like the main report."""
+    from bench.windows import window_stage, window_table
+
+    spec = load_config().models("stt")[0]
+    report: dict[str, Any] = {"meta": meta(args), "windows": window_stage(spec, args.quick, lambda _n: None,
+                                                                          args.seed)}
+    report["meta"]["load_average_end"] = os.getloadavg()[0]
+    print(window_table(report["windows"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -248,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
+    if args.windows:
+        return windows_main(args)
     plan = make_plan(args)
     config = load_config()
     tasks: tuple[Task, ...] = ("stt", "tts") if args.task == "all" else (args.task,)

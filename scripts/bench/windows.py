@@ -1,0 +1,226 @@
+"""Whisper's window policy through the bus: short utterances (and a mix with long audio) at 8
+clients, the default policy against `min_window_s: 30` (every window 30 s, as before).
+
+One bus serves the same weights as two models: the configured one (default policy) and a
+copy named "<name>-30s" with `min_window_s: 30`; clients pick one by `model_pref`. Both
+therefore run on one bus, one machine and one set of clips, in rounds, each round in a
+rotated order, so that drifting machine load hits them alike. Each round yields one
+throughput ratio; the report gives their median and spread, and the WER of each side
+(jiwer after Whisper's English normaliser; deterministic).
+
+Workloads (espeak-ng voices of scripts/wer_set.py, a seed per run):
+- short: utterances of 1-6 s, what voice agents send;
+- mixed: the same with one recording of 12-45 s in every four requests; the bucketing keeps
+  the short ones out of the long ones' batches. Where Ray Serve is installed, the peer runs
+  the same engine (default policy) on it, and the report gives the bus over the peer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from bench.bus import CLIENT_TIMEOUT_S, error_code, wire_fields
+from bench.load import Outcome, Tick, closed_loop_samples, summarize
+from bench.workload import STT_RATE, Workload
+from model_manager.config import ModelSpec
+
+CLIENTS = 8
+SHORT_RANGE_S = (1.0, 6.0)
+
+
+def make_clips(count: int, long_every: int = 0, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` items {"audio", "reference"}: utterances of 1-6 s in four espeak-ng voices; with
+    `long_every`, every long_every-th item is a recording of 12-45 s instead."""
+    from wer_set import ESPEAK_VOICES, PHRASES, espeak
+
+    rng = random.Random(seed)
+    items: list[dict[str, Any]] = []
+    while len(items) < count:
+        voice = ESPEAK_VOICES[len(items) % 4]
+        if long_every and len(items) % long_every == long_every - 1:
+            target = rng.uniform(12, 45)
+            parts, words = [], []
+            while sum(len(p) for p in parts) < target * STT_RATE:
+                text = rng.choice(PHRASES[20:])
+                parts += [espeak(text, voice, 160), np.zeros(int(0.6 * STT_RATE), np.float32)]
+                words.append(text)
+            items.append({"audio": np.concatenate(parts), "reference": " ".join(words)})
+            continue
+        text = rng.choice(PHRASES)
+        audio = espeak(text, voice, rng.choice([140, 170]))
+        if SHORT_RANGE_S[0] <= len(audio) / STT_RATE <= SHORT_RANGE_S[1]:
+            items.append({"audio": audio, "reference": text})
+    return items
+
+
+class TextConnection:
+    """A bus client that names its model and keeps every (reference, text) it gets back."""
+
+    def __init__(self, address: str, model: str, texts: list[tuple[str, str]], lock: threading.Lock) -> None:
+        self.address = address
+        self.model = model
+        self.texts = texts
+        self.lock = lock
+        self._socket: zmq.Socket | None = None
+
+    def call(self, item: dict[str, Any]) -> Outcome:
+        if self._socket is None:
+            self._socket = zmq.Context.instance().socket(zmq.REQ)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.connect(self.address)
+        message = {"action": "transcribe", **wire_fields("stt", item), "model_pref": self.model}
+        self._socket.send(msgpack.packb(message, use_bin_type=True))
+        if not self._socket.poll(int(CLIENT_TIMEOUT_S * 1000)):
+            self.close()
+            return Outcome(end=time.perf_counter(), error="no_reply")
+        reply = msgpack.unpackb(self._socket.recv(), raw=False)
+        end = time.perf_counter()
+        code = error_code(reply)
+        if code is None:
+            with self.lock:
+                self.texts.append((item["reference"], reply.get("text", "")))
+        return Outcome(end=end, audio_s=len(item["audio"]) / STT_RATE, error=code)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+class WindowBus:
+    """A bus serving `spec` twice: as configured, and as "<name>-30s" with min_window_s 30."""
+
+    def __init__(self, spec: ModelSpec, warmup: bool) -> None:
+        import sys
+
+        from bench.workload import ROOT
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import start_bus
+
+        self.default = spec.name
+        self.full = f"{spec.name}-30s"
+        full_spec = dataclasses.replace(spec, name=self.full, options={**spec.options, "min_window_s": 30})
+        tmp = Path(tempfile.mkdtemp(prefix="voicebus-windows-"))
+        env = {
+            "VOICEBUS__MODELS__STT": json.dumps([dataclasses.asdict(spec), dataclasses.asdict(full_spec)]),
+            "VOICEBUS__MODELS__TTS": "[]",
+            "VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "true" if warmup else "false",
+            "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp / "journal"),
+        }
+        self._bus = start_bus(tmp, env)
+        self.address = self._bus.stt_address
+
+    def stop(self) -> None:
+        from conftest import stop_bus
+
+        stop_bus(self._bus)
+
+
+def wer_percent(pairs: list[tuple[str, str]]) -> float | None:
+    if not pairs:
+        return None
+    from wer_set import wer
+
+    return round(wer([r for r, _ in pairs], [h for _, h in pairs]), 2)
+
+
+def compare(
+    bus: WindowBus, items: list[dict[str, Any]], requests: int, rounds: int, tick: Tick
+) -> dict[str, Any]:
+    """Closed loop at CLIENTS on each model in turn, `rounds` times, rotating which goes first."""
+    workload = Workload("stt", tuple(items))
+    models = {"default": bus.default, "min_window_s=30": bus.full}
+    lock = threading.Lock()
+    texts: dict[str, list[tuple[str, str]]] = {name: [] for name in models}
+    samples: dict[str, list[Any]] = {name: [] for name in models}
+    walls: dict[str, list[float]] = {name: [] for name in models}
+    per_round: list[float] = []
+    names = list(models)
+    for round_index in range(rounds):
+        rates = {}
+        for name in names[round_index % 2:] + names[:round_index % 2]:
+            connect = partial(TextConnection, bus.address, models[name], texts[name], lock)
+            got, wall = closed_loop_samples(connect, workload, CLIENTS, requests, tick)
+            samples[name] += got
+            walls[name].append(wall)
+            rates[name] = sum(s.outcome.ok for s in got) / wall
+        per_round.append(rates["default"] / rates["min_window_s=30"])
+    rows = {name: {**summarize(samples[name], sum(walls[name])), "wer_percent": wer_percent(texts[name]),
+                   "round_wall_s": [round(w, 2) for w in walls[name]]} for name in models}
+    return {
+        "clients": CLIENTS,
+        "rounds": rounds,
+        "requests_per_round": requests,
+        "rows": rows,
+        "throughput_ratio_by_round": [round(r, 3) for r in per_round],
+        "throughput_ratio_median": round(statistics.median(per_round), 3),
+        "wer_delta_points": _delta(rows),
+    }
+
+
+def _delta(rows: dict[str, dict[str, Any]]) -> float | None:
+    a, b = rows["default"]["wer_percent"], rows["min_window_s=30"]["wer_percent"]
+    return None if a is None or b is None else round(a - b, 2)
+
+
+def window_stage(spec: ModelSpec, quick: bool, tick: Tick, seed: int = 0) -> dict[str, Any]:
+    """Both workloads on one bus; see the module docstring."""
+    rounds = 2 if quick else 4
+    requests = 16 if quick else 48
+    short = make_clips(24, seed=seed)
+    mixed = make_clips(24, long_every=4, seed=seed + 1)
+    bus = WindowBus(spec, warmup=not quick)
+    try:
+        for items in (short, mixed):  # untimed: first calls of every window length
+            compare(bus, items[:CLIENTS], CLIENTS, 1, lambda _n: None)
+        report = {
+            "short": compare(bus, short, requests, rounds, tick),
+            "mixed": compare(bus, mixed, requests, rounds, tick),
+        }
+    finally:
+        bus.stop()
+    report["short"]["clip_seconds"] = _seconds(short)
+    report["mixed"]["clip_seconds"] = _seconds(mixed)
+    return report
+
+
+def _seconds(items: list[dict[str, Any]]) -> list[float]:
+    lengths = [len(i["audio"]) / STT_RATE for i in items]
+    return [round(min(lengths), 1), round(max(lengths), 1)]
+
+
+def window_table(report: dict[str, Any]) -> str:
+    lines = ["Whisper window policy through the bus, 8 clients (default vs min_window_s: 30)"]
+    for name in ("short", "mixed"):
+        entry = report.get(name)
+        if not entry:
+            continue
+        lo, hi = entry["clip_seconds"]
+        by_round = entry["throughput_ratio_by_round"]
+        lines.append(f"  {name} ({lo:g}-{hi:g} s clips, {entry['rounds']} rounds x "
+                     f"{entry['requests_per_round']} requests each side):")
+        for label, row in entry["rows"].items():
+            lines.append(f"    {label:16} {row['throughput_rps'] or 0:6.2f} req/s  "
+                         f"{row['audio_s_per_s'] or 0:6.1f} audio-s/s  p50 {row['p50_ms'] or 0:7.0f} ms  "
+                         f"p99 {row['p99_ms'] or 0:7.0f} ms  WER {row['wer_percent']}%  "
+                         f"errors {row['errors'] or 0}")
+        lines.append(f"    throughput ratio default / 30 s: median {entry['throughput_ratio_median']:.2f}x "
+                     f"(rounds: {', '.join(f'{r:.2f}' for r in by_round)}; spread {min(by_round):.2f}-"
+                     f"{max(by_round):.2f}); WER difference {entry['wer_delta_points']} points")
+    if report.get("peer"):
+        lines.append(f"  mixed, bus over Ray Serve peer (same engine): {report['peer']}")
+    return "\n".join(lines)
