@@ -75,6 +75,7 @@ class TextConnection:
         self.texts = texts
         self.lock = lock
         self._socket: zmq.Socket | None = None
+        self.queue_ms: float | None = None  # the last reply's wait in the batcher
 
     def call(self, item: dict[str, Any]) -> Outcome:
         if self._socket is None:
@@ -92,7 +93,10 @@ class TextConnection:
         if code is None:
             with self.lock:
                 self.texts.append((item["reference"], reply.get("text", "")))
-        return Outcome(end=end, audio_s=len(item["audio"]) / STT_RATE, error=code)
+        compute_ms = (reply.get("timing") or {}).get("compute_ms")
+        self.queue_ms = (reply.get("timing") or {}).get("queue_ms")
+        return Outcome(end=end, audio_s=len(item["audio"]) / STT_RATE, error=code,
+                       engine_s=None if compute_ms is None else compute_ms / 1000)
 
     def close(self) -> None:
         if self._socket is not None:
@@ -172,6 +176,31 @@ def compare(
     }
 
 
+def lone_overhead(bus: WindowBus, items: list[dict[str, Any]], requests: int) -> dict[str, Any]:
+    """One client, one request at a time, on the default model: the bus's time outside the
+    engine per request (latency minus the engine time the reply reports: transport, agents,
+    the request's checks and speech detection), and its wait in the batcher (queue_ms)."""
+    texts: list[tuple[str, str]] = []
+    connection = TextConnection(bus.address, bus.default, texts, threading.Lock())
+    outside, queued = [], []
+    try:
+        for index in range(requests):
+            began = time.perf_counter()
+            outcome = connection.call(items[index % len(items)])
+            if outcome.ok and outcome.engine_s is not None and connection.queue_ms is not None:
+                outside.append(1000 * (outcome.end - began - outcome.engine_s))
+                queued.append(connection.queue_ms)
+    finally:
+        connection.close()
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values else None
+
+    return {"requests": requests, "measured": len(outside),
+            "outside_engine_p50_ms": pct(outside, 50), "outside_engine_p99_ms": pct(outside, 99),
+            "queue_p50_ms": pct(queued, 50), "queue_p99_ms": pct(queued, 99)}
+
+
 def _delta(rows: dict[str, dict[str, Any]]) -> float | None:
     a, b = rows["default"]["wer_percent"], rows["min_window_s=30"]["wer_percent"]
     return None if a is None or b is None else round(a - b, 2)
@@ -190,6 +219,7 @@ def window_stage(spec: ModelSpec, quick: bool, tick: Tick, seed: int = 0) -> dic
         report = {
             "short": compare(bus, short, requests, rounds, tick),
             "mixed": compare(bus, mixed, requests, rounds, tick),
+            "lone": lone_overhead(bus, short, 16 if quick else 48),
         }
     finally:
         bus.stop()
@@ -221,6 +251,12 @@ def window_table(report: dict[str, Any]) -> str:
         lines.append(f"    throughput ratio default / 30 s: median {entry['throughput_ratio_median']:.2f}x "
                      f"(rounds: {', '.join(f'{r:.2f}' for r in by_round)}; spread {min(by_round):.2f}-"
                      f"{max(by_round):.2f}); WER difference {entry['wer_delta_points']} points")
+    lone = report.get("lone")
+    if lone:
+        lines.append(f"  lone client, {lone['measured']} requests one at a time: bus time outside the engine "
+                     f"p50 {lone['outside_engine_p50_ms']} ms, p99 {lone['outside_engine_p99_ms']} ms; "
+                     f"of it in the batcher's queue p50 {lone['queue_p50_ms']} ms, "
+                     f"p99 {lone['queue_p99_ms']} ms")
     if report.get("peer"):
         lines.append(f"  mixed, bus over Ray Serve peer (same engine): {report['peer']}")
     return "\n".join(lines)

@@ -55,6 +55,8 @@ def speech_span(audio: np.ndarray) -> tuple[int, int] | None:
             break
     if start is None:
         return None
+    if n <= chunk:  # one chunk held it all: its last segment is the end
+        return max(0, start - pad), min(n, found[-1]["end"] + pad)
     end = start
     for stop in range(n, start, -chunk):
         offset = max(start, stop - chunk)
