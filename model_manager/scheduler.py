@@ -253,7 +253,7 @@ class ModelWorker:
         """About how long until the queue has room: its cost at the current batch size's
         measured throughput, or a second when nothing has been measured yet."""
         units = sum(j.cost for j in self.batcher.queued())
-        rate = self.cost.throughput(self.choice.size)
+        rate = self._cost(self._last_bucket).throughput(self.choice.size)
         return int(1000 * units / rate) if rate else 1000
 
     def _refresh_choice_locked(self) -> None:
