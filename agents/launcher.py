@@ -1,12 +1,17 @@
 """`python -m agents.launcher`: start the whole bus and keep it up.
 
-Starts the ModelManagerAgent and one service agent per task that has models configured,
-each in its own process; waits until every agent's `health` says ready; prints the
-endpoints. Serves the live monitoring page (agents/monitor.py) on 127.0.0.1 from the
-start, so loading can be watched too. A process that dies is restarted (with a short
-backoff). On Ctrl-C or SIGTERM every process gets SIGTERM: running batches finish, queued
-work gets a shutting_down error reply, and whatever is still alive after the grace period
-is killed.
+Starts the processes of `process_specs` (the ModelManagerAgent and one service agent per
+task that has models configured), each in its own process; waits until every agent's
+`health` says ready; prints the endpoints. Serves the live monitoring page
+(agents/monitor.py) on 127.0.0.1 from the start, so loading can be watched too.
+
+Supervision never gives up on a crash: a process that dies, by a signal or an error, before
+or after it was ready, is restarted with crash-loop backoff (`RESTART_BACKOFF_S`, the last
+step repeating; a process that ran `STABLE_RUN_S` starts the backoff over). Only a
+configuration error (exit code `CONFIG_ERROR_EXIT`, with a message naming the key) stops
+the bus, since no restart can fix it. On Ctrl-C or SIGTERM every process gets SIGTERM:
+running batches finish, queued work gets a shutting_down error reply, and whatever is still
+alive after the grace period is killed.
 """
 
 from __future__ import annotations
@@ -26,15 +31,42 @@ from agents import security
 from agents.model_client import ClientConfig, ModelClient
 from agents.monitor import MonitorServer, start_monitor
 from model_manager.config import Config, load_config
-from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
+from model_manager.runtime import CONFIG_ERROR_EXIT, exit_on_config_error, setup_logging, stop_on_signals
 
 log = logging.getLogger("voicebus.launcher")
 
 READY_TIMEOUT_S = 600.0
 SHUTDOWN_GRACE_S = 40.0
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0)
+#: Delay before each restart of a crashing process; the last step repeats for ever.
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A child that ran this long before dying starts the backoff over: it was not crash-looping.
 STABLE_RUN_S = 60.0
+SUPERVISE_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of the bus: a name for the logs and the module that `python -m` runs."""
+
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+def process_specs(config: Config) -> list[ProcessSpec]:
+    """Every process the bus runs, in start order. A new kind of process is one more row."""
+    specs = [ProcessSpec("model-manager", "model_manager")]
+    for task in ("stt", "tts"):
+        if config.models(task):
+            specs.append(ProcessSpec(f"{task}-agent", "agents.service_agent", (task,)))
+    return specs
+
+
+class ConfigurationFailed(Exception):
+    """A child exited with CONFIG_ERROR_EXIT: restarting it cannot help."""
 
 
 @dataclass
@@ -44,10 +76,13 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+    #: When a dead child is due to start again (monotonic); None while it runs.
+    restart_at: float | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=os.environ.copy())
         self.started_at = time.monotonic()
+        self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def exited(self) -> int | None:
@@ -55,12 +90,32 @@ class Child:
 
 
 def plan_children(config: Config) -> list[Child]:
-    python = sys.executable
-    children = [Child("model-manager", [python, "-m", "model_manager"])]
-    for task in ("stt", "tts"):
-        if config.models(task):
-            children.append(Child(f"{task}-agent", [python, "-m", "agents.service_agent", task]))
-    return children
+    return [Child(spec.name, spec.argv()) for spec in process_specs(config)]
+
+
+def restart_delay(restarts: int) -> float:
+    return RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+
+
+def tend(children: list[Child], now: float) -> None:
+    """One supervision step: schedule a restart for each child that died, start each one
+    whose delay is over. Raises ConfigurationFailed for a child that exited with a
+    configuration error."""
+    for child in children:
+        code = child.exited()
+        if code is None:
+            continue
+        if code == CONFIG_ERROR_EXIT:
+            raise ConfigurationFailed(f"{child.name} exited with a configuration error (see its message)")
+        if child.restart_at is None:
+            if now - child.started_at >= STABLE_RUN_S:
+                child.restarts = 0
+            child.restart_at = now + restart_delay(child.restarts)
+            log.error("%s exited with code %s; restarting in %.0f s", child.name, code,
+                      child.restart_at - now)
+        elif now >= child.restart_at:
+            child.restarts += 1
+            child.start()
 
 
 def local_host(config: Config) -> str:
@@ -85,6 +140,9 @@ def wait_until_ready(
     timeout_s: float = READY_TIMEOUT_S,
     client: ModelClient | None = None,
 ) -> bool:
+    """True once every agent says ready. Children that crash meanwhile (a model manager
+    killed while it loads, say) are restarted as they would be later; a configuration error
+    or a model that fails to load ends the wait with False."""
     # No retries: this loop is the retry, and must notice a child that died meanwhile.
     client = client or ModelClient(ClientConfig(connect_timeout_s=1.0, retries=0))
     deadline = time.monotonic() + timeout_s
@@ -97,29 +155,26 @@ def wait_until_ready(
             elif reply.get("model_manager") == "error":
                 log.error("model manager failed to load models: %s", reply.get("model_manager_error"))
                 return False
-        for child in children:
-            if child.exited() is not None:
-                log.error("%s exited with code %s during start-up", child.name, child.exited())
-                return False
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s", exc)
+            return False
         if waiting:
-            time.sleep(0.5)
+            time.sleep(SUPERVISE_INTERVAL_S)
     return not waiting
 
 
-def supervise(children: list[Child], stop: threading.Event) -> None:
-    while not stop.wait(0.5):
-        for child in children:
-            code = child.exited()
-            if code is None:
-                continue
-            if time.monotonic() - child.started_at >= STABLE_RUN_S:
-                child.restarts = 0
-            delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-            log.error("%s exited with code %s; restarting in %.0f s", child.name, code, delay)
-            if stop.wait(delay):
-                return
-            child.restarts += 1
-            child.start()
+def supervise(children: list[Child], stop: threading.Event) -> int:
+    """Keep every child running until `stop`; 0, or CONFIG_ERROR_EXIT when a restarted
+    child finds the configuration invalid."""
+    while not stop.wait(SUPERVISE_INTERVAL_S):
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s; stopping", exc)
+            return CONFIG_ERROR_EXIT
+    return 0
 
 
 def shutdown(children: list[Child]) -> None:
@@ -188,7 +243,8 @@ def _launch() -> int:
             if stop.is_set():
                 return 0
             log.error("voicebus did not become ready; shutting down")
-            return 1
+            configuration_failed = any(c.exited() == CONFIG_ERROR_EXIT for c in children)
+            return CONFIG_ERROR_EXIT if configuration_failed else 1
         print("voicebus is ready:", flush=True)
         for task, address in addresses.items():
             print(f"  {task.upper()}: {address}", flush=True)
@@ -199,8 +255,7 @@ def _launch() -> int:
         if monitor is not None:
             print(f"  Monitor: {monitor.url}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        supervise(children, stop)
-        return 0
+        return supervise(children, stop)
     finally:
         if monitor is not None:
             monitor.close()

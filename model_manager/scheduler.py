@@ -61,6 +61,9 @@ class Job:
 
 @dataclass
 class WorkerStats:
+    """What one model's worker has done: written by its worker threads, read by `stats` and
+    the metrics exporter on theirs. Every access holds `lock`; readers take a `copy()`."""
+
     batches: int = 0
     requests: int = 0
     succeeded: int = 0
@@ -70,6 +73,46 @@ class WorkerStats:
     errors: Counter[str] = field(default_factory=Counter)
     queue_wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     compute_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def batch_started(self, size: int, reason: str, waited_s: Sequence[float]) -> None:
+        with self.lock:
+            self.batches += 1
+            self.batch_sizes[size] += 1
+            self.fire_reasons[reason] += 1
+            self.queue_wait_s.extend(waited_s)
+
+    def engine_ran(self, seconds: float) -> None:
+        with self.lock:
+            self.compute_s.append(seconds)
+
+    def fallback(self, reason: str) -> None:
+        with self.lock:
+            self.fallbacks[reason] += 1
+
+    def request_finished(self, error_code: str | None, refused: bool = False) -> None:
+        """One request answered; `refused`: turned away before it was queued (not counted
+        among `requests`, which are the ones that reached the queue)."""
+        with self.lock:
+            if error_code is None:
+                self.succeeded += 1
+            else:
+                self.errors[error_code] += 1
+            if not refused:
+                self.requests += 1
+
+    def fallback_count(self) -> int:
+        with self.lock:
+            return sum(self.fallbacks.values())
+
+    def copy(self) -> WorkerStats:
+        """A consistent snapshot that no worker thread writes to."""
+        with self.lock:
+            return WorkerStats(
+                self.batches, self.requests, self.succeeded, Counter(self.batch_sizes),
+                Counter(self.fire_reasons), Counter(self.fallbacks), Counter(self.errors),
+                deque(self.queue_wait_s, maxlen=STATS_WINDOW), deque(self.compute_s, maxlen=STATS_WINDOW),
+            )
 
 
 class WorkerObserver:
@@ -175,7 +218,7 @@ class ModelWorker:
     def count_refused(self, error: BusError) -> None:
         """Count a request refused before it was queued (invalid for this model, queue full)
         with the errors of the ones that ran, so `stats` and the metrics see every failure."""
-        self.stats.errors[error.code] += 1
+        self.stats.request_finished(error.code, refused=True)
         self.observer.request_finished(self.engine.name, error.code)
 
     def cancel(self, job_ids: set[str]) -> int:
@@ -276,10 +319,7 @@ class ModelWorker:
 
     def _run(self, batch: Batch[Job]) -> None:
         s = self.stats
-        s.batches += 1
-        s.batch_sizes[len(batch.items)] += 1
-        s.fire_reasons[batch.reason] += 1
-        s.queue_wait_s.extend(batch.waited_s)
+        s.batch_started(len(batch.items), batch.reason, batch.waited_s)
         self.observer.batch_started(self.engine.name, len(batch.items), batch.reason, batch.waited_s)
         log.info(
             "batch start model=%s size=%d reason=%s oldest_wait_ms=%.1f",
@@ -288,11 +328,11 @@ class ModelWorker:
             batch.reason,
             max(batch.waited_s, default=0.0) * 1000,
         )
-        fallbacks_before = sum(s.fallbacks.values())
+        fallbacks_before = s.fallback_count()
         started = time.perf_counter()
         outcomes = self._run_resilient(batch.items)
         elapsed = time.perf_counter() - started
-        if sum(s.fallbacks.values()) == fallbacks_before:  # a clean run measures the batch size
+        if s.fallback_count() == fallbacks_before:  # a clean run measures the batch size
             with self._cond:
                 self.cost.observe(len(batch.items), sum(j.cost for j in batch.items), elapsed)
         ok = sum(not isinstance(o, BusError) for o in outcomes)
@@ -335,7 +375,7 @@ class ModelWorker:
 
     def _note_fallback(self, reason: str, size: int, error: str) -> None:
         """Count, export and log one fallback, the same way for every reason."""
-        self.stats.fallbacks[reason] += 1
+        self.stats.fallback(reason)
         self.observer.fallback(self.engine.name, reason)
         log.warning(
             "batch fallback model=%s reason=%s size=%d error=%s", self.engine.name, reason, size, error
@@ -344,22 +384,22 @@ class ModelWorker:
     def _run_engine(self, jobs: list[Job]) -> list[Result]:
         started = time.perf_counter()
         self.memory.begin()
-        results = self.engine.run_batch([j.request for j in jobs])
-        self.memory.end(len(jobs))
+        measured = 0  # a failed call is no observation, but must still end the measurement
+        try:
+            results = self.engine.run_batch([j.request for j in jobs])
+            measured = len(jobs)
+        finally:
+            self.memory.end(measured)
         elapsed = time.perf_counter() - started
-        self.stats.compute_s.append(elapsed)
+        self.stats.engine_ran(elapsed)
         self.observer.engine_ran(self.engine.name, elapsed)
         if len(results) != len(jobs):
             raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         return results
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
-        self.stats.requests += 1
         code = outcome.code if isinstance(outcome, BusError) else None
-        if code is None:
-            self.stats.succeeded += 1
-        else:
-            self.stats.errors[code] += 1
+        self.stats.request_finished(code)
         self.observer.request_finished(self.engine.name, code)
         try:
             self._on_done(job, outcome)
@@ -367,7 +407,10 @@ class ModelWorker:
             log.exception("on_done failed for job %s", job.job_id)
 
     def snapshot(self) -> dict[str, Any]:
-        s = self.stats
+        s = self.stats.copy()
+        with self._cond:
+            policy, dynamic, choice = self.policy, self.dynamic_batching, self.choice
+            throughput = self.cost.snapshot()
         return {
             "model": self.engine.name,
             "task": self.engine.task,
@@ -388,15 +431,15 @@ class ModelWorker:
             },
             "busy": self._busy > 0,
             "policy": {
-                "enabled": self.policy.enabled,
-                "dynamic_batching": self.dynamic_batching,
-                "min_batch_size": self.policy.min_batch_size,
-                "max_batch_size": self.policy.max_batch_size,
-                "max_batch_wait_ms": round(self.policy.max_wait_s * 1000, 3),
+                "enabled": policy.enabled,
+                "dynamic_batching": dynamic,
+                "min_batch_size": policy.min_batch_size,
+                "max_batch_size": policy.max_batch_size,
+                "max_batch_wait_ms": round(policy.max_wait_s * 1000, 3),
             },
-            "chosen_batch_size": self.choice.size,
-            "choice_reason": self.choice.reason,
-            "throughput_by_size": self.cost.snapshot(),
+            "chosen_batch_size": choice.size,
+            "choice_reason": choice.reason,
+            "throughput_by_size": throughput,
             "queue_wait_ms": percentiles(s.queue_wait_s),
             "compute_ms": percentiles(s.compute_s),
         }
