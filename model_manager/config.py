@@ -66,6 +66,12 @@ class Limits:
     output_dir: str = "output"
     #: queue_for_batch jobs and results survive agent restarts in one SQLite file per agent here.
     journal_dir: str = "~/.cache/voicebus/journal"
+    #: Streams open at once per agent; one more is refused with "overloaded".
+    max_open_streams: int = 64
+    #: A stream nobody reads for this long is closed, and its unmade outputs cancelled.
+    stream_idle_s: float = 60.0
+    #: Outputs a stream makes ahead of its reader (in progress or ready but unread).
+    stream_buffer: int = 4
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,9 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "max_text_chars",
         "max_batch_items",
         "max_message_bytes",
+        "max_open_streams",
+        "stream_idle_s",
+        "stream_buffer",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
     _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)

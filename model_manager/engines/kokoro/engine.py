@@ -249,23 +249,9 @@ class KokoroEngine(Engine):
         return out
 
     def split_for_streaming(self, request: Request) -> list[Request]:
-        """The request as one request per sentence, in order, for streaming: synthesise and
-        send each as soon as it is done. Pause markers stay in place (a marker between two
-        sentences starts the second one's text). Each result is still to be `prepare`d."""
-        chunks: list[str] = []
-        pending = ""
-        for segment in text_split.parse_pauses(request.get("text") or ""):
-            if isinstance(segment, Pause):
-                pending += text_split.format_pause(segment) + " "
-                continue
-            for sentence in text_split.split_sentences(segment):
-                chunks.append(pending + sentence)
-                pending = ""
-        if pending:
-            if chunks:
-                chunks[-1] = f"{chunks[-1]} {pending.strip()}"
-            else:
-                chunks.append(pending.strip())
+        """The request as one request per sentence, in order, for streaming (see
+        `text_split.split_for_streaming`). Each result is still to be `prepare`d."""
+        chunks = text_split.split_for_streaming(request.get("text") or "")
         return [{**request, "text": chunk} for chunk in chunks]
 
     # --- synthesis -------------------------------------------------------------------------
