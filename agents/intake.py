@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from agents.options import check_options, check_protocol, echoable, required
-from agents.services import SERVICES, Service
+from agents.services import Service
 from model_manager import protocol
 from model_manager.config import Limits
 from model_manager.errors import INTERNAL, INVALID_FIELD, TOO_MANY_ITEMS, BusError
@@ -57,16 +57,18 @@ class Prepared:
     error: BusError | None = None
 
 
-def prepare_frame(task: str, limits: Limits, frame: bytes) -> Prepared:
+def prepare_frame(service: Service, limits: Limits, frame: bytes) -> Prepared:
     """Decode and check one client frame. Raises BusError only for a frame that does not
     decode; a request refused as a whole comes back with `error` set."""
-    service = SERVICES[task]
     message, encoding = protocol.decode_request(frame)
     prepared = Prepared(_light(message, service.payload_fields), encoding)
     try:
         _prepare_items(prepared, message, service, limits)
     except BusError as exc:
         prepared.error = exc
+    except Exception as exc:  # a bug must cost one request, answered with its request_id
+        log.exception("preparing a request failed")
+        prepared.error = BusError(INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
     return prepared
 
 
@@ -110,9 +112,9 @@ Ready = Callable[[Any, "Prepared | BusError"], None]
 class Intake:
     """Runs `prepare_frame` inline or in a worker process (see the module docstring)."""
 
-    def __init__(self, context: zmq.Context, task: str, limits: Limits,
+    def __init__(self, context: zmq.Context, service: Service, limits: Limits,
                  inline_bytes: int = INLINE_FRAME_BYTES) -> None:
-        self.task = task
+        self.service = service
         self.limits = limits
         self.inline_bytes = inline_bytes
         self.context = context
@@ -127,10 +129,10 @@ class Intake:
 
     def submit(self, call: Any, frame: bytes, ready: Ready) -> None:
         if len(frame) <= self.inline_bytes:
-            ready(call, _outcome(lambda: prepare_frame(self.task, self.limits, frame)))
+            ready(call, _outcome(lambda: prepare_frame(self.service, self.limits, frame)))
             return
         try:
-            future = self._executor().submit(prepare_frame, self.task, self.limits, frame)
+            future = self._executor().submit(prepare_frame, self.service, self.limits, frame)
         except Exception as exc:  # a broken pool: start a fresh one for the next frame
             log.exception("the request decoder process is gone")
             self._pool = None

@@ -152,7 +152,7 @@ class ServiceAgent:
         self.front_monitor = self.front.get_monitor_socket(MONITOR_EVENTS)
         self.front.bind(f"tcp://{self.config.endpoints.host}:{self.port}")
         self.link = ModelManagerLink(self.context, self.config.endpoints.model_manager_port)
-        self.intake = Intake(self.context, self.service.task, self.limits)
+        self.intake = Intake(self.context, self.service, self.limits)
         poller = zmq.Poller()
         for sock in (self.front, self.link.socket, self.front_monitor, self.intake.wake):
             poller.register(sock, zmq.POLLIN)

@@ -420,6 +420,11 @@ class ModelManagerAgent:
             self._accept(router, job, stopping)
 
     def _submit(self, identity: bytes, message: dict[str, Any], received_at: float) -> None:
+        limit_ms = self.config.limits.request_timeout_ms
+        timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
+        deadline = received_at + timeout_ms / 1000.0
+        if deadline <= time.monotonic():  # held while models loaded, past its deadline
+            raise BusError(TIMEOUT, "request expired while the models loaded")
         if not self.ready:
             reason = self.load_error or "models are still loading"
             raise BusError(MODEL_UNAVAILABLE, reason)
@@ -427,11 +432,6 @@ class ModelManagerAgent:
             job_id, task, request = message["job_id"], message["task"], message["request"]
         except KeyError as exc:
             raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
-        limit_ms = self.config.limits.request_timeout_ms
-        timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
-        deadline = received_at + timeout_ms / 1000.0
-        if deadline <= time.monotonic():  # held while models loaded, past its deadline
-            raise BusError(TIMEOUT, "request expired while the models loaded")
         engine = select_engine(self.engines, task, message.get("model_pref"))
         worker = self._worker(engine.name)
         if worker is None:
