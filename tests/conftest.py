@@ -63,7 +63,10 @@ class Bus:
             sock.close()
 
 
-def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0) -> Bus:
+def start_bus(
+    tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0, wait: bool = True
+) -> Bus:
+    """Start the launcher on free ports; with `wait`, return once it says it is ready."""
     names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT")
     ports = {name: free_port() for name in names}
     env = {
@@ -89,6 +92,8 @@ def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_time
         model_manager_port=int(port["MODEL_MANAGER_PORT"]),
         journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
     )
+    if not wait:
+        return bus
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if "voicebus is ready" in log_path.read_text():
