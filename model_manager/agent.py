@@ -22,6 +22,7 @@ their jobs after a silence, and the first copy's result answers both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,8 +34,7 @@ from typing import Any
 import zmq
 
 from model_manager import protocol
-from model_manager.batcher import BatchPolicy
-from model_manager.config import BatchConfig, Config, ConfigError, ModelSpec, parse_config
+from model_manager.config import Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
     BAD_REQUEST,
@@ -87,21 +87,6 @@ def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) 
     raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: {names}")
 
 
-def policy_from_config(config: Config) -> BatchPolicy:
-    return policy_from_batch_config(config.batch_processing_config)
-
-
-def policy_from_batch_config(b: BatchConfig) -> BatchPolicy:
-    return BatchPolicy(
-        enabled=b.enabled,
-        max_batch_size=b.max_batch_size,
-        min_batch_size=b.min_batch_size,
-        max_wait_s=b.max_batch_wait_ms / 1000.0,
-        max_queue_size=b.max_queue_size,
-        lone_wait_s=b.lone_request_wait_ms / 1000.0,
-    )
-
-
 class ModelManagerAgent:
     def __init__(
         self, config: Config, engines: Sequence[Engine] | None = None, context: zmq.Context | None = None
@@ -150,8 +135,8 @@ class ModelManagerAgent:
             self._loaded.set()
 
     def _start_workers(self, warm_up: bool = False) -> None:
-        policy = policy_from_config(self.config)
-        dynamic = self.config.batch_processing_config.dynamic_batching
+        policy = self.config.batch_processing_config
+        dynamic = policy.dynamic_batching
         instances = {s.name: s.instances for s in (*self.config.stt_models, *self.config.tts_models)}
         for engine in self.engines:
             worker = ModelWorker(
@@ -203,24 +188,15 @@ class ModelManagerAgent:
         targets = workers
         updates = []
         for worker in targets:
-            current = worker.policy
-            merged = {
-                "enabled": current.enabled,
-                "max_batch_size": current.max_batch_size,
-                "min_batch_size": current.min_batch_size,
-                "max_batch_wait_ms": current.max_wait_s * 1000,
-                "lone_request_wait_ms": current.lone_wait_s * 1000,
-                "max_queue_size": current.max_queue_size,
-                "dynamic_batching": worker.dynamic_batching,
-                **settings,
-            }
+            current = {**dataclasses.asdict(worker.policy), "dynamic_batching": worker.dynamic_batching}
+            merged = {**current, **settings}
             try:
                 batch = parse_config({"batch_processing_config": merged}).batch_processing_config
             except ConfigError as exc:
                 raise BusError(INVALID_FIELD, str(exc)) from None
             updates.append((worker, batch))
         for worker, batch in updates:  # all validated first, so a bad value changes nothing
-            worker.reconfigure(policy_from_batch_config(batch), batch.dynamic_batching)
+            worker.reconfigure(batch, batch.dynamic_batching)
             log.info("reconfigured model=%s settings=%s", worker.engine.name, settings)
         return {"models": [w.snapshot() for w in targets]}
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, get_type_hints
 
 import yaml
+
+from model_manager.batcher import BatchPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "llm_config.yaml"
 ENV_PREFIX = "VOICEBUS__"
@@ -29,17 +32,8 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    enabled: bool = True
-    max_batch_size: int = 8
-    min_batch_size: int = 2
-    max_batch_wait_ms: float = 100.0
-    dynamic_batching: bool = True
-    max_queue_size: int = 256
-    lone_request_wait_ms: float = 2.0
-    #: Measure each candidate batch size on synthetic input at start-up (dynamic batching only).
-    warmup: bool = True
+#: The batching settings are the batcher's own policy type: one idea, one type.
+BatchConfig = BatchPolicy
 
 
 @dataclass(frozen=True)
@@ -106,7 +100,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Config:
-    batch_processing_config: BatchConfig
+    batch_processing_config: BatchPolicy
     endpoints: Endpoints
     limits: Limits
     stt_models: tuple[ModelSpec, ...]
@@ -164,7 +158,8 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging", "security"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
-    batch = _build(BatchConfig, raw.get("batch_processing_config", {}), "batch_processing_config")
+    batch_raw = raw.get("batch_processing_config", {})
+    batch = _build(BatchPolicy, batch_raw, "batch_processing_config", _check_batch)
     endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
     limits = _build(Limits, raw.get("limits", {}), "limits")
     logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
@@ -174,36 +169,6 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
     stt = _build_models(models.get("stt") or [], "models.stt", STT_ENGINES)
     tts = _build_models(models.get("tts") or [], "models.tts", TTS_ENGINES)
-    _check(
-        batch.max_batch_size >= 1,
-        "batch_processing_config.max_batch_size",
-        "must be >= 1",
-        batch.max_batch_size,
-    )
-    _check(
-        1 <= batch.min_batch_size <= batch.max_batch_size,
-        "batch_processing_config.min_batch_size",
-        f"must be between 1 and max_batch_size ({batch.max_batch_size})",
-        batch.min_batch_size,
-    )
-    _check(
-        batch.max_batch_wait_ms >= 0,
-        "batch_processing_config.max_batch_wait_ms",
-        "must be >= 0",
-        batch.max_batch_wait_ms,
-    )
-    _check(
-        batch.lone_request_wait_ms >= 0,
-        "batch_processing_config.lone_request_wait_ms",
-        "must be >= 0",
-        batch.lone_request_wait_ms,
-    )
-    _check(
-        batch.max_queue_size >= 1,
-        "batch_processing_config.max_queue_size",
-        "must be >= 1",
-        batch.max_queue_size,
-    )
     for key in ("stt_port", "tts_port", "model_manager_port"):
         port = getattr(endpoints, key)
         _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
@@ -238,6 +203,40 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     return Config(batch, endpoints, limits, stt, tts, logging_config, security)
 
 
+def _check_batch(batch: Any) -> None:
+    """Checked before the policy is built, so that each message names its key."""
+    _check(
+        batch.max_batch_size >= 1,
+        "batch_processing_config.max_batch_size",
+        "must be >= 1",
+        batch.max_batch_size,
+    )
+    _check(
+        1 <= batch.min_batch_size <= batch.max_batch_size,
+        "batch_processing_config.min_batch_size",
+        f"must be between 1 and max_batch_size ({batch.max_batch_size})",
+        batch.min_batch_size,
+    )
+    _check(
+        batch.max_batch_wait_ms >= 0,
+        "batch_processing_config.max_batch_wait_ms",
+        "must be >= 0",
+        batch.max_batch_wait_ms,
+    )
+    _check(
+        batch.lone_request_wait_ms >= 0,
+        "batch_processing_config.lone_request_wait_ms",
+        "must be >= 0",
+        batch.lone_request_wait_ms,
+    )
+    _check(
+        batch.max_queue_size >= 1,
+        "batch_processing_config.max_queue_size",
+        "must be >= 1",
+        batch.max_queue_size,
+    )
+
+
 def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:
     if not isinstance(items, list):
         raise ConfigError(f"{where}: must be a list")
@@ -254,7 +253,7 @@ def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[Mod
     return specs
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type, data: Any, where: str, validate: Callable[[Any], None] | None = None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -270,6 +269,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{key}: required")
             continue
         values[name] = _coerce(data[name], hints[name], key)
+    if validate is not None:
+        defaults = {f.name: f.default for f in fields.values() if f.default is not dataclasses.MISSING}
+        validate(SimpleNamespace(**{**defaults, **values}))
     return cls(**values)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from model_manager.batcher import Batch, BatchPolicy, DynamicBatcher, QueueFull
 from model_manager.cost_model import CostModel, SizeChoice
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Result
 from model_manager.errors import (
     INFERENCE_FAILED,
     OUT_OF_MEMORY,
@@ -50,7 +50,7 @@ STATS_WINDOW = 1000
 class Job:
     job_id: str
     model: str
-    request: Request
+    request: Any  # the engine's own request type: opaque here
     key: Hashable
     deadline: float  # monotonic seconds
     priority: int = 0
