@@ -49,7 +49,7 @@ from model_manager.errors import (
 )
 from model_manager.memory import read_memory
 from model_manager.metrics import BusMetrics, Exporter
-from model_manager.scheduler import Job, ModelWorker, Outcome
+from model_manager.scheduler import Job, ModelWorker, Outcome, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ModelManagerAgent:
         # jobs not answered yet, to drop a dead agent's jobs and to ignore resent ones.
         self._peers: dict[bytes, float] = {}
         self._peer_jobs: dict[bytes, set[str]] = {}
-        self.metrics = BusMetrics(read_stats=self.stats)
+        self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -145,9 +145,7 @@ class ModelManagerAgent:
                 self._deliver,
                 dynamic_batching=dynamic,
                 instances=instances.get(engine.name, 1),
-                observer=self.metrics,
             )
-            self.metrics.add_model(engine.name)
             if warm_up and dynamic and policy.enabled:
                 worker.warm_up()
             with self._workers_lock:
@@ -158,6 +156,10 @@ class ModelManagerAgent:
         """A copy of the workers, safe to iterate while the loader adds more."""
         with self._workers_lock:
             return list(self.workers.values())
+
+    def worker_records(self) -> dict[str, WorkerStats]:
+        """Every model's record of its batches (a copy), for the metrics exporter."""
+        return {w.engine.name: w.stats.copy() for w in self.worker_list()}
 
     def _worker(self, name: str) -> ModelWorker | None:
         with self._workers_lock:

@@ -14,6 +14,7 @@ This is where the pure batching policy meets time, threads and failure:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -44,6 +45,14 @@ Clock = Callable[[], float]
 
 # How many recent timings the percentiles in `stats()` are computed over.
 STATS_WINDOW = 1000
+# Bucket bounds of the lifetime histograms, which the Prometheus exporter serves.
+# Seconds. Queue waits range from the fast path's few ms to a full queue's tens of seconds.
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds. One engine call: tens of ms for a short TTS sentence, seconds for a large STT batch.
+COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
+# histogram is exact for the default configuration; larger limits get coarser buckets.
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 @dataclass
@@ -60,9 +69,35 @@ class Job:
 
 
 @dataclass
+class Histogram:
+    """Observations counted in fixed buckets over a process's life (Prometheus style)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket, then one for beyond the last
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total)
+
+
+@dataclass
 class WorkerStats:
-    """What one model's worker has done: written by its worker threads, read by `stats` and
-    the metrics exporter on theirs. Every access holds `lock`; readers take a `copy()`."""
+    """The one record of what one model's worker has done: every batch, engine call,
+    fallback and answered request. Written by its worker threads; `stats` (recent
+    percentiles) and the Prometheus exporter (lifetime counters and histograms) both read
+    it, on their own threads. Every access holds `lock`; readers take a `copy()`."""
 
     batches: int = 0
     requests: int = 0
@@ -73,6 +108,8 @@ class WorkerStats:
     errors: Counter[str] = field(default_factory=Counter)
     queue_wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     compute_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    queue_wait_histogram: Histogram = field(default_factory=lambda: Histogram(QUEUE_BUCKETS))
+    compute_histogram: Histogram = field(default_factory=lambda: Histogram(COMPUTE_BUCKETS))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def batch_started(self, size: int, reason: str, waited_s: Sequence[float]) -> None:
@@ -81,10 +118,13 @@ class WorkerStats:
             self.batch_sizes[size] += 1
             self.fire_reasons[reason] += 1
             self.queue_wait_s.extend(waited_s)
+            for seconds in waited_s:
+                self.queue_wait_histogram.observe(seconds)
 
     def engine_ran(self, seconds: float) -> None:
         with self.lock:
             self.compute_s.append(seconds)
+            self.compute_histogram.observe(seconds)
 
     def fallback(self, reason: str) -> None:
         with self.lock:
@@ -112,24 +152,8 @@ class WorkerStats:
                 self.batches, self.requests, self.succeeded, Counter(self.batch_sizes),
                 Counter(self.fire_reasons), Counter(self.fallbacks), Counter(self.errors),
                 deque(self.queue_wait_s, maxlen=STATS_WINDOW), deque(self.compute_s, maxlen=STATS_WINDOW),
+                self.queue_wait_histogram.copy(), self.compute_histogram.copy(),
             )
-
-
-class WorkerObserver:
-    """Hears of every batch and request as it happens (model_manager.metrics counts them);
-    this base class hears nothing. Called on worker threads: must be quick and never raise."""
-
-    def batch_started(self, model: str, size: int, reason: str, waited_s: Sequence[float]) -> None:
-        """A batch of `size` requests fired for `reason`; `waited_s`: each one's queue wait."""
-
-    def engine_ran(self, model: str, seconds: float) -> None:
-        """One engine call (a whole batch, or part of one after a fallback) took `seconds`."""
-
-    def fallback(self, model: str, reason: str) -> None:
-        """A failed batch is retried in parts: `oom_split` or `one_by_one`."""
-
-    def request_finished(self, model: str, error_code: str | None) -> None:
-        """A request was answered (or refused as overloaded): None for success, else the code."""
 
 
 class ModelWorker:
@@ -149,7 +173,6 @@ class ModelWorker:
         clock: Clock = time.monotonic,
         instances: int = 1,
         cost_model: CostModel | None = None,
-        observer: WorkerObserver | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy  # as configured; the batcher's own policy is the effective one
@@ -159,7 +182,6 @@ class ModelWorker:
         self.choice = SizeChoice(policy.max_batch_size, "configured max_batch_size")
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
-        self.observer = observer or WorkerObserver()
         self._on_done = on_done
         self._clock = clock
         self._cond = threading.Condition()
@@ -219,7 +241,6 @@ class ModelWorker:
         """Count a request refused before it was queued (invalid for this model, queue full)
         with the errors of the ones that ran, so `stats` and the metrics see every failure."""
         self.stats.request_finished(error.code, refused=True)
-        self.observer.request_finished(self.engine.name, error.code)
 
     def cancel(self, job_ids: set[str]) -> int:
         """Drop queued jobs whose client has gone; they are not answered."""
@@ -320,7 +341,6 @@ class ModelWorker:
     def _run(self, batch: Batch[Job]) -> None:
         s = self.stats
         s.batch_started(len(batch.items), batch.reason, batch.waited_s)
-        self.observer.batch_started(self.engine.name, len(batch.items), batch.reason, batch.waited_s)
         log.info(
             "batch start model=%s size=%d reason=%s oldest_wait_ms=%.1f",
             self.engine.name,
@@ -376,7 +396,6 @@ class ModelWorker:
     def _note_fallback(self, reason: str, size: int, error: str) -> None:
         """Count, export and log one fallback, the same way for every reason."""
         self.stats.fallback(reason)
-        self.observer.fallback(self.engine.name, reason)
         log.warning(
             "batch fallback model=%s reason=%s size=%d error=%s", self.engine.name, reason, size, error
         )
@@ -392,7 +411,6 @@ class ModelWorker:
             self.memory.end(measured)
         elapsed = time.perf_counter() - started
         self.stats.engine_ran(elapsed)
-        self.observer.engine_ran(self.engine.name, elapsed)
         if len(results) != len(jobs):
             raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         return results
@@ -400,7 +418,6 @@ class ModelWorker:
     def _finish(self, job: Job, outcome: Outcome) -> None:
         code = outcome.code if isinstance(outcome, BusError) else None
         self.stats.request_finished(code)
-        self.observer.request_finished(self.engine.name, code)
         try:
             self._on_done(job, outcome)
         except Exception:  # a broken reply path must not kill the worker thread
