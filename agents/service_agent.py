@@ -54,6 +54,7 @@ from agents.control import (
 )
 from agents.inflight import InFlight, InFlightJob
 from agents.intake import Intake, Item, Prepared
+from agents.journal import journal_entry, recover
 from agents.link import ModelManagerLink
 from agents.options import (
     _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
@@ -445,11 +446,7 @@ class ServiceAgent:
         sink = QueuedReply(request_id, self.results)
         job = self._new_job(uuid.uuid4().hex, fields, _request(item), sink, BULK)
         # Journaled before "queued" goes out: from then on a crash of this agent loses nothing.
-        journaled = {
-            "message": {k: v for k, v in job.message.items() if k != "job_id"},
-            "fields": {k: fields[k] for k in ("request_id", *self.service.render_fields) if k in fields},
-            "deadline_at": time.time() + (job.deadline - time.monotonic()),
-        }
+        journaled = journal_entry(job, self.service.render_fields)
         if not self.results.add_pending(request_id, time.time(), journaled):
             raise BusError(DUPLICATE_REQUEST_ID, f"request_id {request_id!r} is already queued or unfetched")
         self._submit(job)
@@ -457,24 +454,12 @@ class ServiceAgent:
 
     def _recover_journal(self) -> None:
         """Take up the journaled jobs of a previous run. They go to the model manager with
-        the first pong (like every job in flight when a model manager appears), each under
-        a new job_id, so that cancelling the dead run's copies cannot touch them."""
-        wall, mono = time.time(), time.monotonic()
-        recovered = expired = 0
-        for request_id, journaled in self.results.pending():
-            if journaled is None or journaled.get("deadline_at", 0.0) <= wall:
-                expired += 1
-                reply = protocol.error_reply(BusError(TIMEOUT, "no result within the request timeout"))
-                self.results.complete(request_id, {**reply, "request_id": request_id}, wall)
-                continue
-            left_s = journaled["deadline_at"] - wall
-            job_id = uuid.uuid4().hex
-            message = {**journaled["message"], "job_id": job_id, "timeout_ms": max(1, int(left_s * 1000))}
-            sink = QueuedReply(request_id, self.results)
-            self.inflight.add(InFlightJob(job_id, message, mono + left_s, sink, journaled.get("fields", {})))
-            recovered += 1
-        if recovered or expired:
-            log.warning("journal: resuming %d queued requests; %d timed out while down", recovered, expired)
+        the first pong, like every job in flight when a model manager appears."""
+        jobs, expired = recover(self.results)
+        for job in jobs:
+            self.inflight.add(job)
+        if jobs or expired:
+            log.warning("journal: resuming %d queued requests; %d timed out while down", len(jobs), expired)
 
     def _get_result(self, call: ClientCall, prepared: Prepared) -> None:
         request_id = request_key(required(prepared.message, "request_id"))
