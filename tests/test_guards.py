@@ -137,3 +137,31 @@ def test_a_configuration_error_stops_supervision():
     failing.process.wait(10)
     with pytest.raises(launcher.ConfigurationFailed):
         launcher.tend([failing], time.monotonic())
+
+
+def test_a_job_the_model_manager_link_cannot_take_is_answered_at_once(tmp_path, monkeypatch):
+    """The link's high-water mark reached: the client hears `overloaded` now, not a timeout."""
+    from agents.link import ModelManagerLink
+
+    monkeypatch.setattr(ModelManagerLink, "alive", property(lambda self: True))
+    monkeypatch.setattr(ModelManagerLink, "send", lambda self, message, body=None: False)
+    config = load_config(environ={"VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp_path)})
+    port = free_port()
+    agent = ServiceAgent(TTS, config, port=port)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
+    thread.start()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        started = time.monotonic()
+        sock.send_json({"action": "synthesize", "text": "Hi.", "request_id": "r2"})
+        assert sock.poll(10_000)
+        reply = sock.recv_json()
+        assert reply["error"]["code"] == "overloaded" and reply["request_id"] == "r2"
+        assert time.monotonic() - started < 2.0
+    finally:
+        sock.close()
+        stop.set()
+        thread.join(35)
