@@ -19,6 +19,10 @@ from typing import Any
 
 from agents.sinks import ReplySink
 
+#: A job's deadline is its timeout plus this: beyond the model manager's own deadline, so
+#: that its timeout error normally arrives first.
+DEADLINE_GRACE_S = 2.0
+
 
 @dataclass(eq=False)
 class InFlightJob:

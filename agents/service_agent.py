@@ -10,7 +10,7 @@ This module only moves messages; the parts it drives each do one job:
 - agents/intake.py      decoding and checking client frames, off the socket thread when big
 - agents/inflight.py    the jobs at the model manager, with their deadlines and retries
 - agents/sinks.py       where each job's answer goes (a client, a batch, the journal, a stream)
-- agents/streams.py     the pure state machine of open streams
+- agents/streams.py     the pure state machine of open streams; stream_driver.py acts on it
 - agents/control.py     health, stats, configure, voices
 - agents/results.py     the SQLite journal of queue_for_batch jobs and results
 
@@ -52,7 +52,7 @@ from agents.control import (
     health_reply,
     voices_reply,
 )
-from agents.inflight import InFlight, InFlightJob
+from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.intake import Intake, Item, Prepared
 from agents.journal import journal_entry, recover
 from agents.link import ModelManagerLink
@@ -73,8 +73,8 @@ from agents.sinks import (
     ClientReply,
     QueuedReply,
     ReplySink,
-    StreamReply,
 )
+from agents.stream_driver import StreamDriver, StreamJob
 from agents.streams import Stream, StreamRegistry
 from model_manager import protocol
 from model_manager.batcher import BULK, INTERACTIVE
@@ -111,8 +111,6 @@ HARD_MESSAGE_CAP_FACTOR = 2
 PURGE_INTERVAL_S = 1.0
 # A job the model manager turns away for now (errors.RETRYABLE) is sent again after this.
 QUEUED_RETRY_S = 1.0
-# Beyond the model manager's own deadline, so that its timeout error normally arrives first.
-DEADLINE_GRACE_S = 2.0
 SHUTDOWN_GRACE_S = 30.0
 STATS_TIMEOUT_S = 2.0
 #: Actions that start no new work, still answered while the agent drains for shutdown.
@@ -134,9 +132,9 @@ class ServiceAgent:
         )
         self.results = ResultStore(config.limits.result_ttl_s, journal_path(config, service.task, self.port))
         self.inflight = InFlight()
-        self.streams: StreamRegistry[tuple[dict[str, Any], bytes, dict[str, Any]]] = StreamRegistry(
-            config.limits.max_open_streams
-        )
+        self.streams: StreamRegistry[StreamJob] = StreamRegistry(config.limits.max_open_streams)
+        self.stream_driver = StreamDriver(self.streams, self.inflight, self._submit, self._send,
+                                          self._cancel_at_model_manager, lambda: self.stopping)
         self.control: dict[str, ControlCall] = {}
         self.counters = AgentCounters()
         self.connections = ConnectionTracker()
@@ -205,7 +203,7 @@ class ServiceAgent:
 
     def _clients_waiting(self) -> bool:
         return (self.inflight.waiting_clients() or bool(self.control) or self.intake.in_progress > 0
-                or any(s.reader is not None for s in self.streams))
+                or self.stream_driver.readers_waiting())
 
     def _answer_clients_at_shutdown(self) -> None:
         # Journaled queue_for_batch jobs stay pending: the next start resubmits them.
@@ -214,9 +212,7 @@ class ServiceAgent:
             if job.sink.owner is not None:
                 self.inflight.pop(job.job_id)
                 job.sink.deliver(protocol.error_reply(gone, job.fields.get("request_id")))
-        for stream in self.streams:
-            if stream.reader is not None:
-                self._send(stream.reader, protocol.error_reply(gone, stream.stream_id))
+        self.stream_driver.answer_readers(gone)
 
     def _send(self, call: ClientCall, reply: dict[str, Any]) -> None:
         if reply.get("status") == "error":
@@ -324,9 +320,7 @@ class ServiceAgent:
         jobs = self.inflight.drop(lambda job: job.sink.owner == routing_id)
         self.counters.dropped_for_gone_clients += len(jobs)
         self._cancel_at_model_manager(jobs)
-        for stream in self.streams:
-            if stream.reader is not None and stream.reader.routing_id == routing_id:
-                stream.reader = None  # its client may come back for the output on a new socket
+        self.stream_driver.client_gone(routing_id)
         for job_id in [j for j, c in self.control.items() if c.call.routing_id == routing_id]:
             del self.control[job_id]
         if jobs:
@@ -474,13 +468,8 @@ class ServiceAgent:
         """Stop a queue_for_batch request or a stream: what has not run yet never runs; a
         later get_result answers `cancelled`. A finished result is left to get_result."""
         request_id = request_key(required(prepared.message, "request_id"))
-        stream = self.streams.close(request_id)
         cancelled = BusError(CANCELLED, "cancelled by its client")
-        if stream is not None:
-            self._close_stream(stream)
-            if stream.reader is not None:
-                self._send(stream.reader, protocol.error_reply(cancelled, request_id))
-        else:
+        if not self.stream_driver.close(request_id, cancelled):
             jobs = self.inflight.drop(
                 lambda job: isinstance(job.sink, QueuedReply) and job.sink.request_id == request_id
             )
@@ -506,65 +495,19 @@ class ServiceAgent:
         self._check_model_manager()
         request_id = request_key(item.fields.get("request_id") or uuid.uuid4().hex)
         fields = {**item.fields, "request_id": request_id}
-        now = time.monotonic()
-        stream: Stream[tuple[dict[str, Any], bytes, dict[str, Any]]] = Stream.open(
-            request_id, now, self.limits.stream_idle_s, self.limits.stream_buffer
+        stream: Stream[StreamJob] = Stream.open(
+            request_id, time.monotonic(), self.limits.stream_idle_s, self.limits.stream_buffer
         )
-        # Every message is packed before the stream is registered, so a refusal leaves no half stream.
+        # Every message is packed before the stream opens, so a refusal leaves no half stream.
         for piece in prepared.pieces:
             job = self._new_job(uuid.uuid4().hex, fields, piece, _NO_SINK, INTERACTIVE)
-            stream.add_job(job.job_id, (job.message, job.body or b"", fields))
+            stream.add_job(job.job_id, StreamJob(job.message, job.body or b"", fields))
         stream.end_input()
-        self.streams.add(stream)
-        self._pump(stream)
+        self.stream_driver.open(stream)
         self._send(call, {"status": "streaming", "request_id": request_id, "num_chunks": stream.num_outputs})
 
-    def _pump(self, stream: Stream[tuple[dict[str, Any], bytes, dict[str, Any]]]) -> None:
-        """Send the stream's next jobs, as many as its buffer allows."""
-        for job_id, _slot, (message, body, fields) in stream.release():
-            deadline = time.monotonic() + message["timeout_ms"] / 1000.0 + DEADLINE_GRACE_S
-            sink = StreamReply(stream, job_id, self._on_stream_output)
-            job = InFlightJob(job_id, message, deadline, sink, fields, body)
-            if self.stopping:
-                failure = BusError(SHUTTING_DOWN, "the agent shut down before this chunk was made")
-                stream.fulfil(job_id, protocol.error_reply(failure, stream.stream_id))
-            else:
-                self._submit(job)
-
-    def _on_stream_output(self, stream: Stream[Any]) -> None:
-        if self.streams.get(stream.stream_id) is not stream:
-            return  # cancelled or expired meanwhile
-        self._pump(stream)
-        self._deliver_stream(stream)
-
     def _next_chunk(self, call: ClientCall, prepared: Prepared) -> None:
-        request_id = request_key(required(prepared.message, "request_id"))
-        stream = self.streams.get(request_id)
-        if stream is None:
-            raise BusError(NOT_FOUND, f"no open stream {request_id!r}: unknown, finished, or expired")
-        if stream.reader is not None:
-            raise BusError(INVALID_FIELD, f"a next_chunk call for stream {request_id!r} is already waiting")
-        stream.reader = call
-        self._deliver_stream(stream)
-
-    def _deliver_stream(self, stream: Stream[Any]) -> None:
-        if stream.reader is None:
-            return
-        taken = stream.take(time.monotonic())
-        if taken is None:
-            return
-        index, output, final = taken
-        reader, stream.reader = stream.reader, None
-        self._send(reader, {**output, "index": index, "final": final})
-        if final:
-            self.streams.close(stream.stream_id)
-        else:
-            self._pump(stream)  # a read makes room in the stream's buffer
-
-    def _close_stream(self, stream: Stream[Any]) -> None:
-        jobs = set(stream.cancel())
-        self.inflight.drop(lambda job: job.job_id in jobs)
-        self._cancel_at_model_manager(sorted(jobs))
+        self.stream_driver.read(call, request_key(required(prepared.message, "request_id")))
 
     # --- model manager side ---------------------------------------------------------------
 
@@ -633,9 +576,7 @@ class ServiceAgent:
         for job in self.inflight.due(now):
             if not self.link.send(job.message):
                 job.retry_at = now + QUEUED_RETRY_S
-        for stream in self.streams.expired(now):
-            log.info("stream %s expired unread; its unmade chunks are cancelled", stream.stream_id)
-            self._close_stream(stream)
+        self.stream_driver.expire(now)
         for job_id in [j for j, c in self.control.items() if c.deadline <= now]:
             self._answer_control(job_id, None)
         if now >= self.next_purge:
