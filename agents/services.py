@@ -84,11 +84,20 @@ def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 INVALID_FIELD, f"beam_size must be an integer in 1..{MAX_BEAM_SIZE}, got {beam_size!r:.50}"
             )
         request["beam_size"] = beam_size
+    # prompt, temperature and timestamps: checked by the engine (timestamps.prepare_details).
+    if fields.get("prompt") is not None and not valid_unicode(fields["prompt"]):
+        raise BusError(INVALID_FIELD, "prompt must be a string")
+    request.update({key: fields[key] for key in STT_DETAIL_FIELDS if fields.get(key) is not None})
     return request
 
 
+STT_DETAIL_FIELDS = ("prompt", "temperature", "timestamps")
+
+
 def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: Limits) -> dict:
-    return {"text": result["text"], "language": result.get("language"), "model": result.get("model")}
+    reply = {"text": result["text"], "language": result.get("language"), "model": result.get("model")}
+    reply.update({key: result[key] for key in ("segments", "words") if key in result})
+    return reply
 
 
 # --- TTS ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from abc import abstractmethod
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -266,13 +266,23 @@ class WhisperEngine(Engine):
     task = "stt"
     multilingual: bool
     tokens: WhisperTokens
+    #: Text -> token ids without special tokens, for `prompt`; None: the engine cannot decode
+    #: prompts, temperatures or timestamps (see timestamps.py).
+    encode_prompt: Callable[[str], list[int]] | None = None
 
     def prepare(self, request: Request) -> Request:
-        return prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
+        from model_manager.engines.whisper import timestamps  # it imports this module
+
+        prepared = prepare_stt_request(request, self.multilingual, self.tokens.languages, self.name)
+        return timestamps.prepare_details(prepared, self.encode_prompt, self.name)
 
     def batch_key(self, request: Request) -> Hashable:
-        return (self.name, request.get("language"), request.get("task", "transcribe"),
-                int(request.get("beam_size", 1)))
+        from model_manager.engines.whisper.timestamps import Details
+
+        key = (self.name, request.get("language"), request.get("task", "transcribe"),
+               int(request.get("beam_size", 1)))
+        details = Details.of(request)
+        return key + (details.batch_key(),) if details.requested else key
 
     def cost(self, request: Request) -> float:
         return audio_seconds(request)
@@ -296,8 +306,11 @@ class WhisperEngine(Engine):
             if result["text"]:
                 texts[owner].append(result["text"])
             languages[owner] = languages[owner] or result["language"]
-        return [{"text": " ".join(parts), "language": language}
-                for parts, language in zip(texts, languages, strict=True)]
+        from model_manager.engines.whisper.timestamps import attach_details
+
+        joined = [{"text": " ".join(parts), "language": language}
+                  for parts, language in zip(texts, languages, strict=True)]
+        return attach_details(joined, windows, results)
 
     @abstractmethod
     def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:

@@ -13,6 +13,7 @@ import ctranslate2
 import tokenizers
 
 from model_manager.engines.base import Request, Result
+from model_manager.engines.whisper import timestamps
 from model_manager.engines.whisper.common import (
     MAX_TARGET_POSITIONS,
     WhisperEngine,
@@ -61,10 +62,13 @@ class CT2WhisperEngine(WhisperEngine):
         self.multilingual: bool = self._model.is_multilingual
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
+        self.encode_prompt = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def transcribe_windows(self, prepared: Sequence[Request]) -> list[Result]:
         """One generate call for all requests (plus one encode + detect_language first when a
         multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
+        if timestamps.Details.of(prepared[0]).requested:
+            return timestamps.transcribe_windows(self, prepared)
         options = check_uniform(prepared)
         features = ctranslate2.StorageView.from_array(
             log_mel_batch([r["audio"] for r in prepared], self.n_mels))
