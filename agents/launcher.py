@@ -17,12 +17,15 @@ alive after the grace period is killed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import zmq
@@ -62,6 +65,8 @@ def process_specs(config: Config) -> list[ProcessSpec]:
     for task in ("stt", "tts"):
         if config.models(task):
             specs.append(ProcessSpec(f"{task}-agent", "agents.service_agent", (task,)))
+    if config.endpoints.http_port:
+        specs.append(ProcessSpec("gateway", "agents.gateway"))
     return specs
 
 
@@ -116,6 +121,47 @@ def tend(children: list[Child], now: float) -> None:
         elif now >= child.restart_at:
             child.restarts += 1
             child.start()
+
+
+def without_taken_http_port(config: Config) -> Config:
+    """`config`, with the HTTP gateway off (http_port 0) when its port is taken (by another
+    server on 8880, say): as for the monitor page, a port clash must not stop the bus."""
+    port = config.endpoints.http_port
+    if not port:
+        return config
+    try:
+        with socket.create_server((config.endpoints.host, port)):
+            return config
+    except OSError as exc:
+        log.error("HTTP gateway disabled: cannot listen on %s:%d: %s", config.endpoints.host, port, exc)
+        return dataclasses.replace(config, endpoints=dataclasses.replace(config.endpoints, http_port=0))
+
+
+def gateway_url(config: Config) -> str | None:
+    port = config.endpoints.http_port
+    return f"http://{local_host(config)}:{port}" if port else None
+
+
+def wait_for_gateway(url: str, children: list[Child], stop: threading.Event,
+                     timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """True once the gateway's GET /health answers 200 (it does once it sees every agent
+    ready); children that crash meanwhile are restarted, as in `wait_until_ready`."""
+    deadline = time.monotonic() + timeout_s
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with direct.open(f"{url}/health", timeout=1.0) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 while it waits for the agents
+            pass
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s", exc)
+            return False
+        time.sleep(SUPERVISE_INTERVAL_S)
+    return False
 
 
 def local_host(config: Config) -> str:
@@ -217,6 +263,7 @@ def probe_client(config: Config) -> ModelClient:
         server_public, _ = security.load_server_keys(config.security)
         public, secret = zmq.curve_keypair()
         os.environ[security.SUPERVISOR_KEY_ENV] = public.decode("ascii")
+        os.environ[security.SUPERVISOR_SECRET_ENV] = secret.decode("ascii")  # for the gateway
         settings.server_public_key = server_public.decode("ascii")
         settings.client_keypair = (public, secret)
     return ModelClient(settings)
@@ -231,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 def _launch() -> int:
     config = load_config()
     setup_logging("launcher", config.logging.level)
+    config = without_taken_http_port(config)
     client = probe_client(config)
     stop = stop_on_signals()
     children = plan_children(config)
@@ -239,7 +287,11 @@ def _launch() -> int:
     addresses = agent_addresses(config)
     monitor = open_monitor(config, addresses, client)
     try:
-        if not wait_until_ready(addresses, children, stop, client=client):
+        http = gateway_url(config)
+        ready = wait_until_ready(addresses, children, stop, client=client)
+        if ready and http is not None:
+            ready = wait_for_gateway(http, children, stop)
+        if not ready:
             if stop.is_set():
                 return 0
             log.error("voicebus did not become ready; shutting down")
@@ -254,6 +306,8 @@ def _launch() -> int:
             )
         if monitor is not None:
             print(f"  Monitor: {monitor.url}", flush=True)
+        if http is not None:
+            print(f"  HTTP: {http} (OpenAI audio API under /v1, REST /tts)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         return supervise(children, stop)
     finally:

@@ -46,6 +46,8 @@ class Endpoints:
     metrics_port: int = 5890
     #: The launcher's monitoring page, always on 127.0.0.1; 0 turns it off.
     monitor_port: int = 5891
+    #: The HTTP gateway (OpenAI audio API and REST, agents/gateway/), on `host`; 0 turns it off.
+    http_port: int = 8880
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,26 @@ class Security:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The HTTP gateway (agents/gateway/): its keys, limits and the names OpenAI clients send."""
+
+    #: API keys, one per line; with none here or in `api_keys_env`, no key is asked for.
+    api_keys_file: str = ""
+    #: An environment variable holding comma-separated API keys.
+    api_keys_env: str = "VOICEBUS_API_KEYS"
+    #: Request bodies over this get 413 without being read (OpenAI's limit is 25 MB).
+    max_upload_bytes: int = 25 * 1024 * 1024
+    #: Speech input over this many characters gets 413 (OpenAI's limit is 4096).
+    max_input_chars: int = 4096
+    #: model_pref for /v1/audio/translations when the client names an OpenAI model.
+    translation_model: str = "quality"
+    #: OpenAI model name -> model_pref ("" : the first configured model of the task).
+    model_names: dict[str, Any] = field(default_factory=dict)
+    #: OpenAI voice name -> voice pack (or mix) of the TTS model.
+    voice_names: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     #: Threshold for every process's log; the VOICEBUS_LOG_LEVEL variable, when set, wins.
     level: str = "INFO"
@@ -107,6 +129,7 @@ class Config:
     tts_models: tuple[ModelSpec, ...]
     logging: LoggingConfig = LoggingConfig()
     security: Security = Security()
+    gateway: GatewayConfig = GatewayConfig()
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -155,7 +178,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging", "security"}
+    known = {"batch_processing_config", "endpoints", "limits", "models", "logging", "security", "gateway"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
     batch_raw = raw.get("batch_processing_config", {})
@@ -164,6 +188,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     limits = _build(Limits, raw.get("limits", {}), "limits")
     logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
     security = _build(Security, raw.get("security", {}), "security")
+    gateway = _build(GatewayConfig, raw.get("gateway", {}), "gateway")
     models = raw.get("models", {}) or {}
     if not isinstance(models, dict):
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
@@ -172,10 +197,10 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     for key in ("stt_port", "tts_port", "model_manager_port"):
         port = getattr(endpoints, key)
         _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
-    for key in ("metrics_port", "monitor_port"):
+    for key in ("metrics_port", "monitor_port", "http_port"):
         port = getattr(endpoints, key)
         _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
-    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port")
+    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port", "http_port")
     ports = {key: getattr(endpoints, key) for key in port_keys if getattr(endpoints, key)}
     _check(len(set(ports.values())) == len(ports), "endpoints", "the ports must all differ", ports)
     _check(
@@ -200,7 +225,13 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     if security.curve_enabled:
         for key in ("server_secret_key_file", "authorized_clients_dir"):
             _check(bool(getattr(security, key)), f"security.{key}", "is required with curve_enabled", "")
-    return Config(batch, endpoints, limits, stt, tts, logging_config, security)
+    for key in ("max_upload_bytes", "max_input_chars"):
+        _check(getattr(gateway, key) > 0, f"gateway.{key}", "must be > 0", getattr(gateway, key))
+    for key in ("model_names", "voice_names"):
+        names = getattr(gateway, key)
+        _check(all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()),
+               f"gateway.{key}", "must map names to strings", names)
+    return Config(batch, endpoints, limits, stt, tts, logging_config, security, gateway)
 
 
 def _check_batch(batch: Any) -> None:

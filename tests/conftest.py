@@ -37,6 +37,7 @@ class Bus:
     monitor_url: str = ""  # the launcher's monitoring page
     model_manager_port: int = 0  # for a test that attaches an agent of its own
     journal_dir: Path | None = None  # the agents' queue_for_batch journals
+    http_url: str = ""  # the HTTP gateway
 
     def request(
         self,
@@ -67,7 +68,7 @@ def start_bus(
     tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0, wait: bool = True
 ) -> Bus:
     """Start the launcher on free ports; with `wait`, return once it says it is ready."""
-    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT")
+    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT", "HTTP_PORT")
     ports = {name: free_port() for name in names}
     env = {
         **os.environ,
@@ -91,6 +92,7 @@ def start_bus(
         monitor_url=f"http://127.0.0.1:{port['MONITOR_PORT']}/",
         model_manager_port=int(port["MODEL_MANAGER_PORT"]),
         journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
+        http_url=f"http://127.0.0.1:{port['HTTP_PORT']}" if port["HTTP_PORT"] != "0" else "",
     )
     if not wait:
         return bus
