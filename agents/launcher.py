@@ -1,23 +1,31 @@
 """`python -m agents.launcher`: start the whole bus and keep it up.
 
-Starts the ModelManagerAgent and one service agent per task that has models configured,
-each in its own process; waits until every agent's `health` says ready; prints the
-endpoints. Serves the live monitoring page (agents/monitor.py) on 127.0.0.1 from the
-start, so loading can be watched too. A process that dies is restarted (with a short
-backoff). On Ctrl-C or SIGTERM every process gets SIGTERM: running batches finish, queued
-work gets a shutting_down error reply, and whatever is still alive after the grace period
-is killed.
+Starts the processes of `process_specs` (the ModelManagerAgent and one service agent per
+task that has models configured), each in its own process; waits until every agent's
+`health` says ready; prints the endpoints. Serves the live monitoring page
+(agents/monitor.py) on 127.0.0.1 from the start, so loading can be watched too.
+
+Supervision never gives up on a crash: a process that dies, by a signal or an error, before
+or after it was ready, is restarted with crash-loop backoff (`RESTART_BACKOFF_S`, the last
+step repeating; a process that ran `STABLE_RUN_S` starts the backoff over). Only a
+configuration error (exit code `CONFIG_ERROR_EXIT`, with a message naming the key) stops
+the bus, since no restart can fix it. On Ctrl-C or SIGTERM every process gets SIGTERM:
+running batches finish, queued work gets a shutting_down error reply, and whatever is still
+alive after the grace period is killed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import zmq
@@ -26,15 +34,44 @@ from agents import security
 from agents.model_client import ClientConfig, ModelClient
 from agents.monitor import MonitorServer, start_monitor
 from model_manager.config import Config, load_config
-from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
+from model_manager.runtime import CONFIG_ERROR_EXIT, exit_on_config_error, setup_logging, stop_on_signals
 
 log = logging.getLogger("voicebus.launcher")
 
 READY_TIMEOUT_S = 600.0
 SHUTDOWN_GRACE_S = 40.0
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0)
+#: Delay before each restart of a crashing process; the last step repeats for ever.
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # A child that ran this long before dying starts the backoff over: it was not crash-looping.
 STABLE_RUN_S = 60.0
+SUPERVISE_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of the bus: a name for the logs and the module that `python -m` runs."""
+
+    name: str
+    module: str
+    args: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+def process_specs(config: Config) -> list[ProcessSpec]:
+    """Every process the bus runs, in start order. A new kind of process is one more row."""
+    specs = [ProcessSpec("model-manager", "model_manager")]
+    for task in ("stt", "tts"):
+        if config.models(task):
+            specs.append(ProcessSpec(f"{task}-agent", "agents.service_agent", (task,)))
+    if config.endpoints.http_port:
+        specs.append(ProcessSpec("gateway", "agents.gateway"))
+    return specs
+
+
+class ConfigurationFailed(Exception):
+    """A child exited with CONFIG_ERROR_EXIT: restarting it cannot help."""
 
 
 @dataclass
@@ -44,10 +81,13 @@ class Child:
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+    #: When a dead child is due to start again (monotonic); None while it runs.
+    restart_at: float | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=os.environ.copy())
         self.started_at = time.monotonic()
+        self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def exited(self) -> int | None:
@@ -55,12 +95,73 @@ class Child:
 
 
 def plan_children(config: Config) -> list[Child]:
-    python = sys.executable
-    children = [Child("model-manager", [python, "-m", "model_manager"])]
-    for task in ("stt", "tts"):
-        if config.models(task):
-            children.append(Child(f"{task}-agent", [python, "-m", "agents.service_agent", task]))
-    return children
+    return [Child(spec.name, spec.argv()) for spec in process_specs(config)]
+
+
+def restart_delay(restarts: int) -> float:
+    return RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+
+
+def tend(children: list[Child], now: float) -> None:
+    """One supervision step: schedule a restart for each child that died, start each one
+    whose delay is over. Raises ConfigurationFailed for a child that exited with a
+    configuration error."""
+    for child in children:
+        code = child.exited()
+        if code is None:
+            continue
+        if code == CONFIG_ERROR_EXIT:
+            raise ConfigurationFailed(f"{child.name} exited with a configuration error (see its message)")
+        if child.restart_at is None:
+            if now - child.started_at >= STABLE_RUN_S:
+                child.restarts = 0
+            child.restart_at = now + restart_delay(child.restarts)
+            log.error("%s exited with code %s; restarting in %.0f s", child.name, code,
+                      child.restart_at - now)
+        elif now >= child.restart_at:
+            child.restarts += 1
+            child.start()
+
+
+def without_taken_http_port(config: Config) -> Config:
+    """`config`, with the HTTP gateway off (http_port 0) when its port is taken (by another
+    server on 8880, say): as for the monitor page, a port clash must not stop the bus."""
+    port = config.endpoints.http_port
+    if not port:
+        return config
+    try:
+        with socket.create_server((config.endpoints.host, port)):
+            return config
+    except OSError as exc:
+        log.error("HTTP gateway disabled: cannot listen on %s:%d: %s", config.endpoints.host, port, exc)
+        return dataclasses.replace(config, endpoints=dataclasses.replace(config.endpoints, http_port=0))
+
+
+def gateway_url(config: Config) -> str | None:
+    port = config.endpoints.http_port
+    return f"http://{local_host(config)}:{port}" if port else None
+
+
+def wait_for_gateway(url: str, children: list[Child], stop: threading.Event,
+                     timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """True once the gateway's GET /health answers 200 (it does once it sees every agent
+    ready); children that crash meanwhile are restarted, as in `wait_until_ready`."""
+    deadline = time.monotonic() + timeout_s
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with direct.open(f"{url}/health", timeout=1.0) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 while it waits for the agents
+            pass
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s", exc)
+            return False
+        time.sleep(SUPERVISE_INTERVAL_S)
+    return False
 
 
 def local_host(config: Config) -> str:
@@ -85,6 +186,9 @@ def wait_until_ready(
     timeout_s: float = READY_TIMEOUT_S,
     client: ModelClient | None = None,
 ) -> bool:
+    """True once every agent says ready. Children that crash meanwhile (a model manager
+    killed while it loads, say) are restarted as they would be later; a configuration error
+    or a model that fails to load ends the wait with False."""
     # No retries: this loop is the retry, and must notice a child that died meanwhile.
     client = client or ModelClient(ClientConfig(connect_timeout_s=1.0, retries=0))
     deadline = time.monotonic() + timeout_s
@@ -97,29 +201,26 @@ def wait_until_ready(
             elif reply.get("model_manager") == "error":
                 log.error("model manager failed to load models: %s", reply.get("model_manager_error"))
                 return False
-        for child in children:
-            if child.exited() is not None:
-                log.error("%s exited with code %s during start-up", child.name, child.exited())
-                return False
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s", exc)
+            return False
         if waiting:
-            time.sleep(0.5)
+            time.sleep(SUPERVISE_INTERVAL_S)
     return not waiting
 
 
-def supervise(children: list[Child], stop: threading.Event) -> None:
-    while not stop.wait(0.5):
-        for child in children:
-            code = child.exited()
-            if code is None:
-                continue
-            if time.monotonic() - child.started_at >= STABLE_RUN_S:
-                child.restarts = 0
-            delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-            log.error("%s exited with code %s; restarting in %.0f s", child.name, code, delay)
-            if stop.wait(delay):
-                return
-            child.restarts += 1
-            child.start()
+def supervise(children: list[Child], stop: threading.Event) -> int:
+    """Keep every child running until `stop`; 0, or CONFIG_ERROR_EXIT when a restarted
+    child finds the configuration invalid."""
+    while not stop.wait(SUPERVISE_INTERVAL_S):
+        try:
+            tend(children, time.monotonic())
+        except ConfigurationFailed as exc:
+            log.error("%s; stopping", exc)
+            return CONFIG_ERROR_EXIT
+    return 0
 
 
 def shutdown(children: list[Child]) -> None:
@@ -162,6 +263,7 @@ def probe_client(config: Config) -> ModelClient:
         server_public, _ = security.load_server_keys(config.security)
         public, secret = zmq.curve_keypair()
         os.environ[security.SUPERVISOR_KEY_ENV] = public.decode("ascii")
+        os.environ[security.SUPERVISOR_SECRET_ENV] = secret.decode("ascii")  # for the gateway
         settings.server_public_key = server_public.decode("ascii")
         settings.client_keypair = (public, secret)
     return ModelClient(settings)
@@ -176,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 def _launch() -> int:
     config = load_config()
     setup_logging("launcher", config.logging.level)
+    config = without_taken_http_port(config)
     client = probe_client(config)
     stop = stop_on_signals()
     children = plan_children(config)
@@ -184,11 +287,16 @@ def _launch() -> int:
     addresses = agent_addresses(config)
     monitor = open_monitor(config, addresses, client)
     try:
-        if not wait_until_ready(addresses, children, stop, client=client):
+        http = gateway_url(config)
+        ready = wait_until_ready(addresses, children, stop, client=client)
+        if ready and http is not None:
+            ready = wait_for_gateway(http, children, stop)
+        if not ready:
             if stop.is_set():
                 return 0
             log.error("voicebus did not become ready; shutting down")
-            return 1
+            configuration_failed = any(c.exited() == CONFIG_ERROR_EXIT for c in children)
+            return CONFIG_ERROR_EXIT if configuration_failed else 1
         print("voicebus is ready:", flush=True)
         for task, address in addresses.items():
             print(f"  {task.upper()}: {address}", flush=True)
@@ -198,9 +306,10 @@ def _launch() -> int:
             )
         if monitor is not None:
             print(f"  Monitor: {monitor.url}", flush=True)
+        if http is not None:
+            print(f"  HTTP: {http} (OpenAI audio API under /v1, REST /tts)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        supervise(children, stop)
-        return 0
+        return supervise(children, stop)
     finally:
         if monitor is not None:
             monitor.close()

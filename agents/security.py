@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: Public key (Z85) of the launcher's health probes, set by the launcher for its children.
 SUPERVISOR_KEY_ENV = "VOICEBUS_SUPERVISOR_KEY"
+#: The secret half of that key pair, for the HTTP gateway the launcher starts (a client of
+#: the agents like the launcher's probes).
+SUPERVISOR_SECRET_ENV = "VOICEBUS_SUPERVISOR_SECRET"
 RELOAD_INTERVAL_S = 1.0
 MAX_REFUSED_LOGGED = 1000
 

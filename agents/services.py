@@ -16,7 +16,7 @@ import soundfile as sf
 
 from model_manager.audio import decode_audio
 from model_manager.config import Limits
-from model_manager.engines.kokoro.text_split import split_sentences
+from model_manager.engines.kokoro.text_split import split_for_streaming
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
 
 ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
@@ -52,6 +52,8 @@ class Service:
     #: The client fields `render_result` reads: kept with a journaled job, so that a restarted
     #: agent renders its result as the first one would have.
     render_fields: tuple[str, ...] = ()
+    #: Bulky client fields that only `parse_item` reads: not kept once parsed.
+    payload_fields: tuple[str, ...] = ()
 
 
 # --- STT ------------------------------------------------------------------------------------
@@ -86,12 +88,21 @@ def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
         if not isinstance(fields["vad"], bool):
             raise BusError(INVALID_FIELD, f"vad must be true or false, got {fields['vad']!r:.50}")
         request["vad"] = fields["vad"]
+    # prompt, temperature and timestamps: checked by the engine (timestamps.prepare_details).
+    if fields.get("prompt") is not None and not valid_unicode(fields["prompt"]):
+        raise BusError(INVALID_FIELD, "prompt must be a string")
+    request.update({key: fields[key] for key in STT_DETAIL_FIELDS if fields.get(key) is not None})
     return request
 
 
+STT_DETAIL_FIELDS = ("prompt", "temperature", "timestamps")
+
+
 def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: Limits) -> dict:
-    return {"text": result["text"], "language": result.get("language"), "model": result.get("model"),
-            "truncated": bool(result.get("truncated", False))}
+    reply = {"text": result["text"], "language": result.get("language"), "model": result.get("model")}
+    reply.update({key: result[key] for key in ("segments", "words") if key in result})
+    reply["truncated"] = bool(result.get("truncated", False))
+    return reply
 
 
 # --- TTS ------------------------------------------------------------------------------------
@@ -138,14 +149,33 @@ def _finite(number: float) -> bool:
 
 
 def confined_output_path(value: Any, limits: Limits) -> Path:
-    """`value` resolved under limits.output_dir; anything that would leave it is refused."""
+    """`value` resolved under limits.output_dir, for a new file; anything that would leave
+    the directory, name a directory, or replace an existing file is refused (a result never
+    overwrites another one)."""
     if not valid_unicode(value) or not value or "\x00" in value:
         raise BusError(INVALID_FIELD, "output_path must be a non-empty string")
     root = Path(limits.output_dir).resolve()
     path = (root / value).resolve()
     if not path.is_relative_to(root) or path == root:
         raise BusError(INVALID_FIELD, f"output_path {value!r} is outside the output directory")
+    if path.is_dir():
+        raise BusError(INVALID_FIELD, f"output_path {value!r} is a directory; name a file")
+    if path.exists():
+        raise BusError(INVALID_FIELD, f"output_path {value!r} already exists; name a new file")
     return path
+
+
+def write_output(path: Path, data: bytes, value: str) -> None:
+    """Write a new file at `path` (from `confined_output_path`); a file that appeared since,
+    or a parent that is not a directory, is an invalid_field error, never an overwrite."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "xb") as out:
+            out.write(data)
+    except FileExistsError:
+        raise BusError(INVALID_FIELD, f"output_path {value!r} already exists; name a new file") from None
+    except (NotADirectoryError, IsADirectoryError, FileNotFoundError) as exc:
+        raise BusError(INVALID_FIELD, f"output_path {value!r} cannot be written: {exc.strerror}") from None
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -166,8 +196,7 @@ def render_tts_result(result: dict[str, Any], fields: dict[str, Any], limits: Li
     }
     if fields.get("output_path") is not None:
         path = confined_output_path(fields["output_path"], limits)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(wav_bytes(audio, rate))
+        write_output(path, wav_bytes(audio, rate), fields["output_path"])
         reply["output_path"] = str(path)
         return reply
     payload = wav_bytes(audio, rate) if audio_format == "wav" else audio.astype("<f4").tobytes()
@@ -176,7 +205,13 @@ def render_tts_result(result: dict[str, Any], fields: dict[str, Any], limits: Li
 
 
 def split_tts_for_stream(request: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{**request, "text": sentence} for sentence in split_sentences(request["text"])] or [request]
+    """The stream's chunks: the Kokoro engine's own splitter (one sentence each, pause
+    markers kept in place). A bad pause marker is an invalid_field error at once."""
+    try:
+        texts = split_for_streaming(request["text"])
+    except ValueError as exc:
+        raise BusError(INVALID_FIELD, str(exc)) from None
+    return [{**request, "text": text} for text in texts] or [request]
 
 
 STT = Service(
@@ -185,6 +220,7 @@ STT = Service(
     batch_action="batch_transcribe",
     parse_item=parse_stt_item,
     render_result=render_stt_result,
+    payload_fields=("audio_data",),
 )
 TTS = Service(
     task="tts",

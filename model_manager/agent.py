@@ -8,6 +8,11 @@ docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message type
   silent for LIVENESS_INTERVALS ping intervals is taken for dead, and its queued jobs are
   dropped, so that they do not run for nobody
 - "stats"  {job_id} -> "stats" {job_id, models: [...], memory, workers}
+- "configure" {job_id, task, model?, settings} -> "configured" {job_id, ok, models | error}
+
+A message that fails in an unexpected way is logged with its traceback and, when it names a
+job_id, answered with `internal_error` and the cause: nothing an agent sends can stop this
+process or leave the agent waiting for its timeout.
 
 Every "infer" gets exactly one "result" {job_id, ok, result | error}, including on
 shutdown (queued jobs get shutting_down) and on failure (never placeholder output). An
@@ -17,36 +22,51 @@ their jobs after a silence, and the first copy's result answers both.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from model_manager import protocol
-from model_manager.batcher import BatchPolicy
-from model_manager.config import BatchConfig, Config, ConfigError, ModelSpec, parse_config
+from model_manager.config import Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
     BAD_REQUEST,
     INTERNAL,
     INVALID_FIELD,
     MODEL_UNAVAILABLE,
+    OVERLOADED,
     SHUTTING_DOWN,
+    TIMEOUT,
     UNKNOWN_MODEL,
     BusError,
 )
 from model_manager.memory import read_memory
 from model_manager.metrics import BusMetrics, Exporter
-from model_manager.scheduler import Job, ModelWorker, Outcome
+from model_manager.scheduler import Job, ModelWorker, Outcome, WorkerStats
 
 log = logging.getLogger(__name__)
 
 RESULTS_ENDPOINT = "inproc://model-manager-results"
 POLL_MS = 100
+# The reply type of each internal request type, for answering one that failed unexpectedly.
+REPLY_TYPES = {"infer": "result", "stats": "stats", "configure": "configured"}
+
+
+@dataclass
+class HeldJob:
+    """An "infer" that arrived while the models load: it keeps its arrival time, so that its
+    deadline counts from then, not from when the models are ready."""
+
+    identity: bytes
+    message: dict[str, Any]
+    received_at: float  # monotonic
 
 
 def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) -> Engine:
@@ -67,21 +87,6 @@ def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) 
     raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: {names}")
 
 
-def policy_from_config(config: Config) -> BatchPolicy:
-    return policy_from_batch_config(config.batch_processing_config)
-
-
-def policy_from_batch_config(b: BatchConfig) -> BatchPolicy:
-    return BatchPolicy(
-        enabled=b.enabled,
-        max_batch_size=b.max_batch_size,
-        min_batch_size=b.min_batch_size,
-        max_wait_s=b.max_batch_wait_ms / 1000.0,
-        max_queue_size=b.max_queue_size,
-        lone_wait_s=b.lone_request_wait_ms / 1000.0,
-    )
-
-
 class ModelManagerAgent:
     def __init__(
         self, config: Config, engines: Sequence[Engine] | None = None, context: zmq.Context | None = None
@@ -94,14 +99,17 @@ class ModelManagerAgent:
         self._loaded = threading.Event()
         self._local = threading.local()
         self._preloaded = engines is not None
-        self._held: list[tuple[bytes, dict[str, Any]]] = []
+        self._held: list[HeldJob] = []
+        # The loader thread inserts workers while the socket thread and the metrics exporter
+        # read them: every access goes through this lock (see `worker_list`).
+        self._workers_lock = threading.Lock()
         # Tells agents that a restarted model manager is a new instance with no jobs in flight.
         self.instance = uuid.uuid4().hex
         # Agents that ping, by identity -> when last heard from (monotonic); and every agent's
         # jobs not answered yet, to drop a dead agent's jobs and to ignore resent ones.
         self._peers: dict[bytes, float] = {}
         self._peer_jobs: dict[bytes, set[str]] = {}
-        self.metrics = BusMetrics(read_stats=self.stats)
+        self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -127,8 +135,8 @@ class ModelManagerAgent:
             self._loaded.set()
 
     def _start_workers(self, warm_up: bool = False) -> None:
-        policy = policy_from_config(self.config)
-        dynamic = self.config.batch_processing_config.dynamic_batching
+        policy = self.config.batch_processing_config
+        dynamic = policy.dynamic_batching
         instances = {s.name: s.instances for s in (*self.config.stt_models, *self.config.tts_models)}
         for engine in self.engines:
             worker = ModelWorker(
@@ -137,50 +145,66 @@ class ModelManagerAgent:
                 self._deliver,
                 dynamic_batching=dynamic,
                 instances=instances.get(engine.name, 1),
-                observer=self.metrics,
             )
-            self.metrics.add_model(engine.name)
             if warm_up and dynamic and policy.enabled:
                 worker.warm_up()
-            self.workers[engine.name] = worker
+            with self._workers_lock:
+                self.workers[engine.name] = worker
             worker.start()
+
+    def worker_list(self) -> list[ModelWorker]:
+        """A copy of the workers, safe to iterate while the loader adds more."""
+        with self._workers_lock:
+            return list(self.workers.values())
+
+    def worker_records(self) -> dict[str, WorkerStats]:
+        """Every model's record of its batches (a copy), for the metrics exporter."""
+        return {w.engine.name: w.stats.copy() for w in self.worker_list()}
+
+    def _worker(self, name: str) -> ModelWorker | None:
+        with self._workers_lock:
+            return self.workers.get(name)
+
+    @property
+    def held_limit(self) -> int:
+        """Jobs held while models load: as many as every model's queue could take."""
+        models = len(self.config.stt_models) + len(self.config.tts_models)
+        return self.config.batch_processing_config.max_queue_size * max(1, models)
 
     def configure(self, message: dict[str, Any]) -> dict[str, Any]:
         """Change batching settings at run time: `settings` (a partial batch_processing_config)
-        applies to `model`, or to every model when it is absent."""
+        applies to `model`, or, when it is absent, to every model of `task` (every model when
+        no task is given)."""
         settings = message.get("settings")
         if not isinstance(settings, dict) or not settings:
             raise BusError(INVALID_FIELD, "settings must be a non-empty map of batch_processing_config keys")
-        name = message.get("model")
-        if name is not None and name not in self.workers:
-            raise BusError(UNKNOWN_MODEL, f"no loaded model {name!r}; loaded: {', '.join(self.workers)}")
-        targets = [self.workers[name]] if name else list(self.workers.values())
+        name, task = message.get("model"), message.get("task")
+        if name is not None and not isinstance(name, str):
+            raise BusError(INVALID_FIELD, f"model must be a model name (a string), got {type(name).__name__}")
+        workers = [w for w in self.worker_list() if task is None or w.engine.task == task]
+        if name is not None:
+            workers = [w for w in workers if w.engine.name == name]
+            if not workers:
+                loaded = ", ".join(w.engine.name for w in self.worker_list() if task in (None, w.engine.task))
+                raise BusError(UNKNOWN_MODEL, f"no loaded model {name!r}; loaded: {loaded}")
+        targets = workers
         updates = []
         for worker in targets:
-            current = worker.policy
-            merged = {
-                "enabled": current.enabled,
-                "max_batch_size": current.max_batch_size,
-                "min_batch_size": current.min_batch_size,
-                "max_batch_wait_ms": current.max_wait_s * 1000,
-                "lone_request_wait_ms": current.lone_wait_s * 1000,
-                "max_queue_size": current.max_queue_size,
-                "dynamic_batching": worker.dynamic_batching,
-                **settings,
-            }
+            current = {**dataclasses.asdict(worker.policy), "dynamic_batching": worker.dynamic_batching}
+            merged = {**current, **settings}
             try:
                 batch = parse_config({"batch_processing_config": merged}).batch_processing_config
             except ConfigError as exc:
                 raise BusError(INVALID_FIELD, str(exc)) from None
             updates.append((worker, batch))
         for worker, batch in updates:  # all validated first, so a bad value changes nothing
-            worker.reconfigure(policy_from_batch_config(batch), batch.dynamic_batching)
+            worker.reconfigure(batch, batch.dynamic_batching)
             log.info("reconfigured model=%s settings=%s", worker.engine.name, settings)
         return {"models": [w.snapshot() for w in targets]}
 
     @property
     def ready(self) -> bool:
-        return self._loaded.is_set() and self.load_error is None and bool(self.workers)
+        return self._loaded.is_set() and self.load_error is None and bool(self.worker_list())
 
     # --- the socket loop ----------------------------------------------------------------
 
@@ -207,19 +231,15 @@ class ModelManagerAgent:
                 if stop.is_set() and not stopping:
                     stopping = True
                     log.info("shutting down: queued work gets shutting_down, running batches finish")
-                    for worker in self.workers.values():
+                    for worker in self.worker_list():
                         threading.Thread(target=worker.stop, daemon=True).start()
-                if stopping and not any(w.alive for w in self.workers.values()):
+                if stopping and not any(w.alive for w in self.worker_list()):
                     break  # every worker has finished; the final forward below flushes their replies
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is results:
                         self._forward_results(results, router)
                     else:
-                        frames = router.recv_multipart()
-                        try:
-                            self._handle(router, frames, stopping)
-                        except Exception:  # anyone on 127.0.0.1 can connect: garbage must not kill us
-                            log.exception("dropping an internal message that could not be handled")
+                        self._handle(router, router.recv_multipart(), stopping)
                 if self._held and (self._loaded.is_set() or stopping):
                     self._release_held(router, stopping)
                 # Not while messages wait: after a stall of this loop (e.g. SIGSTOP) the pings
@@ -267,9 +287,9 @@ class ModelManagerAgent:
         for peer in [p for p, seen in self._peers.items() if now - seen >= limit]:
             del self._peers[peer]
             jobs = self._peer_jobs.pop(peer, set())
-            dropped = sum(w.cancel(jobs) for w in list(self.workers.values())) if jobs else 0
+            dropped = sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
             held = len(self._held)
-            self._held = [(i, m) for i, m in self._held if i != peer]
+            self._held = [h for h in self._held if h.identity != peer]
             dropped += held - len(self._held)
             log.warning("agent %s stopped pinging; dropped %d of its queued jobs", peer.hex(), dropped)
 
@@ -292,6 +312,9 @@ class ModelManagerAgent:
         push.send_multipart([job.reply_to, str(job.job_id).encode(), protocol.pack(message)])
 
     def _handle(self, router: zmq.Socket, frames: list[bytes], stopping: bool) -> None:
+        """Handle one internal message. Anyone on 127.0.0.1 can connect, and a bug must cost
+        one message, not this process: an unexpected exception is logged with its traceback
+        and, when the message names a job_id, answered with internal_error and the cause."""
         identity = frames[0]
         if len(frames) != 3 or frames[1] != protocol.INTERNAL_VERSION:
             log.warning("dropping malformed internal message from %r (%d frames)", identity, len(frames))
@@ -302,6 +325,19 @@ class ModelManagerAgent:
         except Exception:
             log.warning("dropping undecodable internal message from %r", identity)
             return
+        try:
+            self._dispatch(router, identity, kind, message, stopping)
+        except Exception as exc:
+            log.exception("internal message %r failed", kind)
+            reply_type, job_id = REPLY_TYPES.get(kind), message.get("job_id")
+            if reply_type is not None and isinstance(job_id, str):
+                failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+                self._reply(router, identity, {"type": reply_type, "job_id": job_id, "ok": False,
+                                               "error": failure.to_wire()})
+
+    def _dispatch(
+        self, router: zmq.Socket, identity: bytes, kind: Any, message: dict[str, Any], stopping: bool
+    ) -> None:
         if kind == "ping" or identity in self._peers:
             self._peers[identity] = time.monotonic()
         if kind == "ping":
@@ -316,40 +352,57 @@ class ModelManagerAgent:
                 reply.update(ok=False, error=exc.to_wire())
             self._reply(router, identity, reply)
         elif kind == "cancel":
-            ids = set(message.get("job_ids", []))
+            ids = {i for i in message.get("job_ids", []) if isinstance(i, str)}
             self._peer_jobs.get(identity, set()).difference_update(ids)
-            for worker in self.workers.values():
+            for worker in self.worker_list():
                 worker.cancel(ids)
+            # Jobs held while models load honour cancel as queued ones do.
+            self._held = [
+                h for h in self._held if h.identity != identity or h.message.get("job_id") not in ids
+            ]
         elif kind == "infer":
-            self._accept(router, identity, message, stopping)
+            self._accept(router, HeldJob(identity, message, time.monotonic()), stopping)
         else:
             log.warning("unknown internal message type %r", kind)
 
-    def _accept(self, router: zmq.Socket, identity: bytes, message: dict[str, Any], stopping: bool) -> None:
-        if not stopping and not self._loaded.is_set():
-            # Jobs that arrive while models load (e.g. resent after a restart) wait for them.
-            self._held.append((identity, message))
-            return
+    def _accept(self, router: zmq.Socket, held: HeldJob, stopping: bool) -> None:
+        identity, message = held.identity, held.message
         job_id = message.get("job_id", "")
+        if not stopping and not self._loaded.is_set():
+            # Jobs that arrive while models load (e.g. resent after a restart) wait for them,
+            # as many as the queues could take; beyond that they are turned away for now.
+            if len(self._held) >= self.held_limit:
+                busy = BusError(OVERLOADED, "models are still loading and enough jobs wait for them",
+                                retry_after_ms=1000)
+                self._reply(router, identity, result_message(job_id, busy))
+            else:
+                self._held.append(held)
+            return
         if isinstance(job_id, str) and job_id in self._peer_jobs.get(identity, ()):
             return  # resent while the first copy is queued or running: its result answers both
         try:
             if stopping:
                 raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
-            self._submit(identity, message)
+            self._submit(identity, message, held.received_at)
             self._peer_jobs.setdefault(identity, set()).add(job_id)
         except BusError as exc:
             self._reply(router, identity, result_message(job_id, exc))
         except Exception as exc:
             log.exception("cannot submit job %s", job_id)
-            self._reply(router, identity, result_message(job_id, BusError(INTERNAL, repr(exc))))
+            failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+            self._reply(router, identity, result_message(job_id, failure))
 
     def _release_held(self, router: zmq.Socket, stopping: bool) -> None:
         held, self._held = self._held, []
-        for identity, message in held:
-            self._accept(router, identity, message, stopping)
+        for job in held:
+            self._accept(router, job, stopping)
 
-    def _submit(self, identity: bytes, message: dict[str, Any]) -> None:
+    def _submit(self, identity: bytes, message: dict[str, Any], received_at: float) -> None:
+        limit_ms = self.config.limits.request_timeout_ms
+        timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
+        deadline = received_at + timeout_ms / 1000.0
+        if deadline <= time.monotonic():  # held while models loaded, past its deadline
+            raise BusError(TIMEOUT, "request expired while the models loaded")
         if not self.ready:
             reason = self.load_error or "models are still loading"
             raise BusError(MODEL_UNAVAILABLE, reason)
@@ -358,24 +411,25 @@ class ModelManagerAgent:
         except KeyError as exc:
             raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
         engine = select_engine(self.engines, task, message.get("model_pref"))
+        worker = self._worker(engine.name)
+        if worker is None:
+            raise BusError(MODEL_UNAVAILABLE, f"{engine.name} has no worker yet")
         try:
             request = engine.prepare(request)
         except BusError as exc:
-            self.workers[engine.name].count_refused(exc)
+            worker.count_refused(exc)
             raise
-        limit_ms = self.config.limits.request_timeout_ms
-        timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
         job = Job(
             job_id=job_id,
             model=engine.name,
             request=request,
             key=(engine.name, engine.batch_key(request)),
-            deadline=time.monotonic() + timeout_ms / 1000.0,
+            deadline=deadline,
             priority=int(message.get("priority", 0)),
             reply_to=identity,
             cost=engine.cost(request),
         )
-        self.workers[engine.name].submit(job)
+        worker.submit(job)
 
     def pong(self) -> dict[str, Any]:
         return {
@@ -388,7 +442,7 @@ class ModelManagerAgent:
         }
 
     def _model_ready(self, name: str) -> bool:
-        worker = self.workers.get(name)
+        worker = self._worker(name)
         return worker is not None and worker.alive
 
     def stats(self) -> dict[str, Any]:
@@ -406,7 +460,7 @@ class ModelManagerAgent:
                     gpu_used_bytes=reading.gpu_used_bytes, gpu_total_bytes=reading.total_bytes
                 )
         # A copy: the metrics exporter calls this on its own thread while models may still load.
-        models = [w.snapshot() for w in list(self.workers.values())]
+        models = [w.snapshot() for w in self.worker_list()]
         workers = {k: sum(m["workers"][k] for m in models) for k in ("total", "ready", "busy")}
         return {"models": models, "memory": memory, "workers": workers}
 

@@ -49,18 +49,34 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class BatchPolicy:
+    """The batching settings: `batch_processing_config` in config/llm_config.yaml, and what
+    `configure` changes at run time. Times are in ms, as configured and as on the wire; the
+    batcher reads them in seconds (`max_wait_s`, `lone_wait_s`). `dynamic_batching` and
+    `warmup` are read by the scheduler and the model manager, not here."""
+
     enabled: bool = True
     max_batch_size: int = 8
     min_batch_size: int = 2
-    max_wait_s: float = 0.1
+    max_batch_wait_ms: float = 100.0
+    dynamic_batching: bool = True
     max_queue_size: int = 256
-    lone_wait_s: float = 0.002
+    lone_request_wait_ms: float = 2.0
+    #: Measure each candidate batch size on synthetic input at start-up (dynamic batching only).
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch_size <= self.max_batch_size:
             raise ValueError("need 1 <= min_batch_size <= max_batch_size")
-        if self.max_wait_s < 0 or self.lone_wait_s < 0 or self.max_queue_size < 1:
-            raise ValueError("need max_wait_s >= 0, lone_wait_s >= 0 and max_queue_size >= 1")
+        if self.max_batch_wait_ms < 0 or self.lone_request_wait_ms < 0 or self.max_queue_size < 1:
+            raise ValueError("need max_batch_wait_ms >= 0, lone_request_wait_ms >= 0 and max_queue_size >= 1")
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_batch_wait_ms / 1000.0
+
+    @property
+    def lone_wait_s(self) -> float:
+        return self.lone_request_wait_ms / 1000.0
 
 
 @dataclass

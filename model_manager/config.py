@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, get_type_hints
 
 import yaml
+
+from model_manager.batcher import BatchPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "llm_config.yaml"
 ENV_PREFIX = "VOICEBUS__"
@@ -29,17 +32,8 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    enabled: bool = True
-    max_batch_size: int = 8
-    min_batch_size: int = 2
-    max_batch_wait_ms: float = 100.0
-    dynamic_batching: bool = True
-    max_queue_size: int = 256
-    lone_request_wait_ms: float = 2.0
-    #: Measure each candidate batch size on synthetic input at start-up (dynamic batching only).
-    warmup: bool = True
+#: The batching settings are the batcher's own policy type: one idea, one type.
+BatchConfig = BatchPolicy
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,8 @@ class Endpoints:
     metrics_port: int = 5890
     #: The launcher's monitoring page, always on 127.0.0.1; 0 turns it off.
     monitor_port: int = 5891
+    #: The HTTP gateway (OpenAI audio API and REST, agents/gateway/), on `host`; 0 turns it off.
+    http_port: int = 8880
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,12 @@ class Limits:
     output_dir: str = "output"
     #: queue_for_batch jobs and results survive agent restarts in one SQLite file per agent here.
     journal_dir: str = "~/.cache/voicebus/journal"
+    #: Streams open at once per agent; one more is refused with "overloaded".
+    max_open_streams: int = 64
+    #: A stream nobody reads for this long is closed, and its unmade outputs cancelled.
+    stream_idle_s: float = 60.0
+    #: Outputs a stream makes ahead of its reader (in progress or ready but unread).
+    stream_buffer: int = 4
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,26 @@ class Security:
     server_secret_key_file: str = ""
     #: Public keys (*.key) of the clients allowed in; re-read when an unknown key knocks.
     authorized_clients_dir: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The HTTP gateway (agents/gateway/): its keys, limits and the names OpenAI clients send."""
+
+    #: API keys, one per line; with none here or in `api_keys_env`, no key is asked for.
+    api_keys_file: str = ""
+    #: An environment variable holding comma-separated API keys.
+    api_keys_env: str = "VOICEBUS_API_KEYS"
+    #: Request bodies over this get 413 without being read (OpenAI's limit is 25 MB).
+    max_upload_bytes: int = 25 * 1024 * 1024
+    #: Speech input over this many characters gets 413 (OpenAI's limit is 4096).
+    max_input_chars: int = 4096
+    #: model_pref for /v1/audio/translations when the client names an OpenAI model.
+    translation_model: str = "quality"
+    #: OpenAI model name -> model_pref ("" : the first configured model of the task).
+    model_names: dict[str, Any] = field(default_factory=dict)
+    #: OpenAI voice name -> voice pack (or mix) of the TTS model.
+    voice_names: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,13 +122,14 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Config:
-    batch_processing_config: BatchConfig
+    batch_processing_config: BatchPolicy
     endpoints: Endpoints
     limits: Limits
     stt_models: tuple[ModelSpec, ...]
     tts_models: tuple[ModelSpec, ...]
     logging: LoggingConfig = LoggingConfig()
     security: Security = Security()
+    gateway: GatewayConfig = GatewayConfig()
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -155,19 +178,64 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    unknown = set(raw) - {"batch_processing_config", "endpoints", "limits", "models", "logging", "security"}
+    known = {"batch_processing_config", "endpoints", "limits", "models", "logging", "security", "gateway"}
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
-    batch = _build(BatchConfig, raw.get("batch_processing_config", {}), "batch_processing_config")
+    batch_raw = raw.get("batch_processing_config", {})
+    batch = _build(BatchPolicy, batch_raw, "batch_processing_config", _check_batch)
     endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
     limits = _build(Limits, raw.get("limits", {}), "limits")
     logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
     security = _build(Security, raw.get("security", {}), "security")
+    gateway = _build(GatewayConfig, raw.get("gateway", {}), "gateway")
     models = raw.get("models", {}) or {}
     if not isinstance(models, dict):
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
     stt = _build_models(models.get("stt") or [], "models.stt", STT_ENGINES)
     tts = _build_models(models.get("tts") or [], "models.tts", TTS_ENGINES)
+    for key in ("stt_port", "tts_port", "model_manager_port"):
+        port = getattr(endpoints, key)
+        _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
+    for key in ("metrics_port", "monitor_port", "http_port"):
+        port = getattr(endpoints, key)
+        _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
+    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port", "http_port")
+    ports = {key: getattr(endpoints, key) for key in port_keys if getattr(endpoints, key)}
+    _check(len(set(ports.values())) == len(ports), "endpoints", "the ports must all differ", ports)
+    _check(
+        logging_config.level.upper() in LOG_LEVELS,
+        "logging.level",
+        f"must be one of {list(LOG_LEVELS)}",
+        logging_config.level,
+    )
+    for key in (
+        "request_timeout_ms",
+        "result_ttl_s",
+        "max_audio_seconds",
+        "max_text_chars",
+        "max_batch_items",
+        "max_message_bytes",
+        "max_open_streams",
+        "stream_idle_s",
+        "stream_buffer",
+    ):
+        _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
+    _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
+    if security.curve_enabled:
+        for key in ("server_secret_key_file", "authorized_clients_dir"):
+            _check(bool(getattr(security, key)), f"security.{key}", "is required with curve_enabled", "")
+    for key in ("max_upload_bytes", "max_input_chars"):
+        _check(getattr(gateway, key) > 0, f"gateway.{key}", "must be > 0", getattr(gateway, key))
+    for key in ("model_names", "voice_names"):
+        names = getattr(gateway, key)
+        _check(all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()),
+               f"gateway.{key}", "must map names to strings", names)
+    return Config(batch, endpoints, limits, stt, tts, logging_config, security, gateway)
+
+
+def _check_batch(batch: Any) -> None:
+    """Checked before the policy is built, so that each message names its key."""
     _check(
         batch.max_batch_size >= 1,
         "batch_processing_config.max_batch_size",
@@ -198,35 +266,6 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "must be >= 1",
         batch.max_queue_size,
     )
-    for key in ("stt_port", "tts_port", "model_manager_port"):
-        port = getattr(endpoints, key)
-        _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
-    for key in ("metrics_port", "monitor_port"):
-        port = getattr(endpoints, key)
-        _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
-    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port")
-    ports = {key: getattr(endpoints, key) for key in port_keys if getattr(endpoints, key)}
-    _check(len(set(ports.values())) == len(ports), "endpoints", "the ports must all differ", ports)
-    _check(
-        logging_config.level.upper() in LOG_LEVELS,
-        "logging.level",
-        f"must be one of {list(LOG_LEVELS)}",
-        logging_config.level,
-    )
-    for key in (
-        "request_timeout_ms",
-        "result_ttl_s",
-        "max_audio_seconds",
-        "max_text_chars",
-        "max_batch_items",
-        "max_message_bytes",
-    ):
-        _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
-    _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
-    if security.curve_enabled:
-        for key in ("server_secret_key_file", "authorized_clients_dir"):
-            _check(bool(getattr(security, key)), f"security.{key}", "is required with curve_enabled", "")
-    return Config(batch, endpoints, limits, stt, tts, logging_config, security)
 
 
 def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:
@@ -245,7 +284,7 @@ def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[Mod
     return specs
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type, data: Any, where: str, validate: Callable[[Any], None] | None = None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -261,6 +300,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 raise ConfigError(f"{key}: required")
             continue
         values[name] = _coerce(data[name], hints[name], key)
+    if validate is not None:
+        defaults = {f.name: f.default for f in fields.values() if f.default is not dataclasses.MISSING}
+        validate(SimpleNamespace(**{**defaults, **values}))
     return cls(**values)
 
 

@@ -49,6 +49,10 @@ class BusError(Exception):
         #: For "overloaded": about when the queue should have room again.
         self.retry_after_ms = retry_after_ms
 
+    def __reduce__(self) -> tuple[type[BusError], tuple[str, str, int | None]]:
+        # Pickled across processes (agents/intake.py) with its fields, not its str().
+        return (BusError, (self.code, self.message, self.retry_after_ms))
+
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.retry_after_ms is not None:

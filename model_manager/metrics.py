@@ -1,11 +1,11 @@
 """Prometheus metrics of one model manager process, served over HTTP for scraping.
 
-Two kinds of numbers, kept apart on purpose:
-- Events (requests answered, batches fired, engine calls, fallbacks) are counted as they
-  happen: `BusMetrics` is the scheduler's `WorkerObserver`, so counters and histograms are
-  exact over the process's whole life, not over the window `stats` keeps.
-- Levels (queue depth, workers, memory) are read at scrape time from the model manager's
-  own `stats()`, so a scrape never shows a stale level and nothing has to keep them current.
+Nothing is counted here: every number is read at scrape time from what the bus already
+records, so `stats` and the metrics can never disagree.
+- Events (requests answered, batches fired, engine calls, fallbacks) come from each model's
+  `scheduler.WorkerStats`, the one record of its batches: lifetime counters, and
+  histograms over fixed buckets.
+- Levels (queue depth, workers, memory) come from the model manager's own `stats()`.
 
 Every `BusMetrics` has a `CollectorRegistry` of its own (never the library's global one),
 so one process, a test for instance, can hold several. Names follow the Triton/Ray style:
@@ -29,112 +29,34 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from model_manager.scheduler import WorkerObserver
+from model_manager.scheduler import BATCH_SIZE_BUCKETS, Histogram, WorkerStats
 
 log = logging.getLogger(__name__)
 
-# Seconds. Queue waits range from the fast path's few ms to a full queue's tens of seconds.
-QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# Seconds. One engine call: tens of ms for a short TTS sentence, seconds for a large STT batch.
-COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-# Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
-# histogram is exact for the default configuration; larger limits get coarser buckets.
-BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
-
 StatsReader = Callable[[], dict[str, Any]]
+#: Each model's `WorkerStats`, copied (see `WorkerStats.copy`), by model name.
+RecordsReader = Callable[[], Mapping[str, WorkerStats]]
 
 
-class BusMetrics(WorkerObserver):
-    """The metrics of one model manager. Pass it to every `ModelWorker` as its observer.
+class BusMetrics:
+    """The metrics of one model manager.
 
-    `read_stats` returns the model manager's `stats()` map (`models`, `memory`); it is
-    called on the exporter's thread at every scrape, so it must be safe to call from there.
+    `read_records` returns every model's WorkerStats copy; `read_stats` the model manager's
+    `stats()` map (`models`, `memory`). Both are called on the exporter's thread at every
+    scrape, so they must be safe to call from there.
     """
 
-    def __init__(self, read_stats: StatsReader) -> None:
+    def __init__(self, read_stats: StatsReader, read_records: RecordsReader = dict) -> None:
         self.registry = CollectorRegistry()
-        self.success = Counter(
-            "voicebus_request_success_total",
-            "Requests answered with a result, by model.",
-            ["model"],
-            registry=self.registry,
-        )
-        self.failure = Counter(
-            "voicebus_request_failure_total",
-            "Requests answered with an error, by model and error code.",
-            ["model", "reason"],
-            registry=self.registry,
-        )
-        self.batches = Counter(
-            "voicebus_batches_total",
-            "Batches run, by model and by what made them fire.",
-            ["model", "reason"],
-            registry=self.registry,
-        )
-        self.fallbacks = Counter(
-            "voicebus_batch_fallbacks_total",
-            "Failed batches retried in parts, by model and how.",
-            ["model", "reason"],
-            registry=self.registry,
-        )
-        self.queue_duration = Histogram(
-            "voicebus_queue_duration_seconds",
-            "Time a request waited in the queue before its batch fired.",
-            ["model"],
-            buckets=QUEUE_BUCKETS,
-            registry=self.registry,
-        )
-        self.compute_duration = Histogram(
-            "voicebus_compute_duration_seconds",
-            "Time of one engine call (a batch, or part of one after a fallback).",
-            ["model"],
-            buckets=COMPUTE_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_size = Histogram(
-            "voicebus_batch_size",
-            "Requests per batch.",
-            ["model"],
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
-        )
+        self.registry.register(_EventsCollector(read_records))
         self.registry.register(_LevelsCollector(read_stats))
-
-    def add_model(self, model: str) -> None:
-        """Export the model's series at zero before its first request, so rates and alerts
-        see a model that has served nothing yet instead of a missing series."""
-        for metric in (self.success, self.queue_duration, self.compute_duration, self.batch_size):
-            metric.labels(model)
-
-    # --- WorkerObserver: called on worker threads (prometheus_client is thread-safe) ---
-
-    def batch_started(self, model: str, size: int, reason: str, waited_s: Sequence[float]) -> None:
-        self.batches.labels(model, reason).inc()
-        self.batch_size.labels(model).observe(size)
-        queue = self.queue_duration.labels(model)
-        for seconds in waited_s:
-            queue.observe(seconds)
-
-    def engine_ran(self, model: str, seconds: float) -> None:
-        self.compute_duration.labels(model).observe(seconds)
-
-    def fallback(self, model: str, reason: str) -> None:
-        self.fallbacks.labels(model, reason).inc()
-
-    def request_finished(self, model: str, error_code: str | None) -> None:
-        if error_code is None:
-            self.success.labels(model).inc()
-        else:
-            self.failure.labels(model, error_code).inc()
-
-    # --- the exporter ---------------------------------------------------------------------
 
     def serve(self, host: str, port: int) -> Exporter:
         """Serve `/metrics` on host:port in a daemon thread. Raises OSError if the port is taken."""
@@ -154,6 +76,58 @@ class Exporter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
+
+
+class _EventsCollector(Collector):
+    """Counters and histograms read from each model's WorkerStats at scrape time."""
+
+    def __init__(self, read_records: RecordsReader) -> None:
+        self._read_records = read_records
+
+    def collect(self) -> Iterator[Metric]:
+        success = CounterMetricFamily(
+            "voicebus_request_success", "Requests answered with a result, by model.", labels=["model"])
+        failure = CounterMetricFamily(
+            "voicebus_request_failure", "Requests answered with an error, by model and error code.",
+            labels=["model", "reason"])
+        batches = CounterMetricFamily(
+            "voicebus_batches", "Batches run, by model and by what made them fire.",
+            labels=["model", "reason"])
+        fallbacks = CounterMetricFamily(
+            "voicebus_batch_fallbacks", "Failed batches retried in parts, by model and how.",
+            labels=["model", "reason"])
+        queue = HistogramMetricFamily(
+            "voicebus_queue_duration_seconds", "Time a request waited in the queue before its batch fired.",
+            labels=["model"])
+        compute = HistogramMetricFamily(
+            "voicebus_compute_duration_seconds",
+            "Time of one engine call (a batch, or part of one after a fallback).", labels=["model"])
+        sizes = HistogramMetricFamily("voicebus_batch_size", "Requests per batch.", labels=["model"])
+        for model, record in self._read_records().items():
+            success.add_metric([model], record.succeeded)
+            for code, n in record.errors.items():
+                failure.add_metric([model, code], n)
+            for reason, n in record.fire_reasons.items():
+                batches.add_metric([model, reason], n)
+            for reason, n in record.fallbacks.items():
+                fallbacks.add_metric([model, reason], n)
+            queue.add_metric([model], *_buckets(record.queue_wait_histogram))
+            compute.add_metric([model], *_buckets(record.compute_histogram))
+            by_size = Histogram(BATCH_SIZE_BUCKETS)
+            for size, n in record.batch_sizes.items():
+                for _ in range(n):
+                    by_size.observe(size)
+            sizes.add_metric([model], *_buckets(by_size))
+        yield from (success, failure, batches, fallbacks, queue, compute, sizes)
+
+
+def _buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus's cumulative buckets ("le" bound, count) and the sum of a Histogram."""
+    out, running = [], 0
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
+    return out, histogram.total
 
 
 class _LevelsCollector(Collector):

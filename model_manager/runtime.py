@@ -12,6 +12,10 @@ from types import FrameType
 
 from model_manager.config import ConfigError
 
+#: The exit code of a process that found the configuration invalid: its supervisor stops
+#: instead of restarting it, since a restart cannot fix the configuration.
+CONFIG_ERROR_EXIT = 2
+
 
 def setup_logging(component: str, level: str = "INFO") -> None:
     """Log to stderr at `level` (config `logging.level`); VOICEBUS_LOG_LEVEL, when set, wins."""
@@ -43,4 +47,4 @@ def exit_on_config_error(run: Callable[[], int]) -> int:
         return run()
     except ConfigError as exc:
         print(f"voicebus: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR_EXIT

@@ -17,6 +17,7 @@ This is where the pure batching policy meets time, threads and failure:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ import numpy as np
 
 from model_manager.batcher import Batch, BatchPolicy, DynamicBatcher, QueueFull
 from model_manager.cost_model import CostModel, SizeChoice
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Result
 from model_manager.errors import (
     INFERENCE_FAILED,
     OUT_OF_MEMORY,
@@ -47,13 +48,21 @@ Clock = Callable[[], float]
 
 # How many recent timings the percentiles in `stats()` are computed over.
 STATS_WINDOW = 1000
+# Bucket bounds of the lifetime histograms, which the Prometheus exporter serves.
+# Seconds. Queue waits range from the fast path's few ms to a full queue's tens of seconds.
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds. One engine call: tens of ms for a short TTS sentence, seconds for a large STT batch.
+COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
+# histogram is exact for the default configuration; larger limits get coarser buckets.
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
 
 
 @dataclass
 class Job:
     job_id: str
     model: str
-    request: Request
+    request: Any  # the engine's own request type: opaque here
     key: Hashable
     deadline: float  # monotonic seconds
     priority: int = 0
@@ -65,7 +74,36 @@ class Job:
 
 
 @dataclass
+class Histogram:
+    """Observations counted in fixed buckets over a process's life (Prometheus style)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket, then one for beyond the last
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total)
+
+
+@dataclass
 class WorkerStats:
+    """The one record of what one model's worker has done: every batch, engine call,
+    fallback and answered request. Written by its worker threads; `stats` (recent
+    percentiles) and the Prometheus exporter (lifetime counters and histograms) both read
+    it, on their own threads. Every access holds `lock`; readers take a `copy()`."""
+
     batches: int = 0
     requests: int = 0
     succeeded: int = 0
@@ -75,23 +113,52 @@ class WorkerStats:
     errors: Counter[str] = field(default_factory=Counter)
     queue_wait_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     compute_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    queue_wait_histogram: Histogram = field(default_factory=lambda: Histogram(QUEUE_BUCKETS))
+    compute_histogram: Histogram = field(default_factory=lambda: Histogram(COMPUTE_BUCKETS))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def batch_started(self, size: int, reason: str, waited_s: Sequence[float]) -> None:
+        with self.lock:
+            self.batches += 1
+            self.batch_sizes[size] += 1
+            self.fire_reasons[reason] += 1
+            self.queue_wait_s.extend(waited_s)
+            for seconds in waited_s:
+                self.queue_wait_histogram.observe(seconds)
 
-class WorkerObserver:
-    """Hears of every batch and request as it happens (model_manager.metrics counts them);
-    this base class hears nothing. Called on worker threads: must be quick and never raise."""
+    def engine_ran(self, seconds: float) -> None:
+        with self.lock:
+            self.compute_s.append(seconds)
+            self.compute_histogram.observe(seconds)
 
-    def batch_started(self, model: str, size: int, reason: str, waited_s: Sequence[float]) -> None:
-        """A batch of `size` requests fired for `reason`; `waited_s`: each one's queue wait."""
+    def fallback(self, reason: str) -> None:
+        with self.lock:
+            self.fallbacks[reason] += 1
 
-    def engine_ran(self, model: str, seconds: float) -> None:
-        """One engine call (a whole batch, or part of one after a fallback) took `seconds`."""
+    def request_finished(self, error_code: str | None, refused: bool = False) -> None:
+        """One request answered; `refused`: turned away before it was queued (not counted
+        among `requests`, which are the ones that reached the queue)."""
+        with self.lock:
+            if error_code is None:
+                self.succeeded += 1
+            else:
+                self.errors[error_code] += 1
+            if not refused:
+                self.requests += 1
 
-    def fallback(self, model: str, reason: str) -> None:
-        """A failed batch is retried in parts: `oom_split` or `one_by_one`."""
+    def fallback_count(self) -> int:
+        with self.lock:
+            return sum(self.fallbacks.values())
 
-    def request_finished(self, model: str, error_code: str | None) -> None:
-        """A request was answered (or refused as overloaded): None for success, else the code."""
+    def copy(self) -> WorkerStats:
+        """A consistent snapshot that no worker thread writes to."""
+        with self.lock:
+            return WorkerStats(
+                self.batches, self.requests, self.succeeded, Counter(self.batch_sizes),
+                Counter(self.fire_reasons), Counter(self.fallbacks), Counter(self.errors),
+                deque(self.queue_wait_s, maxlen=STATS_WINDOW), deque(self.compute_s, maxlen=STATS_WINDOW),
+                self.queue_wait_histogram.copy(), self.compute_histogram.copy(),
+            )
 
 
 class ModelWorker:
@@ -111,7 +178,6 @@ class ModelWorker:
         clock: Clock = time.monotonic,
         instances: int = 1,
         cost_model: CostModel | None = None,
-        observer: WorkerObserver | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy  # as configured; the batcher's own policy is the effective one
@@ -126,7 +192,6 @@ class ModelWorker:
         self._last_bucket: Hashable = None  # what `choice` and the snapshot's sizes describe
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
-        self.observer = observer or WorkerObserver()
         self._on_done = on_done
         self._clock = clock
         self._cond = threading.Condition()
@@ -199,8 +264,7 @@ class ModelWorker:
     def count_refused(self, error: BusError) -> None:
         """Count a request refused before it was queued (invalid for this model, queue full)
         with the errors of the ones that ran, so `stats` and the metrics see every failure."""
-        self.stats.errors[error.code] += 1
-        self.observer.request_finished(self.engine.name, error.code)
+        self.stats.request_finished(error.code, refused=True)
 
     def cancel(self, job_ids: set[str]) -> int:
         """Drop queued jobs whose client has gone; they are not answered."""
@@ -315,11 +379,7 @@ class ModelWorker:
 
     def _run(self, batch: Batch[Job]) -> None:
         s = self.stats
-        s.batches += 1
-        s.batch_sizes[len(batch.items)] += 1
-        s.fire_reasons[batch.reason] += 1
-        s.queue_wait_s.extend(batch.waited_s)
-        self.observer.batch_started(self.engine.name, len(batch.items), batch.reason, batch.waited_s)
+        s.batch_started(len(batch.items), batch.reason, batch.waited_s)
         log.info(
             "batch start model=%s size=%d reason=%s oldest_wait_ms=%.1f",
             self.engine.name,
@@ -327,11 +387,11 @@ class ModelWorker:
             batch.reason,
             max(batch.waited_s, default=0.0) * 1000,
         )
-        fallbacks_before = sum(s.fallbacks.values())
+        fallbacks_before = s.fallback_count()
         started = time.perf_counter()
         outcomes = self._run_resilient(batch.items)
         elapsed = time.perf_counter() - started
-        if sum(s.fallbacks.values()) == fallbacks_before:  # a clean run measures the batch size
+        if s.fallback_count() == fallbacks_before:  # a clean run measures the batch size
             with self._cond:
                 self._last_bucket = batch.items[0].bucket
                 cost = self._cost(self._last_bucket)
@@ -376,8 +436,7 @@ class ModelWorker:
 
     def _note_fallback(self, reason: str, size: int, error: str) -> None:
         """Count, export and log one fallback, the same way for every reason."""
-        self.stats.fallbacks[reason] += 1
-        self.observer.fallback(self.engine.name, reason)
+        self.stats.fallback(reason)
         log.warning(
             "batch fallback model=%s reason=%s size=%d error=%s", self.engine.name, reason, size, error
         )
@@ -385,30 +444,33 @@ class ModelWorker:
     def _run_engine(self, jobs: list[Job]) -> list[Result]:
         started = time.perf_counter()
         self.memory.begin()
-        results = self.engine.run_batch([j.request for j in jobs])
-        self.memory.end(len(jobs))
+        measured = 0  # a failed call is no observation, but must still end the measurement
+        try:
+            results = self.engine.run_batch([j.request for j in jobs])
+            measured = len(jobs)
+        finally:
+            self.memory.end(measured)
         elapsed = time.perf_counter() - started
-        self.stats.compute_s.append(elapsed)
-        self.observer.engine_ran(self.engine.name, elapsed)
+        self.stats.engine_ran(elapsed)
         if len(results) != len(jobs):
             raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
         return results
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
-        self.stats.requests += 1
         code = outcome.code if isinstance(outcome, BusError) else None
-        if code is None:
-            self.stats.succeeded += 1
-        else:
-            self.stats.errors[code] += 1
-        self.observer.request_finished(self.engine.name, code)
+        self.stats.request_finished(code)
         try:
             self._on_done(job, outcome)
         except Exception:  # a broken reply path must not kill the worker thread
             log.exception("on_done failed for job %s", job.job_id)
 
     def snapshot(self) -> dict[str, Any]:
-        s = self.stats
+        s = self.stats.copy()
+        with self._cond:
+            policy, dynamic, choice = self.policy, self.dynamic_batching, self.choice
+            throughput = self._cost(self._last_bucket).snapshot()
+            buckets = {str(b): {"chosen_batch_size": c.size, "throughput_by_size": self._cost(b).snapshot()}
+                       for b, c in self.choices.items() if b is not None}
         return {
             "model": self.engine.name,
             "task": self.engine.task,
@@ -429,19 +491,16 @@ class ModelWorker:
             },
             "busy": self._busy > 0,
             "policy": {
-                "enabled": self.policy.enabled,
-                "dynamic_batching": self.dynamic_batching,
-                "min_batch_size": self.policy.min_batch_size,
-                "max_batch_size": self.policy.max_batch_size,
-                "max_batch_wait_ms": round(self.policy.max_wait_s * 1000, 3),
+                "enabled": policy.enabled,
+                "dynamic_batching": dynamic,
+                "min_batch_size": policy.min_batch_size,
+                "max_batch_size": policy.max_batch_size,
+                "max_batch_wait_ms": round(policy.max_wait_s * 1000, 3),
             },
-            "chosen_batch_size": self.choice.size,
-            "choice_reason": self.choice.reason,
-            "throughput_by_size": self._cost(self._last_bucket).snapshot(),
-            "buckets": {
-                str(b): {"chosen_batch_size": c.size, "throughput_by_size": self._cost(b).snapshot()}
-                for b, c in self.choices.items() if b is not None
-            },
+            "chosen_batch_size": choice.size,
+            "choice_reason": choice.reason,
+            "throughput_by_size": throughput,
+            "buckets": buckets,
             "queue_wait_ms": percentiles(s.queue_wait_s),
             "compute_ms": percentiles(s.compute_s),
         }

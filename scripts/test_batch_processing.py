@@ -20,6 +20,10 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
 5. The peer: the same engines behind Ray Serve `@serve.batch` (the `peer` extra), same
    clients: throughput and p99 ratios, voicebus over peer. Skipped, with the reason in the
    report, when Ray is not installed or --no-peer is given.
+6. The HTTP gateway as a transport (bench/gateway.py): the same workload over HTTP and over
+   ZeroMQ on the same bus, 8 clients, interleaved rounds: throughput and p99 ratios, HTTP
+   over ZeroMQ; TTS time to first audio byte of an HTTP stream against the first chunk over
+   ZeroMQ. --no-http skips it; --http-only runs only it (no raw engines, no peer).
 
 --windows runs instead Whisper's window policy through the bus (bench/windows.py): short
 utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
@@ -103,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "adaptive policy then learns from the pinned-size runs that precede its own",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the Poisson arrivals")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP gateway comparison")
+    parser.add_argument("--http-only", action="store_true",
+                        help="only the HTTP gateway against ZeroMQ (starts the bus alone)")
     parser.add_argument(
         "--windows",
         action="store_true",
@@ -251,6 +258,9 @@ def print_tables(report: dict[str, Any]) -> None:
         print(report_text.load_table(f"{task.upper()} load", report_text.load_rows(entry, peer)))
     print()
     print(report_text.summary(report))
+    if report.get("http"):
+        print()
+        print(report_text.http_table(report["http"]))
 
 
 def load_engines_and_start_bus(specs: dict[Task, ModelSpec], warmup: bool) -> tuple[dict[Task, Engine], Any]:
@@ -269,6 +279,59 @@ def load_engines_and_start_bus(specs: dict[Task, ModelSpec], warmup: bool) -> tu
         return engines, starting.result()
 
 
+def http_rounds(plan: Plan) -> int:
+    """Rounds of the HTTP/ZeroMQ comparison: an even number, so each transport goes first
+    as often as the other."""
+    return 2 * plan.rounds
+
+
+def http_singles(plan: Plan) -> int:
+    """Lone requests per transport: a paired difference needs a few even in a smoke run."""
+    return max(plan.singles, 6)
+
+
+def http_units(plan: Plan, workload: Workload) -> int:
+    return http_rounds(plan) * 2 * plan.compared_requests + 2 * http_singles(plan) * len(workload.modes)
+
+
+def compare_http(bus: Any, workload: Workload, plan: Plan, tick: Tick) -> dict[str, Any]:
+    from bench.gateway import compare_transports
+
+    return compare_transports(bus, workload, HEADLINE_CLIENTS, plan.compared_requests, http_rounds(plan),
+                              http_singles(plan), tick)
+
+
+def main_http_only(args: argparse.Namespace, plan: Plan, specs: dict[Task, ModelSpec]) -> int:
+    """--http-only: the bus alone (configured policy, no warm-up), HTTP against ZeroMQ."""
+    from bench.bus import Bus
+    from tqdm import tqdm
+
+    report: dict[str, Any] = {"meta": meta(args), "tasks": list(specs), "http": {}}
+    workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
+    with tqdm(total=sum(http_units(plan, w) for w in workloads.values()), unit="req") as bar:
+        stage = Stages(bar)
+        with stage("bus starts"):
+            bus = Bus(specs, warmup=False)
+        try:
+            for task, workload in workloads.items():
+                with stage(f"{task} http vs zeromq"):
+                    report["http"][task] = compare_http(bus, workload, plan, bar.update)
+        finally:
+            bus.stop()
+    report["meta"]["stage_s"] = stage.seconds
+    report["meta"]["load_average_end"] = os.getloadavg()[0]
+    print()
+    print(report_text.http_table(report["http"]))
+    problems = report_text.http_problems(report["http"], list(specs))
+    for problem in problems:
+        print(f"report problem: {problem}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -281,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     specs: dict[Task, ModelSpec] = {t: config.models(t)[0] for t in tasks if config.models(t)}
     for task in set(tasks) - set(specs):
         print(f"no {task} model configured; skipping {task}")
+    if args.http_only:
+        return main_http_only(args, plan, specs)
     skip_peer = peer_skip_reason(args)
     report: dict[str, Any] = {
         "meta": meta(args),
@@ -304,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
     total = sum(sum(plan.units(skip_peer is None, "stream" in w.modes).values()) for w in workloads.values())
+    if not args.no_http:
+        total += sum(http_units(plan, w) for w in workloads.values())
+        report["http"] = {}
+    else:
+        report["http"] = {"skipped": "--no-http was given"}
     with tqdm(total=total, unit="req", dynamic_ncols=True) as bar:
         stage = Stages(bar)
         raw: dict[Task, BatchRunner] = {}
@@ -320,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                     batching = config.batch_processing_config
                     report[task].update(bus_stage(bus, raw[task], workload, plan, batching, seed, bar.update))
                     report[task].update(ratios(report[task]))
+            if not args.no_http:
+                for task, workload in workloads.items():
+                    with stage(f"{task} http vs zeromq"):
+                        report["http"][task] = compare_http(bus, workload, plan, bar.update)
         finally:
             bus.stop()
         raw.clear()  # the in-process engines: free their memory before the peer loads its own

@@ -37,6 +37,7 @@ class Bus:
     monitor_url: str = ""  # the launcher's monitoring page
     model_manager_port: int = 0  # for a test that attaches an agent of its own
     journal_dir: Path | None = None  # the agents' queue_for_batch journals
+    http_url: str = ""  # the HTTP gateway
 
     def request(
         self,
@@ -63,8 +64,11 @@ class Bus:
             sock.close()
 
 
-def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0) -> Bus:
-    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT")
+def start_bus(
+    tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0, wait: bool = True
+) -> Bus:
+    """Start the launcher on free ports; with `wait`, return once it says it is ready."""
+    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT", "HTTP_PORT")
     ports = {name: free_port() for name in names}
     env = {
         **os.environ,
@@ -88,7 +92,10 @@ def start_bus(tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_time
         monitor_url=f"http://127.0.0.1:{port['MONITOR_PORT']}/",
         model_manager_port=int(port["MODEL_MANAGER_PORT"]),
         journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
+        http_url=f"http://127.0.0.1:{port['HTTP_PORT']}" if port["HTTP_PORT"] != "0" else "",
     )
+    if not wait:
+        return bus
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if "voicebus is ready" in log_path.read_text():
@@ -130,6 +137,8 @@ FRAGILE_LIMITS = {
     "VOICEBUS__LIMITS__MAX_AUDIO_SECONDS": "30",
     "VOICEBUS__LIMITS__REQUEST_TIMEOUT_MS": "60000",
     "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_QUEUE_SIZE": "8",
+    "VOICEBUS__LIMITS__MAX_OPEN_STREAMS": "2",
+    "VOICEBUS__LIMITS__STREAM_IDLE_S": "3",
 }
 
 

@@ -6,8 +6,9 @@ from model_manager.batcher import BULK, INTERACTIVE, BatchPolicy, DynamicBatcher
 
 
 def make(**kw) -> DynamicBatcher[str]:
-    # lone_wait_s = max_wait_s turns the single-user fast path off, for the plain policy tests.
-    defaults = dict(max_batch_size=4, min_batch_size=2, max_wait_s=0.1, max_queue_size=16, lone_wait_s=0.1)
+    # lone wait = max wait turns the single-user fast path off, for the plain policy tests.
+    defaults = dict(max_batch_size=4, min_batch_size=2, max_batch_wait_ms=100, max_queue_size=16,
+                    lone_request_wait_ms=100)
     return DynamicBatcher(BatchPolicy(**{**defaults, **kw}))
 
 
@@ -119,7 +120,7 @@ def test_policy_rejects_inconsistent_sizes():
 
 
 def test_a_lone_request_goes_after_the_short_fast_path_wait_not_the_full_wait():
-    b = make(lone_wait_s=0.002)
+    b = make(lone_request_wait_ms=2)
     b.add("a", "k", 0.0)
     assert b.next_batch(0.001) is None
     assert b.seconds_until_due(0.001) == pytest.approx(0.001)
@@ -128,7 +129,7 @@ def test_a_lone_request_goes_after_the_short_fast_path_wait_not_the_full_wait():
 
 
 def test_no_fast_path_while_others_are_queued():
-    b = make(lone_wait_s=0.002, min_batch_size=3)
+    b = make(lone_request_wait_ms=2, min_batch_size=3)
     b.add("a", "k", 0.0)
     b.add("b", "other", 0.001)
     assert b.next_batch(0.05) is None  # two requests in the air: wait for company
@@ -136,7 +137,7 @@ def test_no_fast_path_while_others_are_queued():
 
 
 def test_a_lone_request_reaching_an_idle_worker_runs_at_once():
-    b = make(lone_wait_s=0.002)
+    b = make(lone_request_wait_ms=2)
     b.add("a", "k", 1.0)
     # The worker has been idle since 0.5: no running batch's replies can bring company.
     batch = b.next_batch(1.0, idle_since=0.5)
@@ -144,7 +145,7 @@ def test_a_lone_request_reaching_an_idle_worker_runs_at_once():
 
 
 def test_a_request_right_after_a_batch_ends_still_waits_for_its_burst():
-    b = make(lone_wait_s=0.002)
+    b = make(lone_request_wait_ms=2)
     b.add("a", "k", 1.0005)  # the first reply-triggered request of a burst
     assert b.next_batch(1.0005, idle_since=1.0) is None
     assert b.next_batch(1.0005, idle_since=None) is None  # busy worker: no idle rule

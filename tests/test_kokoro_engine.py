@@ -8,6 +8,7 @@ and the long-text test runs at speed 4 on the ONNX backend (a quarter of the aud
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from model_manager.engines.kokoro.engine import (
     SAMPLE_RATE,
     KokoroEngine,
     PlannedPiece,
+    SpeechRequest,
     _auto_backend,
 )
 from model_manager.engines.kokoro.text_split import Pause
@@ -66,14 +68,14 @@ def onnx_engine(offline):
     return KokoroEngine(backend="onnx")
 
 
-def _requests(engine: KokoroEngine) -> list[dict]:
+def _requests(engine: KokoroEngine) -> list[SpeechRequest]:
     return [
         engine.prepare({"text": t, "voice": v, "speed": s})
         for t, v, s in zip(SENTENCES, VOICES, SPEEDS, strict=True)
     ]
 
 
-def _single_piece(engine: KokoroEngine, request: dict) -> PlannedPiece:
+def _single_piece(engine: KokoroEngine, request: SpeechRequest) -> PlannedPiece:
     (piece,) = engine.plan(request)
     assert isinstance(piece, PlannedPiece)
     return piece
@@ -84,7 +86,7 @@ def _inputs(engine: KokoroEngine) -> tuple[list[list[int]], torch.Tensor, list[f
     for request in _requests(engine):
         phonemes = _single_piece(engine, request).phonemes
         tokens.append(engine.phonemizer.token_ids(phonemes))
-        styles.append(torch.from_numpy(engine.voices.style(request["voice"], len(phonemes)).copy()))
+        styles.append(torch.from_numpy(engine.voices.style(request.voice, len(phonemes)).copy()))
     return tokens, torch.stack(styles), SPEEDS
 
 
@@ -250,17 +252,17 @@ def test_unknown_voice_message_lists_the_available_ones(torch_engine):
 def test_prepare_normalises_and_batch_key_is_content(torch_engine):
     a = torch_engine.prepare({"text": "Hi", "voice": "jf_alpha(2)+jm_kumo(1)", "speed": 1})
     b = torch_engine.prepare({"text": "Yo", "voice": " jm_kumo(0.5) + jf_alpha ", "speed": 1.0})
-    assert a["voice"] == b["voice"] == "jf_alpha(0.666667)+jm_kumo(0.333333)"
-    assert isinstance(a["speed"], float)
+    assert a.voice == b.voice == "jf_alpha(0.666667)+jm_kumo(0.333333)"
+    assert isinstance(a.speed, float)
     assert torch_engine.batch_key(a) == torch_engine.batch_key(b)
-    assert torch_engine.batch_key(a) != torch_engine.batch_key({**a, "speed": 1.5})
+    assert torch_engine.batch_key(a) != torch_engine.batch_key(replace(a, speed=1.5))
     default = torch_engine.prepare({"text": "Hi"})
-    assert (default["voice"], default["speed"]) == ("jf_alpha", 1.0)
-    assert torch_engine.prepare({"text": "[pause:1]"})["text"] == "[pause:1]"  # explicit silence is fine
+    assert (default.voice, default.speed) == ("jf_alpha", 1.0)
+    assert torch_engine.prepare({"text": "[pause:1]"}).text == "[pause:1]"  # explicit silence is fine
 
 
 def test_cost_and_streaming_split(torch_engine):
-    cost = torch_engine.cost({"text": "Hello there. [pause:1] Bye."})
+    cost = torch_engine.cost(SpeechRequest("Hello there. [pause:1] Bye.", "jf_alpha"))
     assert cost == pytest.approx(len("Hello there.   Bye."))
     text = "One fish. Two fish! [pause:0.5] Red fish? Blue fish. [pause:1]"
     chunks = torch_engine.split_for_streaming({"text": text, "voice": "jm_kumo", "speed": 1.2})

@@ -20,7 +20,7 @@ from model_manager.config import ConfigError, load_config
 from model_manager.engines.base import Engine, Request, Result
 from model_manager.errors import BusError
 from model_manager.metrics import BusMetrics
-from model_manager.scheduler import Job, ModelWorker
+from model_manager.scheduler import Job, ModelWorker, WorkerStats
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -58,9 +58,6 @@ class EchoEngine(Engine):
 
 def test_a_worker_feeds_the_metrics_of_its_batches_and_failures():
     levels = {"models": [], "memory": {"cpu": {"process_rss_bytes": 123}}}
-    metrics = BusMetrics(read_stats=lambda: levels)
-    metrics.add_model("echo")
-    assert scrape(metrics)[("voicebus_request_success_total", (("model", "echo"),))] == 0
     done = threading.Semaphore(0)
     policy = BatchPolicy(max_batch_size=4, min_batch_size=4, max_queue_size=4)
     worker = ModelWorker(
@@ -68,8 +65,9 @@ def test_a_worker_feeds_the_metrics_of_its_batches_and_failures():
         policy,
         lambda job, outcome: done.release(),
         dynamic_batching=False,
-        observer=metrics,
     )
+    metrics = BusMetrics(read_stats=lambda: levels, read_records=lambda: {"echo": worker.stats.copy()})
+    assert scrape(metrics)[("voicebus_request_success_total", (("model", "echo"),))] == 0
     for x in range(4):  # queued before the worker starts, so the four make one full batch
         worker.submit(Job(job_id=str(x), model="echo", request={"x": x}, key="k", deadline=1e12))
     with pytest.raises(BusError) as refused:
@@ -103,8 +101,10 @@ def test_levels_are_read_at_scrape_time_and_each_instance_has_its_own_registry()
         "models": [{"model": "m", "queue_depth": 5, "workers": {"total": 2, "ready": 2, "busy": 1}}],
         "memory": {"cuda:0": {"process_rss_bytes": 10, "gpu_used_bytes": 300, "gpu_total_bytes": 1000}},
     }
-    first, second = BusMetrics(read_stats=lambda: levels), BusMetrics(read_stats=lambda: {"models": []})
-    first.request_finished("m", None)
+    record = WorkerStats()
+    record.request_finished(None)
+    first = BusMetrics(read_stats=lambda: levels, read_records=lambda: {"m": record})
+    second = BusMetrics(read_stats=lambda: {"models": []})
     got = scrape(first)
     assert got[("voicebus_pending_requests", (("model", "m"),))] == 5
     assert got[("voicebus_workers", (("model", "m"),))] == 2
@@ -117,8 +117,9 @@ def test_levels_are_read_at_scrape_time_and_each_instance_has_its_own_registry()
 
 
 def test_the_exporter_serves_over_http_and_frees_its_port():
-    metrics = BusMetrics(read_stats=lambda: {"models": []})
-    metrics.request_finished("m", "timeout")
+    record = WorkerStats()
+    record.request_finished("timeout")
+    metrics = BusMetrics(read_stats=lambda: {"models": []}, read_records=lambda: {"m": record})
     exporter = metrics.serve("127.0.0.1", 0)
     port = exporter._server.server_address[1]
     try:

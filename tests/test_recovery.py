@@ -52,3 +52,36 @@ def test_kill_9_of_the_model_manager_loses_no_request_in_flight(tmp_path):
         assert word_error_rate(SENTENCES[i], reply["text"]) < 0.5
     log = bus.log_path.read_text()
     assert "restarting" in log and "resending" in log
+
+
+def test_a_model_manager_killed_while_it_loads_comes_back_and_journaled_jobs_finish(tmp_path):
+    """As the kernel's OOM killer might do it: before the bus was ever ready. The launcher
+    restarts it (it used to stop the whole bus), and a queue_for_batch job accepted while
+    the models loaded is answered."""
+    bus = start_bus(tmp_path, NO_WARMUP, wait=False)
+    audio = speak(SENTENCES[0]).tolist()
+    try:
+        deadline = time.monotonic() + 120
+        health: dict = {}
+        while time.monotonic() < deadline and health.get("model_manager") != "loading":
+            try:
+                health = bus.request({"action": "health"}, timeout_s=1)
+            except AssertionError:  # the agent is not up yet
+                health = {}
+        assert health.get("model_manager") == "loading", health
+        queued = bus.request({"action": "queue_for_batch", "audio_data": audio, "request_id": "kept"})
+        assert queued["status"] == "queued", queued
+        victim = model_manager_process(bus.process.pid)
+        victim.kill()
+        result: dict = {"status": "pending"}
+        deadline = time.monotonic() + 240
+        while result["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            result = bus.request({"action": "get_result", "request_id": "kept"}, timeout_s=10)
+        assert bus.process.poll() is None, "the launcher gave up"
+        assert model_manager_process(bus.process.pid).pid != victim.pid
+    finally:
+        stop_bus(bus)
+    assert result["status"] == "success", result
+    assert word_error_rate(SENTENCES[0], result["text"]) < 0.5
+    assert "restarting" in bus.log_path.read_text()

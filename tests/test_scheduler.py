@@ -3,6 +3,7 @@ only (splitting, isolation, expiry, shutdown); the real engines are tested elsew
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -182,3 +183,85 @@ def test_each_bucket_forms_its_own_batches_and_learns_its_own_size():
     assert sum(worker.costs["short"].observations(s) for s in (1, 2, 4)) >= 1
     assert sum(worker.costs["long"].observations(s) for s in (1, 2, 4)) >= 1
     assert set(worker.snapshot()["buckets"]) >= {"short", "long"}
+
+
+def test_stats_read_while_batches_run_on_several_instances_never_fail_and_add_up():
+    """`snapshot()` runs on the socket and exporter threads while worker threads write the
+    stats: hammered from four threads during 400 requests, it never raises, and the counts
+    it ends with are exact."""
+    engine = ScriptedEngine()
+    finished = threading.Event()
+    answered: list[str] = []
+    lock = threading.Lock()
+    total = 400
+
+    def on_done(job: Job, outcome: object) -> None:
+        with lock:
+            answered.append(job.job_id)
+            if len(answered) == total:
+                finished.set()
+
+    worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=1, max_queue_size=total),
+                         on_done, dynamic_batching=True, instances=3)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so that races show
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                snapshot = worker.snapshot()
+                assert snapshot["succeeded"] <= snapshot["requests"]
+            except BaseException as exc:  # noqa: BLE001 - the test reports any failure
+                failures.append(exc)
+                return
+
+    readers = [threading.Thread(target=hammer) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    try:
+        worker.start()
+        for x in range(total):
+            worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
+        assert finished.wait(60)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(10)
+        sys.setswitchinterval(switch_interval)
+        worker.stop(5)
+    assert failures == []
+    final = worker.snapshot()
+    assert final["requests"] == final["succeeded"] == total
+    assert sum(int(size) * n for size, n in final["batch_size_histogram"].items()) == total
+
+
+def test_a_memory_budget_learns_only_from_batches_that_ran_alone_on_their_device():
+    from model_manager.memory import MemoryBudget
+
+    first, second = MemoryBudget("cpu"), MemoryBudget("cpu")
+    results: dict[str, float] = {}
+
+    def overlapping(budget: MemoryBudget, name: str, started: threading.Event, other: threading.Event
+                    ) -> None:
+        budget.begin()
+        started.set()
+        other.wait(5)
+        budget.end(1)
+        results[name] = budget.bytes_per_item
+
+    a, b = threading.Event(), threading.Event()
+    threads = [threading.Thread(target=overlapping, args=(first, "a", a, b)),
+               threading.Thread(target=overlapping, args=(second, "b", b, a))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {"a": 0.0, "b": 0.0}  # overlapped: no observation either way
+    first.begin()
+    _ballast = bytearray(64 * 1024 * 1024)  # grows RSS while the batch runs alone
+    _ballast[::4096] = b"x" * len(_ballast[::4096])
+    first.end(1)
+    assert first.bytes_per_item >= 0.0
+    assert MemoryBudget._running.get("cpu") == 0

@@ -1,37 +1,42 @@
 """The one small interface every inference engine implements.
 
-The model manager knows nothing about Whisper or Kokoro. It asks an engine three things:
-which requests may share a forward pass (`batch_key`), how to check and normalise a request
-before it is queued (`prepare`), and to run a batch (`run_batch`). STT and TTS engines are
-interchangeable behind it, so one batcher and one agent serve both.
+The model manager knows nothing about Whisper or Kokoro. It asks an engine four things: how
+to check a client's item and turn it into the engine's own request (`prepare`, the one
+validation of its family), which requests may share a forward pass (`batch_key`), what one
+costs (`cost`), and to run a batch (`run_batch`). STT and TTS engines are interchangeable
+behind it, so one batcher and one agent serve both.
 
-Requests and results are plain dicts so that they map one-to-one onto the wire protocol:
+Each engine family has its own typed request `R` (a dataclass, e.g. Kokoro's
+`SpeechRequest`), made only by its `prepare`; the bus (scheduler, agents) treats requests as
+opaque and never reads their fields. Results stay wire-ready dicts:
 
-- STT request: {"audio": float32 ndarray at 16 kHz, "language": str | None, "task": str,
-  "beam_size": int}; result: {"text": str, "language": str}.
-- TTS request: {"text": str, "voice": str, "speed": float}; result:
-  {"audio": float32 ndarray, "sample_rate": int}.
+- STT result: {"text": str, "language": str}.
+- TTS result: {"audio": float32 ndarray, "sample_rate": int}.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
 Task = Literal["stt", "tts"]
+#: The fields of one client item, as they reach the engine (see docs/protocol.md §6).
+Fields = Mapping[str, Any]
+#: Kept for engines whose requests are still field maps.
 Request = Mapping[str, Any]
 Result = dict[str, Any]
+R = TypeVar("R")
 
 
-class Engine(ABC):
+class Engine(ABC, Generic[R]):
     """A loaded model that can run a batch of compatible requests in one call.
 
     Contract:
-    - `prepare` runs on every request before it is queued. It validates (raising
-      `errors.BusError` with a client-fixable code) and returns the normalised request.
+    - `prepare(fields)` runs once on every item before it is queued. It validates (raising
+      `errors.BusError` with a client-fixable code) and returns the family's request `R`.
     - `batch_key` is computed from request *content* (never object identity): two requests
       with equal keys can go into one `run_batch` call.
     - `run_batch` returns exactly one result per request, in order, or raises. A raise fails
@@ -48,35 +53,35 @@ class Engine(ABC):
     #: "cpu" or "cuda", after resolving "auto".
     device: str
 
-    def prepare(self, request: Request) -> Request:
-        return request
+    def prepare(self, fields: Fields) -> R:
+        return fields  # type: ignore[return-value]
 
     @abstractmethod
-    def batch_key(self, request: Request) -> Hashable:
+    def batch_key(self, request: R) -> Hashable:
         """Requests with equal keys may share one forward pass."""
 
     @abstractmethod
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[R]) -> list[Result]:
         """Run every request in one forward pass where the engine can; one result each, in order."""
 
-    def cost(self, request: Request) -> float:
+    def cost(self, request: R) -> float:
         """Work units of one request (audio seconds for STT, phoneme tokens for TTS)."""
         return 1.0
 
-    def bucket(self, request: Request) -> Hashable:
+    def bucket(self, request: R) -> Hashable:
         """Which kind of request this is for batch-size learning: requests of one bucket cost
         alike per unit (Whisper: one window length). One bucket (None) unless overridden."""
         return None
 
-    def warmup_requests(self, count: int) -> list[Request]:
+    def warmup_requests(self, count: int) -> list[R]:
         """Synthetic requests for measuring batch sizes before serving (see scheduler.warm_up)."""
         if self.task == "stt":
             # Five seconds of silence: Whisper pads every clip to 30 s, so the encoder cost,
             # which dominates, is that of real speech.
-            request: dict[str, Any] = {"audio": np.zeros(5 * 16_000, dtype=np.float32)}
+            fields: dict[str, Any] = {"audio": np.zeros(5 * 16_000, dtype=np.float32)}
         else:
-            request = {"text": "Warming up the voice."}
-        return [self.prepare(dict(request)) for _ in range(count)]
+            fields = {"text": "Warming up the voice."}
+        return [self.prepare(dict(fields)) for _ in range(count)]
 
     def describe(self) -> dict[str, Any]:
         return {

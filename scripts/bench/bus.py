@@ -145,6 +145,11 @@ class Bus:
         self.log_path = self._bus.log_path
         self._control: dict[str, BusConnection] = {}
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP gateway the launcher started with the bus (bench.gateway drives it)."""
+        return self._bus.http_url
+
     def address(self, task: Task) -> str:
         return self._bus.stt_address if task == "stt" else self._bus.tts_address
 

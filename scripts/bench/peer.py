@@ -85,14 +85,16 @@ class EngineServer:
             audio = np.frombuffer(await request.body(), dtype="<f4").astype(np.float32)
             result = await self.infer(self.engine.prepare({"audio": audio}))
             return JSONResponse({"text": result["text"]})
-        from agents.services import split_tts_for_stream
+        from dataclasses import replace
+
+        from model_manager.engines.kokoro.text_split import split_for_streaming
 
         prepared = self.engine.prepare(await request.json())
         if request.query_params.get("stream") != "1":
             result = await self.infer(prepared)
             return Response(_pcm(result), media_type="application/octet-stream")
         # As the bus does: the first chunk alone, then the rest at once (sharing batches).
-        pieces = split_tts_for_stream(prepared)
+        pieces = [replace(prepared, text=text) for text in split_for_streaming(prepared.text)] or [prepared]
         tasks = [asyncio.ensure_future(self.infer(pieces[0]))]
 
         async def frames() -> Any:

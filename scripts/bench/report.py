@@ -18,6 +18,12 @@ strings or problems. The report's contract (what `--json` promises to downstream
 - "peer": either {"skipped": "<reason>"} (task entries absent or null), or for every task
   {"throughput_ratio": > 0, "p99_ratio": > 0} (voicebus over peer, whole requests, same
   clients; TTS adds "ttfc_p50_ratio" for streams).
+- "http" (absent with --no-http): {"skipped": "<reason>"}, or for every task
+  {"throughput_ratio": > 0, "p99_ratio": > 0} (HTTP gateway over ZeroMQ, same bus, same
+  workload, 8 clients, interleaved rounds), with the "zeromq" and "http" rows;
+  "lone_latency" (lone requests, alternating: p50/p95/p99 ms per transport),
+  "lone_latency_p50_ratio" and "lone_latency_paired_difference_ms_p50" (HTTP minus ZeroMQ);
+  TTS the same for "first_audio" of lone streams.
 - Every number finite: NaN and infinity are not JSON, and "not measured" is null.
 """
 
@@ -53,7 +59,66 @@ def validate_report(report: Any) -> list[str]:
     for task in tasks:
         problems += _task_problems(task, report.get(task))
     problems += _peer_problems(report.get("peer"), tasks)
+    if "http" in report:
+        problems += http_problems(report.get("http"), tasks)
     return problems
+
+
+def http_problems(http: Any, tasks: Sequence[str]) -> list[str]:
+    """What breaks the contract of report["http"] (see the module docstring)."""
+    if not isinstance(http, Mapping):
+        return ["http: must be an object"]
+    if "skipped" in http:
+        return [] if isinstance(http["skipped"], str) else ["http.skipped: must be a reason"]
+    problems = []
+    for task in tasks:
+        entry = http.get(task)
+        if not isinstance(entry, Mapping):
+            problems.append(f"http.{task}: missing")
+            continue
+        for key in ("throughput_ratio", "p99_ratio"):
+            if not _number(entry.get(key), positive=True):
+                problems.append(f"http.{task}.{key}: must be a positive number, got {entry.get(key)!r}")
+    return problems
+
+
+LONE_ROWS = (("lone_latency", "latency, lone request"), ("first_audio", "first audio, lone stream"))
+
+
+def http_table(http: Mapping[str, Any]) -> str:
+    """HTTP gateway against ZeroMQ: throughput, p99 and TTS time to first audio, per task."""
+    if "skipped" in http:
+        return f"HTTP gateway: skipped ({http['skipped']})"
+    lines = ["HTTP gateway vs ZeroMQ, same bus and workload (ratios: HTTP over ZeroMQ)",
+             f"{'task':<5} {'clients':>7} {'ZeroMQ req/s':>12} {'HTTP req/s':>10} {'ratio':>6} "
+             f"{'ZeroMQ p99':>10} {'HTTP p99':>9} {'ratio':>6}"]
+    for task, entry in http.items():
+        zmq, web = entry["zeromq"], entry["http"]
+        lines.append(" ".join([
+            f"{task:<5} {entry['clients']:>7}", _cell(zmq["throughput_rps"], 12),
+            _cell(web["throughput_rps"], 10), _cell(entry["throughput_ratio"], 6),
+            _cell(zmq["p99_ms"], 10, 0), _cell(web["p99_ms"], 9, 0), _cell(entry["p99_ratio"], 6)]))
+        for name, what in LONE_ROWS:
+            lone = entry.get(name)
+            if lone:
+                zmq_ms, web_ms = (_cell(lone[t][f"{name}_p50_ms"], 0, 0) for t in ("zeromq", "http"))
+                lines.append(f"      {what}, p50: ZeroMQ {zmq_ms} ms, HTTP {web_ms} ms, "
+                             f"ratio {_cell(entry[f'{name}_p50_ratio'], 0)}, paired difference "
+                             f"{_cell(entry[f'{name}_paired_difference_ms_p50'], 0, 1)} ms")
+        overhead = entry.get("overhead_ms")
+        if overhead:
+            zmq_ms, web_ms = (f"{_cell(overhead[t]['p50_ms'], 0, 1)} / {_cell(overhead[t]['p99_ms'], 0, 1)}"
+                              for t in ("zeromq", "http"))
+            lines.append(f"      overhead, latency minus engine time, p50 / p99: ZeroMQ {zmq_ms} ms, "
+                         f"HTTP {web_ms} ms")
+        rounds = ", ".join(_cell(r.get("ratio"), 0) for r in entry.get("rounds", []))
+        lines.append(f"      throughput ratio per round: {rounds}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, width: int, digits: int = 2) -> str:
+    text = "n/a" if value is None else f"{value:.{digits}f}"
+    return f"{text:>{width}}"
 
 
 def _task_problems(task: str, entry: Any) -> list[str]:

@@ -1,6 +1,7 @@
 """Kokoro-82M text-to-speech engine (task "tts"), with batching across requests.
 
-Request: {"text": str, "voice": str, "speed": float}; result: {"audio": float32 ndarray at
+Request: a `SpeechRequest` (text, voice, speed), made by `prepare` from the client's fields
+{"text", "voice"?, "speed"?}; result: {"audio": float32 ndarray at
 24 kHz, "sample_rate": 24000}. `voice` is a pack name or a weighted mix ("jf_alpha(2)+jm_kumo(1)",
 see `model_manager.engines.kokoro.voices`); it defaults to `default_voice`, `speed` to 1.0. The text may
 hold pause markers such as ``[pause:0.5]`` (see `model_manager.engines.kokoro.text_split`).
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_manager.engines.base import Engine, Request, Result, resolve_device
+from model_manager.engines.base import Engine, Fields, Result, resolve_device
 from model_manager.engines.kokoro import text_split
 from model_manager.engines.kokoro.text_split import Pause
 from model_manager.errors import (
@@ -78,6 +79,17 @@ _TOKEN_BUDGET = 16 * MAX_TOKENS
 
 
 @dataclass(frozen=True)
+class SpeechRequest:
+    """One prepared TTS request: what `run_batch` speaks. Made only by `KokoroEngine.prepare`,
+    so its fields are already checked: non-empty text with well-formed pause markers, a
+    canonical voice spelling, a finite speed in [0.25, 4]."""
+
+    text: str
+    voice: str
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
 class PlannedPiece:
     """One piece of speech: its text and the phonemes Kokoro will read (<= 510 tokens)."""
 
@@ -94,7 +106,7 @@ class _Job:
     speed: float
 
 
-class KokoroEngine(Engine):
+class KokoroEngine(Engine[SpeechRequest]):
     """Kokoro-82M behind the `Engine` interface. See the module docstring for the contract."""
 
     task = "tts"
@@ -166,12 +178,13 @@ class KokoroEngine(Engine):
 
     # --- Engine interface ------------------------------------------------------------------
 
-    def prepare(self, request: Request) -> Request:
-        """Validate and normalise: text (non-empty, <= max_text_chars, well-formed pause markers,
-        something to speak), voice (canonical spelling), speed (finite, in [0.25, 4])."""
-        if "text" not in request or request["text"] is None:
+    def prepare(self, fields: Fields) -> SpeechRequest:
+        """The one validation of a TTS item: text (non-empty, <= max_text_chars, well-formed
+        pause markers, something to speak), voice (canonical spelling), speed (finite, in
+        [0.25, 4])."""
+        if "text" not in fields or fields["text"] is None:
             raise BusError(MISSING_FIELD, "text is required")
-        text = request["text"]
+        text = fields["text"]
         if not isinstance(text, str):
             raise BusError(INVALID_FIELD, f"text must be a string, not {type(text).__name__}")
         if not text.strip():
@@ -186,17 +199,18 @@ class KokoroEngine(Engine):
         speakable = any(c.isalnum() for s in segments if isinstance(s, str) for c in s)
         if not speakable and not any(isinstance(s, Pause) and s.seconds > 0 for s in segments):
             raise BusError(INVALID_FIELD, "text has nothing to speak (no letters or digits)")
-        voice = request.get("voice")
+        voice = fields.get("voice")
         voice = self.default_voice if voice is None else self.voices.normalise(voice)
-        return {**request, "text": text, "voice": voice, "speed": _check_speed(request.get("speed", 1.0))}
+        speed = fields.get("speed")
+        return SpeechRequest(text, voice, _check_speed(1.0 if speed is None else speed))
 
-    def batch_key(self, request: Request) -> Hashable:
-        return (self.name, request["voice"], float(request["speed"]))
+    def batch_key(self, request: SpeechRequest) -> Hashable:
+        return (self.name, request.voice, request.speed)
 
-    def cost(self, request: Request) -> float:
+    def cost(self, request: SpeechRequest) -> float:
         """Phoneme tokens, estimated as spoken characters (English runs about one token per
         character; running G2P here would cost milliseconds per sentence on the caller)."""
-        text = request.get("text") or ""
+        text = request.text
         try:
             return float(max(1, len(text_split.spoken_text(text))))
         except ValueError:
@@ -206,13 +220,13 @@ class KokoroEngine(Engine):
         return {**super().describe(), "backend": self.backend, "sample_rate": SAMPLE_RATE,
                 "voices": self.voices.names(), "default_voice": self.default_voice}
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[SpeechRequest]) -> list[Result]:
         """One result per request, in order; raises BusError on any failure (never silence)."""
         try:
             plans = [self.plan(request) for request in requests]
             jobs = [_Job(r, p, self.phonemizer.token_ids(piece.phonemes),
-                         self.voices.style(requests[r]["voice"], len(piece.phonemes)),
-                         float(requests[r]["speed"]))
+                         self.voices.style(requests[r].voice, len(piece.phonemes)),
+                         requests[r].speed)
                     for r, plan in enumerate(plans)
                     for p, piece in enumerate(plan) if isinstance(piece, PlannedPiece)]
             with self._lock:
@@ -226,11 +240,11 @@ class KokoroEngine(Engine):
 
     # --- text ------------------------------------------------------------------------------
 
-    def plan(self, request: Request) -> list[PlannedPiece | Pause]:
+    def plan(self, request: SpeechRequest) -> list[PlannedPiece | Pause]:
         """The pieces (each <= 510 tokens) and pauses that `run_batch` will synthesise for a
         prepared request, in order. Pieces that have no phonemes (stray symbols) are left out."""
         try:
-            segments = text_split.plan(request["text"], self.phonemizer.count, MAX_TOKENS,
+            segments = text_split.plan(request.text, self.phonemizer.count, MAX_TOKENS,
                                        PIECE_TARGET_TOKENS)
         except ValueError as exc:
             raise BusError(INVALID_FIELD, str(exc)) from None
@@ -248,25 +262,11 @@ class KokoroEngine(Engine):
             raise BusError(INVALID_FIELD, "text has nothing to speak")
         return out
 
-    def split_for_streaming(self, request: Request) -> list[Request]:
-        """The request as one request per sentence, in order, for streaming: synthesise and
-        send each as soon as it is done. Pause markers stay in place (a marker between two
-        sentences starts the second one's text). Each result is still to be `prepare`d."""
-        chunks: list[str] = []
-        pending = ""
-        for segment in text_split.parse_pauses(request.get("text") or ""):
-            if isinstance(segment, Pause):
-                pending += text_split.format_pause(segment) + " "
-                continue
-            for sentence in text_split.split_sentences(segment):
-                chunks.append(pending + sentence)
-                pending = ""
-        if pending:
-            if chunks:
-                chunks[-1] = f"{chunks[-1]} {pending.strip()}"
-            else:
-                chunks.append(pending.strip())
-        return [{**request, "text": chunk} for chunk in chunks]
+    def split_for_streaming(self, fields: Fields) -> list[dict[str, Any]]:
+        """The item's fields as one item per sentence, in order, for streaming (see
+        `text_split.split_for_streaming`). Each is still to be `prepare`d."""
+        chunks = text_split.split_for_streaming(fields.get("text") or "")
+        return [{**fields, "text": chunk} for chunk in chunks]
 
     # --- synthesis -------------------------------------------------------------------------
 

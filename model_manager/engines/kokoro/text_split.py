@@ -248,3 +248,25 @@ def plan(text: str, measure: Measure, limit: int, target: int | None = None) -> 
         fitted = [piece for sentence in split_sentences(segment) for piece in fit(sentence, measure, limit)]
         out.extend(pack(fitted, measure, max(target, 1)) if target > 1 else fitted)
     return out
+
+
+def split_for_streaming(text: str) -> list[str]:
+    """`text` as one chunk per sentence, in order, for streaming: each is synthesised and
+    sent as soon as it is done. Pause markers stay in place (a marker between two sentences
+    starts the second one's text). Raises ValueError for a malformed pause marker. This is
+    the one stream splitter: the engine and the TTS agent both use it."""
+    chunks: list[str] = []
+    pending = ""
+    for segment in parse_pauses(text):
+        if isinstance(segment, Pause):
+            pending += format_pause(segment) + " "
+            continue
+        for sentence in split_sentences(segment):
+            chunks.append(pending + sentence)
+            pending = ""
+    if pending:
+        if chunks:
+            chunks[-1] = f"{chunks[-1]} {pending.strip()}"
+        else:
+            chunks.append(pending.strip())
+    return chunks

@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import re
 from abc import abstractmethod
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
@@ -126,6 +126,22 @@ def log_mel_batch(clips: Sequence[np.ndarray], n_mels: int = 80, frames: int = N
     return np.stack([log_mel(c, n_mels, frames) for c in clips])
 
 
+class WindowOptions(NamedTuple):
+    task: str
+    beam_size: int
+
+
+def check_uniform(requests: Sequence[Mapping[str, Any]]) -> WindowOptions:
+    """(task, beam_size) shared by a batch of window dicts (timestamps.py's path); ValueError
+    if the caller mixed batch keys."""
+    if not requests:
+        raise ValueError("empty batch")
+    shared = {(r.get("task", "transcribe"), int(r.get("beam_size", 1))) for r in requests}
+    if len(shared) > 1:
+        raise ValueError("requests with different task or beam_size in one batch")
+    return WindowOptions(*shared.pop())
+
+
 @dataclass(frozen=True, eq=False)
 class Window:
     """One encoder window of a request: at most `request.window_s` of its audio, decoded to at
@@ -136,10 +152,10 @@ class Window:
     max_tokens: int | None
 
     @property
-    def call_key(self) -> tuple[str, int, float, float]:
+    def call_key(self) -> tuple[Any, ...]:
         """What one generate call takes once for all its items."""
         r = self.request
-        return (r.task, r.beam_size, r.window_s, r.repetition_penalty)
+        return (r.task, r.beam_size, r.window_s, r.repetition_penalty, r.details.batch_key())
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,8 @@ class WindowText:
     language: str
     #: The decoder reached the window's token bound: the text was cut there (a loop, usually).
     truncated: bool
+    #: "segments" (and "words") when the request asked for timestamps (see timestamps.py).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,7 +187,7 @@ class CallPlan:
         keys = {w.call_key for w in windows}
         if len(keys) > 1:
             raise ValueError(f"windows of different calls in one batch: {sorted(keys)}")
-        task, beam_size, window_s, penalty = keys.pop()
+        task, beam_size, window_s, penalty, _ = keys.pop()
         bounds = [w.max_tokens for w in windows]
         decode = MAX_TEXT_TOKENS if None in bounds else min(MAX_TEXT_TOKENS, max(b for b in bounds if b) + 1)
         return cls(task, beam_size, window_frames(window_s), penalty, decode)
@@ -212,6 +230,9 @@ class WhisperEngine(Engine):
     task = "stt"
     multilingual: bool
     tokens: WhisperTokens
+    #: Text -> token ids without special tokens, for `prompt`; None: the engine cannot decode
+    #: prompts, temperatures or timestamps (see timestamps.py).
+    encode_prompt: Callable[[str], list[int]] | None = None
     policy: WindowPolicy = WindowPolicy()
     vad: bool = True
 
@@ -227,12 +248,14 @@ class WhisperEngine(Engine):
 
     def prepare(self, fields: Mapping[str, Any] | SttRequest) -> SttRequest:
         return prepare_request(fields, multilingual=self.multilingual, known_languages=self.tokens.languages,
-                               model_name=self.name, policy=self.policy, vad_default=self.vad)
+                               model_name=self.name, policy=self.policy, vad_default=self.vad,
+                               encode_prompt=self.encode_prompt)
 
     def batch_key(self, request: SttRequest) -> Hashable:
         """Requests share a generate call when they share these, window length included."""
-        return (self.name, request.language, request.task, request.beam_size, request.window_s,
-                request.repetition_penalty)
+        key = (self.name, request.language, request.task, request.beam_size, request.window_s,
+               request.repetition_penalty)
+        return key + (request.details.batch_key(),) if request.details.requested else key
 
     def bucket(self, request: SttRequest) -> Hashable:
         """Requests of one window length cost alike: the scheduler learns batch sizes per bucket."""
@@ -265,7 +288,7 @@ class WhisperEngine(Engine):
             for owner, request in enumerate(prepared) if request.has_speech
             for piece in split_into_windows(request.audio, FULL_WINDOW_S)
         ]
-        calls: dict[tuple[str, int, float, float], list[int]] = {}
+        calls: dict[tuple[Any, ...], list[int]] = {}
         for index, (_, window) in enumerate(windows):
             calls.setdefault(window.call_key, []).append(index)
         per_call = max(MAX_WINDOWS_PER_CALL, len(prepared))
@@ -280,7 +303,11 @@ class WhisperEngine(Engine):
         for (owner, _), text in zip(windows, texts, strict=True):
             assert text is not None
             parts[owner].append(text)
-        return [self._joined(request, own) for request, own in zip(prepared, parts, strict=True)]
+        joined = [self._joined(request, own) for request, own in zip(prepared, parts, strict=True)]
+        from model_manager.engines.whisper.timestamps import attach_details  # it imports this module
+
+        return attach_details(joined, [(owner, w.audio) for owner, w in windows],
+                              [{"text": t.text, **t.details} for t in texts if t is not None])
 
     @staticmethod
     def _joined(request: SttRequest, parts: Sequence[WindowText]) -> Result:

@@ -12,6 +12,7 @@ from pathlib import Path
 import ctranslate2
 import tokenizers
 
+from model_manager.engines.whisper import timestamps
 from model_manager.engines.whisper.common import (
     CallPlan,
     WhisperEngine,
@@ -64,10 +65,13 @@ class CT2WhisperEngine(WhisperEngine):
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
         self.configure_windows(min_window_s, vad)
+        self.encode_prompt = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def transcribe_windows(self, windows: Sequence[Window]) -> list[WindowText]:
         """One generate call for all windows (plus one encode + detect_language first when a
         multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
+        if windows[0].request.details.requested:
+            return timestamps.transcribe_windows_of(self, windows)
         plan = CallPlan.of(windows)
         features = ctranslate2.StorageView.from_array(
             log_mel_batch([w.audio for w in windows], self.n_mels, plan.frames))

@@ -7,7 +7,7 @@ model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,29 @@ MAX_AUDIO_SECONDS = 3600.0
 TASKS = ("transcribe", "translate")
 MIN_BEAM_SIZE = 1
 MAX_BEAM_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Details:
+    """The decoding details a prepared request asks for (the fields `prepare_details` set)."""
+
+    prompt_ids: tuple[int, ...] = ()
+    temperature: float | None = None
+    timestamps: str | None = None
+
+    @classmethod
+    def of(cls, request: Mapping[str, Any]) -> Details:
+        return cls(tuple(request.get("prompt_ids") or ()), request.get("temperature"),
+                   request.get("timestamps"))
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.prompt_ids) or self.temperature is not None or self.timestamps is not None
+
+    def batch_key(self) -> Hashable:
+        """What must be equal within one generate call: the prompt's length (see the module
+        docstring), the temperature and whether timestamp tokens are decoded."""
+        return (len(self.prompt_ids), self.temperature, self.timestamps)
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +68,9 @@ class SttRequest:
     max_tokens: int | None
     repetition_penalty: float
     received_s: float
+    #: prompt, temperature and timestamps (timestamps.py); a request that asks for any keeps
+    #: 30 s windows and Whisper's own token limit, as that path was measured with them.
+    details: Details = Details()
 
     @property
     def has_speech(self) -> bool:
@@ -121,12 +147,14 @@ def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
 
 def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: bool,
                     known_languages: Mapping[str, int], model_name: str, policy: WindowPolicy,
-                    vad_default: bool) -> SttRequest:
+                    vad_default: bool, encode_prompt: Callable[[str], list[int]] | None = None) -> SttRequest:
     """The `SttRequest` of a client's fields, or BusError with a client-fixable code.
 
     Fields: audio (required), language, task, beam_size, vad (default: the model's `vad`
-    option). An SttRequest passes through unchanged, so preparing twice is harmless.
+    option), prompt, temperature, timestamps (see timestamps.prepare_details). An SttRequest
+    passes through unchanged, so preparing twice is harmless.
     """
+    from model_manager.engines.whisper import timestamps  # it imports common, which imports this
     if isinstance(fields, SttRequest):
         return fields
     task = fields.get("task") or "transcribe"
@@ -136,6 +164,10 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
         raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
     beam_size = _beam_size(fields.get("beam_size"))
     language = validate_language(fields.get("language"), multilingual, known_languages, model_name)
+    checked = timestamps.prepare_details(fields, encode_prompt, model_name)
+    details = Details(tuple(checked["prompt_ids"]), checked["temperature"], checked["timestamps"])
+    if details.requested:
+        policy = WindowPolicy(min_window_s=FULL_WINDOW_S)
     use_vad = _flag(fields, "vad", vad_default)
     audio = validate_audio(fields.get("audio"))
     received_s = len(audio) / SAMPLE_RATE
@@ -148,4 +180,4 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
         audio=audio, language=language, task=task, beam_size=beam_size, vad=use_vad, window_s=window_s,
         max_tokens=policy.max_tokens(speech_s),
         repetition_penalty=policy.repetition_penalty(window_s) if window_s else 1.0,
-        received_s=received_s)
+        received_s=received_s, details=details)

@@ -1,0 +1,108 @@
+"""The gateway's pure pieces: names, transcript formats, error mapping, keys, and the
+benchmark report's HTTP section."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+from agents.gateway.auth import authorized, load_api_keys
+from agents.gateway.errors import ApiError
+from agents.gateway.names import Names
+from agents.gateway.transcripts import clock, render, text_deltas
+from model_manager.config import ConfigError, GatewayConfig
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import report as bench_report  # noqa: E402
+
+
+def test_openai_names_map_to_the_bus():
+    names = Names({"whisper-1": "", "tts-1": "", "big": "quality"}, {"alloy": "jf_alpha", "echo": "jm_kumo"},
+                  "quality")
+    assert names.model_pref("whisper-1") is None and names.model_pref("WHISPER-1") is None
+    assert names.model_pref("big") == "quality" and names.model_pref("whisper-base") == "whisper-base"
+    assert names.model_pref("whisper-1", translation=True) == "quality"
+    assert names.model_pref(None, translation=True) == "quality" and names.model_pref(None) is None
+    assert names.voice("alloy") == "jf_alpha" and names.voice("jm_kumo") == "jm_kumo"
+    assert names.voice("Alloy(2)+echo(1)") == "jf_alpha(2)+jm_kumo(1)"
+    assert names.voice(None) is None
+
+
+def test_transcript_formats():
+    reply = {"text": "Hello there. Bye.", "language": "en",
+             "segments": [{"id": 0, "start": 0.0, "end": 1.5, "text": "Hello there."},
+                          {"id": 1, "start": 3661.25, "end": 3662.0, "text": "Bye."}],
+             "words": [{"start": 0.0, "end": 0.4, "word": " Hello", "probability": 0.9}]}
+    assert clock(3661.25, ",") == "01:01:01,250"
+    srt, media = render(reply, "srt", "transcribe", 3662.0, set())
+    assert media == "application/x-subrip"
+    assert srt == "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n01:01:01,250 --> 01:01:02,000\nBye.\n"
+    vtt, _ = render(reply, "vtt", "transcribe", 3662.0, set())
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
+    verbose, _ = render(reply, "verbose_json", "transcribe", 3662.0, {"word"})
+    assert verbose["language"] == "english" and "segments" not in verbose
+    assert verbose["words"] == [{"word": "Hello", "start": 0.0, "end": 0.4, "probability": 0.9}]
+    both, _ = render(reply, "verbose_json", "translate", 3662.0, {"word", "segment"})
+    assert both["task"] == "translate" and len(both["segments"]) == 2 and both["words"]
+    assert render(reply, "text", "transcribe", 1.0, set()) == ("Hello there. Bye.\n", "text/plain")
+    assert text_deltas(reply) == ["Hello there.", " Bye."]
+    odd = {"text": "A b. C d.", "segments": [{"text": " A b."}, {"text": "missing"}, {"text": ""}]}
+    assert text_deltas(odd) == ["A b.", " C d."] and text_deltas({"text": "x"}) == ["x"]
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("invalid_audio", 400), ("unknown_voice", 400), ("unknown_model", 404), ("audio_too_long", 413),
+    ("overloaded", 429), ("model_unavailable", 503), ("timeout", 504), ("inference_failed", 500),
+    ("something_new", 500)])
+def test_bus_codes_become_http_statuses(code, status):
+    error = ApiError.from_bus({"code": code, "message": "m", "retry_after_ms": 2500})
+    assert error.status == status and error.body()["error"]["code"] == code
+    if code == "overloaded":
+        assert error.headers["Retry-After"] == "3"
+    if status == 503:
+        assert int(error.headers["Retry-After"]) >= 1
+
+
+def test_api_keys(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# team keys\nalpha\n\n  beta  \n")
+    settings = GatewayConfig(api_keys_file=str(keys_file), api_keys_env="KEYS")
+    keys = load_api_keys(settings, {"KEYS": "gamma, ,delta"})
+    assert keys == {"alpha", "beta", "gamma", "delta"}
+    assert authorized("Bearer beta", keys) and authorized("bearer gamma", keys)
+    assert not authorized("Bearer nope", keys) and not authorized(None, keys) and not authorized("beta", keys)
+    assert authorized(None, frozenset())  # no keys configured: open
+    with pytest.raises(ConfigError, match="api_keys_file"):
+        load_api_keys(GatewayConfig(api_keys_file=str(tmp_path / "missing")), {})
+
+
+def test_benchmark_http_section():
+    row = {"clients": 8, "throughput_rps": 2.0, "p99_ms": 900.0}
+    entry = {"clients": 8, "zeromq": row, "http": {**row, "throughput_rps": 1.9}, "throughput_ratio": 0.95,
+             "p99_ratio": 1.02, "rounds": [{"ratio": 0.9}, {"ratio": 1.0}]}
+    assert bench_report.http_problems({"stt": entry}, ["stt"]) == []
+    assert bench_report.http_problems({"skipped": "--no-http was given"}, ["stt"]) == []
+    assert bench_report.http_problems({"stt": {**entry, "throughput_ratio": None}}, ["stt"]) == [
+        "http.stt.throughput_ratio: must be a positive number, got None"]
+    assert bench_report.http_problems({}, ["tts"]) == ["http.tts: missing"]
+    table = bench_report.http_table({"stt": entry})
+    assert "0.95" in table and "0.90, 1.00" in table
+
+
+def test_a_taken_http_port_leaves_the_gateway_out():
+    import socket
+
+    from agents.launcher import plan_children, without_taken_http_port
+    from model_manager.config import parse_config
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = parse_config({"endpoints": {"http_port": port}, "models": {"stt": [
+            {"name": "m", "engine": "ctranslate2"}]}})
+        assert [c.name for c in plan_children(config)] == ["model-manager", "stt-agent", "gateway"]
+        left_out = without_taken_http_port(config)
+        assert left_out.endpoints.http_port == 0
+        assert [c.name for c in plan_children(left_out)] == ["model-manager", "stt-agent"]
+    assert without_taken_http_port(config) is config  # free again
