@@ -16,7 +16,8 @@ Contract
   - `fast_path`: it is the only item queued and nothing else has arrived for
     `lone_wait_s` (a few ms): a single user does not pay the batching wait; or it is the only
     item queued and it arrived at least `lone_wait_s` after the worker went idle
-    (`idle_since`): nothing is running whose replies could bring company, so it runs at once;
+    (`idle_since`): nothing is running whose replies could bring company, so it runs at once
+    (unless `lone_wait_s` >= `max_wait_s`, which turns every fast path off);
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
@@ -140,7 +141,9 @@ class DynamicBatcher(Generic[T]):
             return "timeout"
         if self._size == 1 and now - self._last_arrival >= p.lone_wait_s:
             return "fast_path"
-        if self._size == 1 and idle_since is not None and self._last_arrival - idle_since >= p.lone_wait_s:
+        # A lone wait as long as the batching wait turns every fast path off (a pinned policy).
+        if (self._size == 1 and idle_since is not None and p.lone_wait_s < p.max_wait_s
+                and self._last_arrival - idle_since >= p.lone_wait_s):
             return "fast_path"
         return None
 

@@ -163,3 +163,9 @@ def test_group_size_caps_each_group_on_its_own():
     assert first.items == ["s0", "s1"] and first.reason == "full"
     assert b.next_batch(0.0) is None  # "long" waits for 8 (or its timeout); "short" has 1 of 2
     assert b.next_batch(0.1).items in (["l0", "l1", "l2"], ["s2"])
+
+
+def test_a_lone_wait_as_long_as_the_batching_wait_turns_the_idle_rule_off():
+    b = make(lone_request_wait_ms=100, max_batch_wait_ms=100)
+    b.add("a", "k", 1.0)
+    assert b.next_batch(1.0, idle_since=0.0) is None
