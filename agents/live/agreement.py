@@ -1,0 +1,69 @@
+"""The commit policy of an open utterance: LocalAgreement-2, as whisper_streaming uses it.
+
+Each re-decode of an utterance's audio so far gives a hypothesis: its words. Words that
+two consecutive hypotheses agree on, from the start of what is not yet committed, are
+committed. Contract of `LocalAgreement`:
+- `committed` only grows: a committed word is never revised or removed within the
+  utterance, whatever later decodes say;
+- `update(words)` returns the text to show now: the committed words, then the newest
+  hypothesis's words after them (tentative: they may still change);
+- `finish(words)` returns the final words: the committed ones, then the last (full)
+  decode's words after them. A final is therefore consistent with every partial's
+  committed part.
+
+Words are compared after lower-casing and dropping punctuation ("fox," agrees with "Fox.").
+A hypothesis whose start differs from the committed words (Whisper changed its mind about
+an earlier word) is aligned to them by the longest matching blocks (difflib), so its words
+after the committed ones are still found.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+
+def normalize(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'")
+
+
+def _keys(words: Sequence[str]) -> list[str]:
+    return [normalize(w) for w in words]
+
+
+def after_prefix(prefix: Sequence[str], words: Sequence[str]) -> list[str]:
+    """The words of `words` that come after the part matching `prefix`."""
+    want, have = _keys(prefix), _keys(words)
+    if have[: len(want)] == want:
+        return list(words[len(want) :])
+    matcher = difflib.SequenceMatcher(None, want, have, autojunk=False)
+    blocks = [b for b in matcher.get_matching_blocks() if b.size]
+    if not blocks:
+        return list(words[len(want) :])
+    last = blocks[-1]
+    # The committed words after the last matching block have counterparts (changed words)
+    # in `words` right after it: skip as many.
+    unmatched_tail = len(want) - (last.a + last.size)
+    return list(words[last.b + last.size + unmatched_tail :])
+
+
+class LocalAgreement:
+    def __init__(self) -> None:
+        self.committed: list[str] = []
+        self._previous: list[str] = []  # the last hypothesis's words after `committed`
+
+    def update(self, words: Sequence[str]) -> list[str]:
+        """Take one hypothesis of the whole utterance so far; return the words to show."""
+        tail = after_prefix(self.committed, words)
+        agreed = 0
+        for old, new in zip(_keys(self._previous), _keys(tail), strict=False):
+            if old != new:
+                break
+            agreed += 1
+        self.committed += tail[:agreed]
+        self._previous = tail[agreed:]
+        return self.committed + self._previous
+
+    def finish(self, words: Sequence[str]) -> list[str]:
+        """The final words, from the last decode of the whole utterance."""
+        return self.committed + after_prefix(self.committed, words)

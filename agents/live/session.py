@@ -1,0 +1,325 @@
+"""One live speech-to-text stream: its audio, its utterances, its decodes and its events.
+
+`LiveSession` is pure: no sockets, threads, models or clocks. The caller feeds it audio
+with the speech probabilities of its VAD frames (`agents/live/vad.py`) and the monotonic
+time the audio arrived, sends the `DecodeRequest`s it returns as ordinary transcribe jobs,
+and hands their answers back. Every call returns a `Step`: the events now ready for the
+client, the decodes to send, and the decodes whose answers are no longer wanted (drop them
+if they have not run).
+
+Contract:
+- Utterances come from the `Endpointer`: each one's events are `speech_started`, then
+  `partial`s, `speech_ended`, and exactly one `final` (or one `error`, when its final
+  decode failed). Audio without speech is never decoded.
+- While an utterance is open, a partial decode of its audio so far is due whenever
+  `decode_interval_s` more of it has arrived. A stream has at most one partial decode in
+  flight: one that falls due meanwhile is skipped (`skipped_decodes` counts them) and the
+  next one, sent as soon as the answer comes, covers all the audio so far (latest wins).
+- Partials follow LocalAgreement-2 (`agents/live/agreement.py`): their committed words
+  never change within the utterance, and the final keeps them.
+- When an utterance ends, its final decode is sent at once, and a partial decode still in
+  flight for it is dropped. Finals (and errors) go out in utterance order, once each, and
+  are never revised; a partial of a later utterance waits for the earlier ones' finals
+  (a stale partial is replaced, not queued).
+- `close()` ends the open utterance at the end of the audio; the session is `done` once
+  every final is out. Audio after `close()` is refused (ValueError).
+- The audio kept is bounded: from the open utterance's start (at most
+  `EndpointConfig.max_utterance_s` plus padding) or, between utterances, the padding and
+  minimum speech that a new utterance may reach back to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.live.agreement import LocalAgreement
+from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
+from agents.live.vad import SAMPLE_RATE
+
+SPEECH_STARTED, SPEECH_ENDED = "speech_started", "speech_ended"
+PARTIAL, FINAL, ERROR = "partial", "final", "error"
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    #: A partial decode is due each time this much more of the open utterance has arrived.
+    decode_interval_s: float = 0.5
+    #: No partial decode of an utterance shorter than this.
+    min_partial_audio_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.decode_interval_s <= 0:
+            raise ValueError(f"decode_interval_s must be positive, got {self.decode_interval_s}")
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    decode_id: int
+    utterance: int
+    final: bool
+    audio: np.ndarray  # float32, 16 kHz: the utterance's audio so far (all of it for a final)
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    type: str  # speech_started | partial | speech_ended | final | error
+    utterance: int
+    start_s: float
+    end_s: float | None = None
+    text: str = ""
+    #: partial/final: from the arrival of the newest audio it covers (a final: the end of
+    #: its speech) to the event; for the stream's latency figures.
+    latency_s: float | None = None
+    code: str | None = None  # error only
+    message: str | None = None
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {
+            "type": self.type,
+            "utterance": self.utterance,
+            "text": self.text,
+            "start_s": round(self.start_s, 3),
+            "end_s": None if self.end_s is None else round(self.end_s, 3),
+        }
+        if self.type == ERROR:
+            wire["error"] = {"code": self.code, "message": self.message}
+        return wire
+
+
+@dataclass
+class Step:
+    events: list[LiveEvent] = field(default_factory=list)
+    decodes: list[DecodeRequest] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    def extend(self, other: Step) -> None:
+        self.events += other.events
+        self.decodes += other.decodes
+        self.cancelled += other.cancelled
+
+
+@dataclass
+class _Utterance:
+    index: int
+    start_s: float
+    end_s: float | None = None  # set when it ends
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    due_from_s: float = 0.0  # audio end at which the last partial decode fell due
+    partial_in_flight: int | None = None
+    behind: bool = False  # a partial decode fell due while one was in flight
+    final_in_flight: int | None = None
+    pending_partial: LiveEvent | None = None  # waits for the earlier utterances' finals
+    last_partial_text: str = ""
+
+
+@dataclass
+class _Chunk:
+    start: int  # absolute sample index
+    samples: np.ndarray
+    arrived_at: float
+
+
+class LiveSession:
+    def __init__(self, config: LiveConfig | None = None) -> None:
+        self.config = config or LiveConfig()
+        self.endpointer = Endpointer(self.config.endpoint)
+        self.samples_received = 0
+        self.skipped_decodes = 0
+        self.closed = False
+        self._chunks: list[_Chunk] = []
+        self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
+        self._open: int | None = None  # the utterance being spoken
+        self._next_utterance = 0
+        self._next_final = 0  # the utterance whose final goes out next
+        self._ready_finals: dict[int, LiveEvent] = {}  # finals answered out of order
+        self._decodes: dict[int, DecodeRequest] = {}  # in flight
+        self._next_decode = 0
+        self._final_heard_at: dict[int, float] = {}
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.samples_received / SAMPLE_RATE
+
+    @property
+    def buffered_seconds(self) -> float:
+        return sum(len(c.samples) for c in self._chunks) / SAMPLE_RATE
+
+    @property
+    def in_flight(self) -> list[int]:
+        return list(self._decodes)
+
+    @property
+    def done(self) -> bool:
+        """Closed, and every utterance's final (or error) is out."""
+        return self.closed and not self._utterances
+
+    # --- input -----------------------------------------------------------------------------
+
+    def push(self, audio: np.ndarray, speech_probs: np.ndarray, now: float) -> Step:
+        """Append `audio` (float32, 16 kHz) that arrived at `now`, with the probabilities of
+        the VAD frames it completed."""
+        if self.closed:
+            raise ValueError("the stream is closed")
+        if len(audio):
+            self._chunks.append(_Chunk(self.samples_received, np.asarray(audio, dtype=np.float32), now))
+            self.samples_received += len(audio)
+        step = self._on_endpoints(self.endpointer.push(speech_probs), now)
+        open_utterance = self._open_utterance()
+        if open_utterance is not None:
+            step.extend(self._partial_if_due(open_utterance, now, count_skip=True))
+        self._trim()
+        return step
+
+    def close(self, now: float, tail_probs: np.ndarray | None = None) -> Step:
+        """The stream ends: the open utterance (if any) ends at the end of the audio."""
+        if self.closed:
+            return Step()
+        events = self.endpointer.push(tail_probs if tail_probs is not None else [])
+        events += self.endpointer.flush(self.audio_seconds)
+        step = self._on_endpoints(events, now)
+        self.closed = True
+        return step
+
+    def decoded(self, decode_id: int, text: str, now: float) -> Step:
+        """The answer to a decode: its text."""
+        request = self._decodes.pop(decode_id, None)
+        if request is None:
+            return Step()  # dropped (its utterance ended, or the stream closed): not wanted
+        utterance = self._utterances[request.utterance]
+        words = text.split()
+        if request.final:
+            final_words = utterance.agreement.finish(words)
+            heard_at = self._final_heard_at.pop(request.utterance, now)
+            text = " ".join(final_words)
+            event = LiveEvent(FINAL, utterance.index, utterance.start_s, utterance.end_s, text,
+                              latency_s=now - heard_at)
+            return self._finalise(utterance, event)
+        utterance.partial_in_flight = None
+        shown = " ".join(utterance.agreement.update(words))
+        step = Step()
+        if shown and shown != utterance.last_partial_text and utterance.end_s is None:
+            utterance.last_partial_text = shown
+            event = LiveEvent(PARTIAL, utterance.index, utterance.start_s, request.end_s, shown,
+                              latency_s=now - self._arrival_of(request.end_s, default=now))
+            if utterance.index == self._next_final:
+                step.events.append(event)
+            else:
+                utterance.pending_partial = event
+        if utterance.end_s is None:
+            step.extend(self._partial_if_due(utterance, now, count_skip=False))
+        return step
+
+    def failed(self, decode_id: int, code: str, message: str, now: float) -> Step:
+        """A decode failed. A failed partial is forgotten (the next one is due soon); a
+        failed final becomes its utterance's `error` event, in the final's place."""
+        request = self._decodes.pop(decode_id, None)
+        if request is None:
+            return Step()
+        utterance = self._utterances[request.utterance]
+        if not request.final:
+            utterance.partial_in_flight = None
+            return Step()
+        self._final_heard_at.pop(request.utterance, None)
+        event = LiveEvent(ERROR, utterance.index, utterance.start_s, utterance.end_s, code=code,
+                          message=f"the utterance could not be transcribed: {message}")
+        return self._finalise(utterance, event)
+
+    # --- inside --------------------------------------------------------------------------
+
+    def _open_utterance(self) -> _Utterance | None:
+        return None if self._open is None else self._utterances[self._open]
+
+    def _on_endpoints(self, endpoints: list[SpeechStarted | SpeechEnded], now: float) -> Step:
+        step = Step()
+        for endpoint in endpoints:
+            if isinstance(endpoint, SpeechStarted):
+                index = self._next_utterance
+                self._next_utterance += 1
+                self._utterances[index] = _Utterance(index, endpoint.start_s, due_from_s=endpoint.start_s)
+                self._open = index
+                step.events.append(LiveEvent(SPEECH_STARTED, index, endpoint.start_s))
+                continue
+            utterance = self._utterances[self._open]  # type: ignore[index]  # an end follows a start
+            self._open = None
+            utterance.end_s = endpoint.end_s
+            step.events.append(LiveEvent(SPEECH_ENDED, utterance.index, utterance.start_s, endpoint.end_s))
+            if utterance.partial_in_flight is not None:
+                step.cancelled.append(utterance.partial_in_flight)
+                del self._decodes[utterance.partial_in_flight]
+                utterance.partial_in_flight = None
+            utterance.pending_partial = None
+            speech_end_s = max(utterance.start_s, endpoint.end_s - self.config.endpoint.speech_pad_s)
+            self._final_heard_at[utterance.index] = self._arrival_of(speech_end_s, default=now)
+            request = self._request(utterance, final=True, end_s=endpoint.end_s)
+            utterance.final_in_flight = request.decode_id
+            step.decodes.append(request)
+        return step
+
+    def _partial_if_due(self, utterance: _Utterance, now: float, count_skip: bool) -> Step:
+        c = self.config
+        audio_end = self.audio_seconds
+        if audio_end - utterance.start_s < c.min_partial_audio_s:
+            return Step()
+        due = audio_end - utterance.due_from_s >= c.decode_interval_s - 1e-9
+        if utterance.partial_in_flight is not None:
+            if due and count_skip:
+                self.skipped_decodes += 1
+                utterance.behind, utterance.due_from_s = True, audio_end
+            return Step()
+        if not (due or utterance.behind):
+            return Step()
+        # Behind: a decode was skipped while this one ran; the next covers all audio so far.
+        utterance.behind, utterance.due_from_s = False, audio_end
+        request = self._request(utterance, final=False, end_s=audio_end)
+        utterance.partial_in_flight = request.decode_id
+        return Step(decodes=[request])
+
+    def _request(self, utterance: _Utterance, final: bool, end_s: float) -> DecodeRequest:
+        request = DecodeRequest(self._next_decode, utterance.index, final,
+                                self._audio_between(utterance.start_s, end_s), utterance.start_s, end_s)
+        self._next_decode += 1
+        self._decodes[request.decode_id] = request
+        return request
+
+    def _finalise(self, utterance: _Utterance, event: LiveEvent) -> Step:
+        """Release finals (and the partial waiting behind them) in utterance order."""
+        self._ready_finals[utterance.index] = event
+        step = Step()
+        while self._next_final in self._ready_finals:
+            step.events.append(self._ready_finals.pop(self._next_final))
+            del self._utterances[self._next_final]
+            self._next_final += 1
+            following = self._utterances.get(self._next_final)
+            if following is not None and following.pending_partial is not None:
+                step.events.append(following.pending_partial)
+                following.pending_partial = None
+        return step
+
+    def _audio_between(self, start_s: float, end_s: float) -> np.ndarray:
+        start, end = round(start_s * SAMPLE_RATE), round(end_s * SAMPLE_RATE)
+        pieces = [
+            c.samples[max(0, start - c.start) : max(0, end - c.start)]
+            for c in self._chunks
+            if c.start < end and c.start + len(c.samples) > start
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+    def _arrival_of(self, time_s: float, default: float) -> float:
+        """When the audio at `time_s` arrived."""
+        sample = min(round(time_s * SAMPLE_RATE), self.samples_received - 1)
+        for chunk in self._chunks:
+            if chunk.start <= sample < chunk.start + len(chunk.samples):
+                return chunk.arrived_at
+        return default
+
+    def _trim(self) -> None:
+        keep_from = round(self.endpointer.earliest_needed_s() * SAMPLE_RATE)
+        while self._chunks and self._chunks[0].start + len(self._chunks[0].samples) <= keep_from:
+            self._chunks.pop(0)

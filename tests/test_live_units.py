@@ -1,0 +1,303 @@
+"""Live STT pieces without sockets or Whisper: endpointing, the commit policy, the stream
+session (with an explicit clock and hand-made speech probabilities), and the streaming VAD
+on real speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from speech import SENTENCES, speak
+
+from agents.live.agreement import LocalAgreement, after_prefix
+from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
+from agents.live.session import FINAL, PARTIAL, SPEECH_ENDED, SPEECH_STARTED, LiveConfig, LiveSession
+from agents.live.vad import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, StreamingVad
+
+F = FRAME_SECONDS
+
+
+def frames(seconds: float, prob: float) -> list[float]:
+    return [prob] * round(seconds / F)
+
+
+# --- endpointing ------------------------------------------------------------------------------
+
+
+def test_silence_starts_nothing():
+    assert Endpointer().push(frames(10, 0.05)) == []
+
+
+def test_one_utterance_padded_and_ended_after_the_silence():
+    config = EndpointConfig(min_speech_s=0.25, min_silence_s=0.5, speech_pad_s=0.2)
+    ep = Endpointer(config)
+    silence_frames = frames(1.0, 0.0)
+    assert ep.push(silence_frames) == []
+    events = ep.push(frames(2.0, 0.9))
+    speech_from = len(silence_frames) * F
+    assert events == [SpeechStarted(pytest.approx(speech_from - 0.2))]
+    assert ep.in_speech
+    pause = frames(0.5, 0.0)
+    assert ep.push(pause[:-1]) == []  # not yet: one frame short of min_silence_s
+    ended = ep.push(pause[-1:])
+    speech_to = speech_from + 2.0
+    assert ended == [SpeechEnded(pytest.approx(speech_from - 0.2), pytest.approx(speech_to + 0.2, abs=F))]
+    assert not ep.in_speech
+
+
+def test_a_short_burst_is_not_speech_and_a_short_pause_does_not_end_it():
+    ep = Endpointer(EndpointConfig(min_speech_s=0.25, min_silence_s=0.5))
+    assert ep.push(frames(0.2, 0.9) + frames(1.0, 0.0)) == []  # a click
+    events = ep.push(frames(1.0, 0.9) + frames(0.3, 0.0) + frames(1.0, 0.9) + frames(0.6, 0.0))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+
+
+def test_probabilities_between_the_thresholds_continue_the_current_state():
+    ep = Endpointer(EndpointConfig(threshold=0.5, neg_threshold=0.35, min_silence_s=0.5))
+    assert ep.push(frames(1.0, 0.4)) == []  # never started: not speech
+    events = ep.push(frames(0.5, 0.9) + frames(2.0, 0.4))  # keeps going: not silence
+    assert [type(e) for e in events] == [SpeechStarted]
+    assert [type(e) for e in ep.push(frames(0.6, 0.1))] == [SpeechEnded]
+
+
+def test_a_long_utterance_is_cut_in_its_last_pause_and_the_next_starts_there():
+    config = EndpointConfig(max_utterance_s=5.0, min_pause_s=0.1, min_silence_s=0.5, speech_pad_s=0.2)
+    ep = Endpointer(config)
+    events = ep.push(frames(2.0, 0.9) + frames(0.2, 0.0) + frames(4.0, 0.9))
+    started, ended, restarted = events
+    assert isinstance(started, SpeechStarted) and started.start_s == 0.0
+    assert isinstance(ended, SpeechEnded) and ended.cut
+    assert ended.end_s == pytest.approx(2.1, abs=2 * F)  # the middle of the pause
+    assert restarted == SpeechStarted(ended.end_s)  # no audio lost between them
+    assert ended.end_s - ended.start_s <= config.max_utterance_s
+    assert ep.in_speech
+
+
+def test_a_long_utterance_without_pauses_is_cut_at_the_limit():
+    config = EndpointConfig(max_utterance_s=5.0)
+    events = Endpointer(config).push(frames(12.0, 0.9))
+    cuts = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(cuts) == 2
+    assert all(e.cut and e.end_s - e.start_s == pytest.approx(5.0, abs=F) for e in cuts)
+
+
+def test_flush_ends_the_open_utterance_at_the_end_of_the_audio():
+    ep = Endpointer()
+    ep.push(frames(1.0, 0.9))
+    (ended,) = ep.flush(1.01)
+    assert isinstance(ended, SpeechEnded) and ended.end_s == pytest.approx(1.01)
+    assert ep.flush(2.0) == []
+
+
+# --- the commit policy ------------------------------------------------------------------------
+
+
+def test_two_agreeing_decodes_commit_their_common_prefix():
+    agreement = LocalAgreement()
+    assert agreement.update("the quick".split()) == ["the", "quick"]
+    assert agreement.committed == []
+    agreement.update("the quick brown fax".split())
+    assert agreement.committed == ["the", "quick"]
+    agreement.update("The quick brown fox jumps".split())
+    assert agreement.committed == ["the", "quick", "brown"]
+
+
+def test_committed_words_are_never_revised_and_the_final_keeps_them():
+    agreement = LocalAgreement()
+    agreement.update("I scream for".split())
+    agreement.update("I scream for ice".split())
+    assert agreement.committed == ["I", "scream", "for"]
+    # Whisper changes its mind about the committed words: they stay.
+    shown = agreement.update("Ice cream for ice cream".split())
+    assert shown[:3] == ["I", "scream", "for"]
+    assert agreement.finish("Ice cream for ice cream.".split()) == ["I", "scream", "for", "ice", "cream."]
+
+
+def test_words_agree_across_case_and_punctuation():
+    agreement = LocalAgreement()
+    agreement.update(["Hello,", "world"])
+    agreement.update(["hello", "World."])
+    assert agreement.committed == ["hello", "World."]
+
+
+def test_after_prefix_aligns_a_changed_word():
+    assert after_prefix(["a", "b", "c"], ["a", "x", "c", "d", "e"]) == ["d", "e"]
+    assert after_prefix(["a", "b"], ["a", "b", "c"]) == ["c"]
+    assert after_prefix([], ["a"]) == ["a"]
+    assert after_prefix(["q"], ["z", "y"]) == ["y"]
+
+
+# --- the session ------------------------------------------------------------------------------
+
+
+CHUNK_S = 0.1
+
+
+class Feeder:
+    """Feeds a session chunks of 100 ms at real-time pace on a simulated clock."""
+
+    def __init__(self, session: LiveSession) -> None:
+        self.session = session
+        self.now = 0.0
+        self.pending_frames = 0.0
+
+    def feed(self, seconds: float, prob: float) -> list:
+        steps = []
+        for _ in range(round(seconds / CHUNK_S)):
+            self.now += CHUNK_S
+            audio = np.full(round(CHUNK_S * SAMPLE_RATE), 0.01, dtype=np.float32)
+            self.pending_frames += len(audio) / FRAME_SAMPLES
+            whole = int(self.pending_frames)
+            self.pending_frames -= whole
+            steps.append(self.session.push(audio, np.full(whole, prob, dtype=np.float32), self.now))
+        return steps
+
+
+def collect(steps: list) -> tuple[list, list, list]:
+    return ([e for s in steps for e in s.events], [d for s in steps for d in s.decodes],
+            [c for s in steps for c in s.cancelled])
+
+
+def test_silence_costs_no_decode_and_keeps_little_audio():
+    session = LiveSession()
+    events, decodes, _ = collect(Feeder(session).feed(30.0, 0.01))
+    assert events == [] and decodes == []
+    assert session.buffered_seconds < 1.0
+
+
+def test_partials_every_interval_then_one_final_after_the_silence():
+    session = LiveSession(LiveConfig(decode_interval_s=0.5))
+    feeder = Feeder(session)
+    feeder.feed(0.5, 0.0)
+    events, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    assert [e.type for e in events] == [SPEECH_STARTED]
+    assert [d.final for d in decodes] == [False]  # one in flight; the next one is skipped
+    first = decodes[0]
+    step = session.decoded(first.decode_id, "Hello", feeder.now)
+    assert [(e.type, e.text) for e in step.events] == [(PARTIAL, "Hello")]
+    assert len(step.decodes) == 1 and not step.decodes[0].final  # latest wins: sent at once
+    assert session.skipped_decodes == 1
+    second = step.decodes[0]
+    assert second.end_s == pytest.approx(session.audio_seconds)
+    assert len(second.audio) == round((second.end_s - second.start_s) * SAMPLE_RATE)
+    events, decodes, cancelled = collect(feeder.feed(0.6, 0.0))
+    assert [e.type for e in events] == [SPEECH_ENDED]
+    assert [d.final for d in decodes] == [True]
+    assert cancelled == [second.decode_id]  # a partial of an ended utterance is not wanted
+    assert session.decoded(second.decode_id, "Hello wor", feeder.now).events == []
+    final = session.decoded(decodes[0].decode_id, "Hello world.", feeder.now + 0.3)
+    (event,) = final.events
+    assert (event.type, event.text, event.utterance) == (FINAL, "Hello world.", 0)
+    assert event.start_s == pytest.approx(0.5 - 0.2, abs=FRAME_SECONDS)
+    assert event.end_s == pytest.approx(1.5 + 0.2, abs=2 * FRAME_SECONDS)
+    # From the arrival of the last speech to the final: the silence, then the decode.
+    assert 0.3 < event.latency_s < 1.0
+    assert session.decoded(decodes[0].decode_id, "again", feeder.now).events == []  # once only
+
+
+def test_a_final_keeps_the_committed_words_of_the_partials():
+    session = LiveSession()
+    feeder = Feeder(session)
+    (_, decodes, _) = collect(feeder.feed(1.0, 0.9))
+    step = session.decoded(decodes[0].decode_id, "I scream", feeder.now)
+    collect(feeder.feed(0.5, 0.9))
+    step = session.decoded(step.decodes[0].decode_id if step.decodes else -1, "I scream for", feeder.now)
+    _, decodes, _ = collect(feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    (event,) = session.decoded(final.decode_id, "Ice cream for you", feeder.now).events
+    assert event.text == "I scream for you"
+
+
+def test_finals_go_out_in_order_and_a_failed_final_is_an_error_in_its_place():
+    session = LiveSession()
+    feeder = Feeder(session)
+    finals = []
+    for _ in range(3):
+        _, decodes, _ = collect(feeder.feed(0.6, 0.9) + feeder.feed(0.6, 0.0))
+        finals += [d for d in decodes if d.final]
+    assert [d.utterance for d in finals] == [0, 1, 2]
+    assert session.decoded(finals[2].decode_id, "three", feeder.now).events == []
+    assert session.failed(finals[1].decode_id, "inference_failed", "boom", feeder.now).events == []
+    events = session.decoded(finals[0].decode_id, "one", feeder.now).events
+    assert [(e.type, e.utterance) for e in events] == [(FINAL, 0), ("error", 1), (FINAL, 2)]
+    assert events[1].to_wire()["error"]["code"] == "inference_failed"
+
+
+def test_a_partial_of_a_later_utterance_waits_for_the_earlier_final():
+    session = LiveSession()
+    feeder = Feeder(session)
+    _, decodes, _ = collect(feeder.feed(0.6, 0.9) + feeder.feed(0.6, 0.0))
+    (first_final,) = [d for d in decodes if d.final]
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    partial = decodes[0]
+    assert partial.utterance == 1 and not partial.final
+    assert session.decoded(partial.decode_id, "second", feeder.now).events == []
+    events = session.decoded(first_final.decode_id, "first", feeder.now).events
+    assert [(e.type, e.text) for e in events] == [(FINAL, "first"), (PARTIAL, "second")]
+
+
+def test_close_finalises_the_open_utterance_and_refuses_more_audio():
+    session = LiveSession()
+    feeder = Feeder(session)
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    step = session.close(feeder.now)
+    assert [e.type for e in step.events] == [SPEECH_ENDED]
+    assert step.cancelled == [decodes[0].decode_id]
+    (final,) = step.decodes
+    assert final.final and final.end_s == pytest.approx(session.audio_seconds)
+    assert not session.done
+    session.decoded(final.decode_id, "bye", feeder.now)
+    assert session.done
+    with pytest.raises(ValueError):
+        session.push(np.zeros(160, np.float32), np.zeros(0, np.float32), feeder.now)
+
+
+def test_long_speech_keeps_bounded_audio():
+    config = LiveConfig(endpoint=EndpointConfig(max_utterance_s=5.0))
+    session = LiveSession(config)
+    feeder = Feeder(session)
+    steps = feeder.feed(60.0, 0.9)
+    _, decodes, _ = collect(steps)
+    assert len([d for d in decodes if d.final]) >= 11
+    assert session.buffered_seconds <= 5.0 + 0.5
+    assert all(len(d.audio) <= (5.0 + FRAME_SECONDS) * SAMPLE_RATE for d in decodes)
+
+
+# --- the VAD on real speech -------------------------------------------------------------------
+
+
+def _speech_with_pauses() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    pieces, spans, t = [], [], 0.0
+    for sentence in SENTENCES[:3]:
+        gap = np.zeros(SAMPLE_RATE, dtype=np.float32)
+        spoken = speak(sentence)
+        pieces += [gap, spoken]
+        spans.append((t + 1.0, t + 1.0 + len(spoken) / SAMPLE_RATE))
+        t += 1.0 + len(spoken) / SAMPLE_RATE
+    pieces.append(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    return np.concatenate(pieces), spans
+
+
+def test_streaming_vad_matches_the_whole_audio_model_whatever_the_chunks():
+    from faster_whisper.vad import get_vad_model
+
+    audio, _ = _speech_with_pauses()
+    audio = np.pad(audio, (0, -len(audio) % FRAME_SAMPLES))
+    whole = np.asarray(get_vad_model()(audio.copy())).reshape(-1)
+    for chunk in (1600, 333, 4096):
+        vad = StreamingVad()
+        probs = np.concatenate([vad.push(audio[i : i + chunk]) for i in range(0, len(audio), chunk)])
+        assert vad.pending_samples == 0
+        np.testing.assert_allclose(probs, whole, atol=1e-5)
+
+
+def test_vad_and_endpointer_find_each_sentence_of_real_speech():
+    audio, spans = _speech_with_pauses()
+    vad, ep = StreamingVad(), Endpointer()
+    events = []
+    for i in range(0, len(audio), 1600):
+        events += ep.push(vad.push(audio[i : i + 1600]))
+    events += ep.push(vad.flush()) + ep.flush(len(audio) / SAMPLE_RATE)
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ended) == len(spans)
+    for e, (start, end) in zip(ended, spans, strict=True):
+        assert abs(e.start_s - start) < 0.35 and abs(e.end_s - end) < 0.35
