@@ -1,0 +1,468 @@
+"""The STT agent's live streams: the actions `stream_open`, `stream_audio`, `next_event`,
+`stream_close` (and `cancel`) on top of `LiveSession`s.
+
+`LiveStreams` owns no socket and runs no model. Its `LiveHost` (the agent) sends replies,
+submits decode jobs to the model manager and drops jobs; the CPU work of each chunk
+(decoding, resampling, VAD) runs on an `OffThread` worker whose finished tasks the agent
+hands back through `on_worker`. Every method takes `now` (monotonic seconds).
+
+Contract:
+- A stream is open from `stream_open` until its `stream_close` has been answered, it was
+  cancelled, its client hung up (the connection of its last call closed, and no call came
+  on another one for `hangup_grace_s`), or it received no call for `idle_timeout_s`. At
+  most `max_open_streams` are open; one more is refused with `overloaded`. Calls for a
+  stream that is gone say why (`not_found`).
+- Every event is delivered once, to the first call that can carry it: a waiting
+  `next_event`, else the next `stream_audio`, `next_event` or `stream_close` reply.
+  Replies carry `done: true` once the stream has ended (no more events will come).
+- `stream_audio` is answered as soon as its chunk has been through the VAD, never after
+  inference. Chunks longer than `max_chunk_s`, audio beyond `max_audio_seconds` in all,
+  and a `dtype` or `sample_rate` other than the stream's are refused, and the stream
+  carries on.
+- `stream_close` is answered when every utterance's final (or error) is out, with the
+  events not yet delivered. A stream that ends any other way has its decodes dropped at
+  the model manager: nothing runs for nobody.
+- Decodes are sent with `final_priority` (finals, ahead of interactive requests) or
+  `partial_priority`; a partial not answered within `partial_timeout_ms` is given up
+  (the next one covers its audio).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from agents.live.endpointing import EndpointConfig
+from agents.live.session import FINAL, PARTIAL, DecodeRequest, LiveConfig, LiveSession, Step
+from agents.live.vad import SAMPLE_RATE, StreamingVad
+from agents.live.worker import OffThread
+from agents.services import parse_stt_item
+from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES, decode_audio
+from model_manager.config import Limits
+from model_manager.errors import (
+    AUDIO_TOO_LONG,
+    CANCELLED,
+    DUPLICATE_REQUEST_ID,
+    INVALID_AUDIO,
+    INVALID_FIELD,
+    MISSING_FIELD,
+    NOT_FOUND,
+    OVERLOADED,
+    BusError,
+)
+
+#: Decode priorities on the model manager's scale (lower runs first; 0 is interactive).
+FINAL_PRIORITY = -1
+PARTIAL_PRIORITY = 0
+#: How many ended streams are remembered, to tell a late caller why its stream is gone.
+REMEMBERED_CLOSED = 1024
+#: The recent latencies the percentiles in `stats` are computed over.
+LATENCY_WINDOW = 1000
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    max_open_streams: int = 64
+    idle_timeout_s: float = 30.0
+    hangup_grace_s: float = 2.0
+    max_chunk_s: float = 10.0
+    max_audio_seconds: float = 600.0
+    max_wait_ms: int = 30_000  # the longest a next_event call waits
+    max_buffered_events: int = 10_000
+    partial_timeout_ms: int = 10_000
+    request_timeout_ms: int = 120_000
+    session: LiveConfig = field(default_factory=LiveConfig)
+
+
+class LiveHost(Protocol):
+    def send(self, call: Any, reply: dict[str, Any]) -> None: ...
+
+    def routing_id(self, call: Any) -> bytes: ...
+
+    def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
+                      timeout_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
+        """Send one transcribe job; `on_answer` gets its reply entry (success or error), once."""
+        ...
+
+    def drop_jobs(self, job_ids: list[str]) -> None: ...
+
+
+@dataclass(eq=False)
+class LiveStream:
+    stream_id: str
+    sample_rate: int
+    dtype: str
+    fields: dict[str, Any]  # model_pref, language, task, beam_size: every decode's
+    session: LiveSession
+    vad: StreamingVad  # touched only on the worker thread
+    owner: bytes
+    idle_deadline: float
+    accepted_seconds: float = 0.0  # audio accepted, VAD done or not
+    events: deque[dict[str, Any]] = field(default_factory=deque)
+    reader: tuple[Any, float] | None = None  # a waiting next_event call, and until when
+    closer: Any = None  # the stream_close call, answered when every final is out
+    closing: bool = False
+    jobs: dict[str, int] = field(default_factory=dict)  # job_id -> decode_id
+    orphaned_at: float = math.inf  # when the connection of its last call closed
+
+
+class LiveStreams:
+    def __init__(self, host: LiveHost, worker: OffThread, settings: LiveSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.host = host
+        self.clock = clock
+        self.worker = worker
+        self.settings = settings or LiveSettings()
+        self.streams: dict[str, LiveStream] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        self.opened = 0
+        self.ended_by: Counter[str] = Counter()
+        self.events_sent: Counter[str] = Counter()
+        self.decodes: Counter[str] = Counter()
+        self.decodes_skipped_closed = 0  # skipped decodes of streams that have ended
+        self.decode_batch_sizes: Counter[int] = Counter()
+        self.latency_s: dict[str, deque[float]] = {
+            PARTIAL: deque(maxlen=LATENCY_WINDOW), FINAL: deque(maxlen=LATENCY_WINDOW)}
+
+    # --- actions -----------------------------------------------------------------------
+
+    def open(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
+        if request_id in self.streams:
+            raise BusError(DUPLICATE_REQUEST_ID, f"stream {request_id!r} is still open")
+        if len(self.streams) >= self.settings.max_open_streams:
+            raise BusError(OVERLOADED, f"{self.settings.max_open_streams} live streams are open "
+                                       "(live.max_open_streams); retry later", retry_after_ms=1000)
+        sample_rate, dtype = _sample_rate(message), _dtype(message)
+        config = _session_config(message, self.settings.session)
+        stream = LiveStream(request_id, sample_rate, dtype, _decode_fields(message), LiveSession(config),
+                            StreamingVad(), self.host.routing_id(call), now + self.settings.idle_timeout_s)
+        self.streams[request_id] = stream
+        self._ended.pop(request_id, None)
+        self.opened += 1
+        self.host.send(call, {"status": "success", "request_id": request_id,
+                              "sample_rate": sample_rate, "dtype": dtype})
+
+    def audio(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
+        stream = self._get(request_id, call, now)
+        if stream.closing:
+            raise BusError(INVALID_FIELD, f"stream {request_id!r} is closing: it takes no more audio")
+        for key, expected in (("sample_rate", stream.sample_rate), ("dtype", stream.dtype)):
+            if message.get(key) is not None and message[key] != expected:
+                raise BusError(INVALID_AUDIO, f"stream {request_id!r} was opened with {key} {expected!r}; "
+                                              f"this chunk says {message[key]!r:.50}")
+        if message.get("audio_data") is None:
+            raise BusError(MISSING_FIELD, "audio_data is required")
+        seconds = _chunk_seconds(message["audio_data"], stream)
+        if seconds > self.settings.max_chunk_s:
+            raise BusError(AUDIO_TOO_LONG, f"a stream_audio chunk holds {seconds:.1f} s of audio; "
+                                           f"the limit is {self.settings.max_chunk_s:g} s (live.max_chunk_s)")
+        if stream.accepted_seconds + seconds > self.settings.max_audio_seconds:
+            raise BusError(AUDIO_TOO_LONG, f"stream {request_id!r} would exceed "
+                                           f"{self.settings.max_audio_seconds:g} s of audio "
+                                           "(limits.max_audio_seconds); close it and open another")
+        stream.accepted_seconds += seconds
+        fields = {"audio_data": message["audio_data"], "sample_rate": stream.sample_rate,
+                  "dtype": stream.dtype}
+        vad = stream.vad
+
+        def work() -> tuple[np.ndarray, np.ndarray]:
+            samples = decode_audio(fields, math.inf)
+            return samples, vad.push(samples)
+
+        self.worker.submit(("audio", stream, call, now, seconds), work)
+
+    def next_event(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
+        stream = self._get(request_id, call, now)
+        if stream.reader is not None:
+            raise BusError(INVALID_FIELD, f"a next_event call for stream {request_id!r} is already waiting")
+        wait_ms = _wait_ms(message, self.settings.max_wait_ms)
+        if stream.events or wait_ms == 0:
+            self._reply_events(stream, call)
+            return
+        stream.reader = (call, now + wait_ms / 1000.0)
+
+    def close(self, call: Any, request_id: str, now: float) -> None:
+        stream = self._get(request_id, call, now)
+        if stream.closing:
+            raise BusError(INVALID_FIELD, f"stream {request_id!r} is already closing")
+        stream.closing, stream.closer = True, call
+        vad = stream.vad
+        self.worker.submit(("close", stream, call, now, 0.0), vad.flush)
+
+    def cancel(self, call: Any, request_id: str) -> bool:
+        """Cancel the live stream `request_id`; False when there is none."""
+        stream = self.streams.get(request_id)
+        if stream is None:
+            return False
+        self._end(stream, "cancelled", BusError(CANCELLED, "cancelled by its client"))
+        self.host.send(call, {"status": "success", "request_id": request_id, "cancelled": True})
+        return True
+
+    # --- the agent's loop --------------------------------------------------------------
+
+    def on_worker(self, finished: list[tuple[Any, Any]], now: float) -> None:
+        """Chunks through the VAD (and closes) from `OffThread.drain`, in order."""
+        for (kind, stream, call, arrived_at, seconds), outcome in finished:
+            if self.streams.get(stream.stream_id) is not stream:
+                self.host.send(call, _error_reply(self._gone_error(stream.stream_id), stream.stream_id))
+                continue
+            if isinstance(outcome, Exception):
+                stream.accepted_seconds -= seconds
+                if kind == "close":
+                    stream.closing, stream.closer = False, None
+                error = outcome if isinstance(outcome, BusError) else BusError(INVALID_AUDIO, repr(outcome))
+                self.host.send(call, _error_reply(error, stream.stream_id))
+                continue
+            if kind == "audio":
+                samples, probs = outcome
+                self._apply(stream, stream.session.push(samples, probs, arrived_at), now)
+                self._reply_events(stream, call)
+            else:
+                self._apply(stream, stream.session.close(now, outcome), now)
+                self._finish_if_done(stream)
+
+    def tick(self, now: float) -> None:
+        """Answer next_event calls whose wait is over; end idle and hung-up streams."""
+        for stream in list(self.streams.values()):
+            if stream.reader is not None and stream.reader[1] <= now:
+                self._reply_events(stream, stream.reader[0])
+            if stream.closing:
+                continue  # its finals are on the way; stream_close is answered with them
+            if stream.orphaned_at + self.settings.hangup_grace_s <= now:
+                self._end(stream, "hangup", None)
+            elif stream.idle_deadline <= now and stream.reader is None:
+                self._end(stream, "idle", None)
+
+    def client_gone(self, routing_id: bytes, now: float) -> None:
+        for stream in self.streams.values():
+            if stream.owner == routing_id:
+                stream.orphaned_at = min(stream.orphaned_at, now)
+                if stream.reader is not None and self.host.routing_id(stream.reader[0]) == routing_id:
+                    stream.reader = None
+
+    def waiting_clients(self) -> bool:
+        return any(s.reader is not None or s.closer is not None for s in self.streams.values())
+
+    def stop(self, error: BusError) -> None:
+        """The agent shuts down: every stream ends, its waiting calls get `error`."""
+        for stream in list(self.streams.values()):
+            self._end(stream, "shutdown", error)
+
+    def stats(self) -> dict[str, Any]:
+        skipped = self.decodes_skipped_closed + sum(s.session.skipped_decodes for s in self.streams.values())
+        return {
+            "open_streams": len(self.streams),
+            "opened": self.opened,
+            "ended_by": dict(self.ended_by),
+            "events": dict(self.events_sent),
+            "decodes": dict(self.decodes),
+            "decodes_skipped": skipped,
+            "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
+            "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
+            "final_latency_ms": _percentiles(self.latency_s[FINAL]),
+        }
+
+    # --- inside ------------------------------------------------------------------------
+
+    def _get(self, request_id: str, call: Any, now: float) -> LiveStream:
+        stream = self.streams.get(request_id)
+        if stream is None:
+            raise self._gone_error(request_id)
+        # Any call keeps it alive, and makes its connection the one whose hang-up ends it.
+        stream.idle_deadline = now + self.settings.idle_timeout_s
+        stream.owner, stream.orphaned_at = self.host.routing_id(call), math.inf
+        return stream
+
+    def _gone_error(self, request_id: str) -> BusError:
+        reason = self._ended.get(request_id)
+        if reason is None:
+            return BusError(NOT_FOUND, f"no live stream {request_id!r}: open one with stream_open")
+        return BusError(NOT_FOUND, f"live stream {request_id!r} has ended ({reason})")
+
+    def _apply(self, stream: LiveStream, step: Step, now: float) -> None:
+        for event in step.events:
+            stream.events.append(event.to_wire())
+            self.events_sent[event.type] += 1
+            if event.latency_s is not None and event.type in self.latency_s:
+                self.latency_s[event.type].append(event.latency_s)
+        if len(stream.events) > self.settings.max_buffered_events:
+            self._end(stream, "unread", BusError(OVERLOADED, "too many unread events; the stream was ended"))
+            return
+        dropped = [job for job, decode_id in stream.jobs.items() if decode_id in step.cancelled]
+        for job_id in dropped:
+            del stream.jobs[job_id]
+        self.host.drop_jobs(dropped)
+        for decode in step.decodes:
+            self._submit(stream, decode)
+        if stream.reader is not None and stream.events:
+            self._reply_events(stream, stream.reader[0])
+
+    def _submit(self, stream: LiveStream, decode: DecodeRequest) -> None:
+        kind = FINAL if decode.final else PARTIAL
+        self.decodes[kind] += 1
+        request = {"audio": decode.audio, **{k: v for k, v in stream.fields.items() if k != "model_pref"}}
+        timeout_ms = self.settings.request_timeout_ms
+        if not decode.final:
+            timeout_ms = min(timeout_ms, self.settings.partial_timeout_ms)
+        priority = FINAL_PRIORITY if decode.final else PARTIAL_PRIORITY
+        job_id = uuid.uuid4().hex
+        stream.jobs[job_id] = decode.decode_id
+
+        def on_answer(entry: dict[str, Any]) -> None:
+            self._on_decoded(stream, job_id, decode.decode_id, entry)
+
+        self.host.submit_decode(job_id, stream.fields, request, priority, timeout_ms, on_answer)
+
+    def _on_decoded(self, stream: LiveStream, job_id: str, decode_id: int, entry: dict[str, Any]) -> None:
+        if stream.jobs.pop(job_id, None) is None or self.streams.get(stream.stream_id) is not stream:
+            return  # dropped, or the stream has ended
+        now = self.clock()
+        batch_size = (entry.get("timing") or {}).get("batch_size")
+        if isinstance(batch_size, int):
+            self.decode_batch_sizes[batch_size] += 1
+        if entry.get("status") == "success":
+            step = stream.session.decoded(decode_id, str(entry.get("text", "")), now)
+        else:
+            error = entry.get("error") or {}
+            step = stream.session.failed(decode_id, error.get("code", "internal_error"),
+                                         error.get("message", ""), now)
+        self._apply(stream, step, now)
+        self._finish_if_done(stream)
+
+    def _finish_if_done(self, stream: LiveStream) -> None:
+        open_here = self.streams.get(stream.stream_id) is stream
+        if stream.closer is None or not stream.session.done or not open_here:
+            return
+        closer, stream.closer = stream.closer, None
+        self._forget(stream, "closed by stream_close")
+        self.ended_by["stream_close"] += 1
+        self._reply_events(stream, closer, done=True)
+        if stream.reader is not None:
+            self._reply_events(stream, stream.reader[0], done=True)
+
+    def _reply_events(self, stream: LiveStream, call: Any, done: bool = False) -> None:
+        if stream.reader is not None and stream.reader[0] is call:
+            stream.reader = None
+        events = list(stream.events)
+        stream.events.clear()
+        done = done or self.streams.get(stream.stream_id) is not stream
+        reply = {"status": "success", "request_id": stream.stream_id, "events": events, "done": done}
+        self.host.send(call, reply)
+
+    def _end(self, stream: LiveStream, reason: str, error: BusError | None) -> None:
+        """End a stream that was not closed by stream_close: its decodes are dropped."""
+        self._forget(stream, {"hangup": "its client hung up", "idle": "idle for "
+                              f"{self.settings.idle_timeout_s:g} s"}.get(reason, reason))
+        self.ended_by[reason] += 1
+        self.host.drop_jobs(list(stream.jobs))
+        stream.jobs.clear()
+        for call in (stream.reader[0] if stream.reader else None, stream.closer):
+            if call is not None and error is not None:
+                self.host.send(call, _error_reply(error, stream.stream_id))
+        stream.reader, stream.closer = None, None
+
+    def _forget(self, stream: LiveStream, why: str) -> None:
+        del self.streams[stream.stream_id]
+        self.decodes_skipped_closed += stream.session.skipped_decodes
+        self._ended[stream.stream_id] = why
+        while len(self._ended) > REMEMBERED_CLOSED:
+            self._ended.popitem(last=False)
+
+
+def _error_reply(error: BusError, request_id: str) -> dict[str, Any]:
+    return {"status": "error", "request_id": request_id, "error": error.to_wire()}
+
+
+# --- stream_open fields ---------------------------------------------------------------------
+
+
+def _sample_rate(message: dict[str, Any]) -> int:
+    rate = message.get("sample_rate", SAMPLE_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        bounds = f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]"
+        raise BusError(INVALID_AUDIO, f"sample_rate must be an integer in {bounds}, got {rate!r:.50}")
+    return rate
+
+
+def _dtype(message: dict[str, Any]) -> str:
+    dtype = message.get("dtype", "float32")
+    if not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
+        raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {dtype!r:.50}")
+    return dtype
+
+
+def _decode_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """The fields every decode of the stream carries, checked as `transcribe` checks them."""
+    options = {k: message[k] for k in ("language", "task", "beam_size") if message.get(k) is not None}
+    request = parse_stt_item({**options, "audio_data": [0.0]}, Limits())
+    fields = {k: v for k, v in request.items() if k != "audio"}
+    if message.get("model_pref") is not None:
+        fields["model_pref"] = message["model_pref"]
+    return fields
+
+
+#: Stream options: (wire field, lowest, highest).
+_OPTIONS = {
+    "partial_interval_ms": (100, 10_000),
+    "end_silence_ms": (100, 10_000),
+    "vad_threshold": (0.05, 0.95),
+}
+
+
+def _session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
+    values: dict[str, float] = {}
+    for key, (low, high) in _OPTIONS.items():
+        value = message.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise BusError(INVALID_FIELD, f"{key} must be a number in [{low}, {high}], got {value!r:.50}")
+        values[key] = float(value)
+    if not values:
+        return base
+    endpoint = base.endpoint
+    if "end_silence_ms" in values or "vad_threshold" in values:
+        threshold = values.get("vad_threshold", endpoint.threshold)
+        endpoint = EndpointConfig(**{
+            **endpoint.__dict__,
+            "min_silence_s": values.get("end_silence_ms", endpoint.min_silence_s * 1000) / 1000,
+            "threshold": threshold,
+            "neg_threshold": None if endpoint.neg_threshold is None
+            else min(endpoint.neg_threshold, threshold),
+        })
+    interval = values.get("partial_interval_ms", base.decode_interval_s * 1000) / 1000
+    return LiveConfig(endpoint=endpoint, decode_interval_s=interval,
+                      min_partial_audio_s=min(base.min_partial_audio_s, interval))
+
+
+def _chunk_seconds(data: Any, stream: LiveStream) -> float:
+    """The chunk's length, counted cheaply (it is decoded and checked on the worker)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        samples = len(data) / np.dtype(SUPPORTED_DTYPES[stream.dtype]).itemsize
+    elif isinstance(data, list):
+        samples = len(data)
+    else:
+        kind = type(data).__name__
+        raise BusError(INVALID_AUDIO, f"audio_data must be a list of numbers or bytes, got {kind}")
+    return samples / stream.sample_rate
+
+
+def _wait_ms(message: dict[str, Any], cap_ms: int) -> int:
+    value = message.get("timeout_ms", 1000)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise BusError(INVALID_FIELD, f"timeout_ms must be a number >= 0, got {value!r:.50}")
+    return int(min(value, cap_ms))
+
+
+def _percentiles(values: deque[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ms = np.asarray(values) * 1000.0
+    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}
