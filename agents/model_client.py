@@ -22,6 +22,18 @@ jittered exponential backoff, when
 After the last attempt the caller gets the last reply, or an error with code "no_reply".
 When an agent does not answer a health probe, `generate` returns "bus_unavailable".
 
+Live speech-to-text: `ModelClient.live()` opens a stream; send microphone chunks as they
+are recorded and read `speech_started` / `partial` / `speech_ended` / `final` events:
+
+    with ModelClient().live(sample_rate=16000, language="en") as stream:
+        for chunk in microphone():             # e.g. 100 ms of float32 or int16 samples
+            for event in stream.send(chunk):    # the events ready so far; never waits for inference
+                print(event["type"], event["text"])
+        for event in stream.close():           # the last utterance's final, and anything left
+            print(event["type"], event["text"])
+
+A stream keeps one connection for all its calls: a client that hangs up has its stream ended.
+
 CurveZMQ: give `server_public_key` and a client key pair (`client_secret_key_file`, as
 written by ``python -m agents.keys``) to talk to a bus with `security.curve_enabled`.
 """
@@ -266,6 +278,97 @@ class ModelClient:
         """Cancel a queue_for_batch request or a stream on the `task` agent (docs/protocol.md)."""
         address = self.config.stt_address if task == "stt" else self.config.tts_address
         return self.request(address, {"action": "cancel", "request_id": request_id})
+
+
+    def live(self, sample_rate: int = 16000, request_id: str | None = None, **options: Any) -> LiveStream:
+        """Open a live STT stream (`stream_open`; `options`: language, model_pref, beam_size,
+        partial_interval_ms, end_silence_ms, vad_threshold). Raises LiveStreamError if refused."""
+        return LiveStream(self, sample_rate, request_id, options)
+
+
+class LiveStreamError(RuntimeError):
+    """A live stream call failed; `reply` is the error reply (`reply["error"]["code"]`)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(str(reply.get("error")))
+        self.reply = reply
+
+
+class LiveStream:
+    """One live STT stream on its own REQ socket (see the module docstring). Every call returns
+    the events ready since the last one, in order; `done` turns true once no more will come.
+    A call without a reply within the timeout raises LiveStreamError(no_reply): audio is never
+    sent twice, since a repeated chunk would be heard twice."""
+
+    def __init__(self, client: ModelClient, sample_rate: int, request_id: str | None,
+                 options: dict[str, Any]) -> None:
+        self.client = client
+        self.done = False
+        self._sock: zmq.Socket | None = None
+        message = {"action": "stream_open", "sample_rate": sample_rate, **options}
+        if request_id is not None:
+            message["request_id"] = request_id
+        self.request_id = self._call(message)["request_id"]
+
+    def send(self, audio: Any) -> list[dict[str, Any]]:
+        data, dtype = encode_audio(audio)
+        return self._events({"action": "stream_audio", "audio_data": data, "dtype": dtype})
+
+    def events(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
+        """Wait up to `timeout_s` for at least one event (`next_event`)."""
+        return self._events({"action": "next_event", "timeout_ms": int(timeout_s * 1000)},
+                            timeout_s + self.client.config.timeout_s)
+
+    def close(self) -> list[dict[str, Any]]:
+        """End the stream: its last utterance is transcribed; returns the remaining events."""
+        try:
+            return self._events({"action": "stream_close"})
+        finally:
+            self._close_socket()
+
+    def cancel(self) -> None:
+        try:
+            self._call({"action": "cancel"})
+        finally:
+            self._close_socket()
+
+    def __enter__(self) -> LiveStream:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self._sock is None:
+            return
+        if exc_type is not None:
+            self.cancel()
+        else:
+            self.close()
+
+    def _events(self, message: dict[str, Any], timeout_s: float | None = None) -> list[dict[str, Any]]:
+        reply = self._call({**message, "request_id": self.request_id}, timeout_s)
+        self.done = bool(reply.get("done"))
+        return list(reply.get("events", []))
+
+    def _call(self, message: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        if self._sock is None:
+            self._sock = self.client.context.socket(zmq.REQ)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            if self.client.curve is not None:
+                secure_client_socket(self._sock, *self.client.curve)
+            self._sock.connect(self.client.config.stt_address)
+        timeout_s = self.client.config.timeout_s if timeout_s is None else timeout_s
+        self._sock.send(msgpack.packb(message, use_bin_type=True))
+        if not self._sock.poll(int(timeout_s * 1000)):
+            self._close_socket()  # a REQ socket without its reply cannot send again
+            raise LiveStreamError(_error(NO_REPLY, f"no reply to {message['action']} within {timeout_s:g} s"))
+        reply = msgpack.unpackb(self._sock.recv(), raw=False)
+        if reply.get("status") != "success":
+            raise LiveStreamError(reply)
+        return reply
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 _default_client: ModelClient | None = None
