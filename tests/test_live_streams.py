@@ -231,3 +231,37 @@ def test_bad_input_is_refused_and_the_stream_carries_on(live):
                     {"sample_rate": 5}, {"dtype": "float64"}):
         with pytest.raises(BusError):
             streams.open(Call(), options, "t", clock.now)
+
+
+def test_partials_share_a_budget_fairly_and_it_adapts_to_the_engine():
+    host, worker, clock = FakeHost(), InlineWorker(), Clock()
+    streams = LiveStreams(host, worker, LiveSettings(partial_target_s=1.0), clock=clock)
+    speech = speak(SENTENCES[1])
+    for name in "abc":
+        streams.open(Call(), {}, name, clock.now)
+    def owner(job_id: str) -> str:
+        return next(name for name, stream in streams.streams.items() if job_id in stream.jobs)
+
+    def feed(seconds: float) -> None:
+        for _ in range(round(seconds / 0.1)):
+            clock.now += 0.1
+            offset = round((clock.now - 100.0) * 16000) % (len(speech) - 1600)
+            for name in "abc":
+                send(streams, worker, clock, name, speech[offset : offset + 1600])
+
+    feed(1.0)
+    assert streams.partial_budget == 2.0
+    assert sorted(owner(j) for j in host.jobs) == ["a", "b"]  # c waits its turn
+    first = next(iter(host.jobs))
+    clock.now += 0.2  # quick: the budget grows
+    _, _, on_answer = host.jobs.pop(first)
+    on_answer({"status": "success", "text": "hi"})
+    assert streams.partial_budget == 2.5
+    assert "c" in {owner(j) for j in host.jobs}  # the next in line, not the one just answered
+    clock.now += 3.0  # slow: it halves, once for the round trip
+    for job_id in list(host.jobs):
+        _, _, on_answer = host.jobs.pop(job_id)
+        on_answer({"status": "success", "text": "hi there"})
+    assert streams.partial_budget == 1.25
+    assert streams.stats()["partial_budget"] == 1
+    assert len(host.jobs) == 1

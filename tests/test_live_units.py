@@ -133,7 +133,8 @@ CHUNK_S = 0.1
 
 
 class Feeder:
-    """Feeds a session chunks of 100 ms at real-time pace on a simulated clock."""
+    """Feeds a session chunks of 100 ms at real-time pace on a simulated clock, and starts
+    each partial decode as soon as it is wanted (it then shows in the step's decodes)."""
 
     def __init__(self, session: LiveSession) -> None:
         self.session = session
@@ -148,7 +149,10 @@ class Feeder:
             self.pending_frames += len(audio) / FRAME_SAMPLES
             whole = int(self.pending_frames)
             self.pending_frames -= whole
-            steps.append(self.session.push(audio, np.full(whole, prob, dtype=np.float32), self.now))
+            step = self.session.push(audio, np.full(whole, prob, dtype=np.float32), self.now)
+            partial = self.session.start_partial()
+            step.decodes += [partial] if partial else []
+            steps.append(step)
         return steps
 
 
@@ -174,9 +178,10 @@ def test_partials_every_interval_then_one_final_after_the_silence():
     first = decodes[0]
     step = session.decoded(first.decode_id, "Hello", feeder.now)
     assert [(e.type, e.text) for e in step.events] == [(PARTIAL, "Hello")]
-    assert len(step.decodes) == 1 and not step.decodes[0].final  # latest wins: sent at once
     assert session.skipped_decodes == 1
-    second = step.decodes[0]
+    assert session.wants_partial  # it fell behind: the next one is wanted at once...
+    second = session.start_partial()
+    assert second is not None and session.start_partial() is None  # ...and covers all audio so far
     assert second.end_s == pytest.approx(session.audio_seconds)
     assert len(second.audio) == round((second.end_s - second.start_s) * SAMPLE_RATE)
     events, decodes, cancelled = collect(feeder.feed(0.6, 0.0))
@@ -198,9 +203,9 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
     session = LiveSession()
     feeder = Feeder(session)
     (_, decodes, _) = collect(feeder.feed(1.0, 0.9))
-    step = session.decoded(decodes[0].decode_id, "I scream", feeder.now)
-    collect(feeder.feed(0.5, 0.9))
-    step = session.decoded(step.decodes[0].decode_id if step.decodes else -1, "I scream for", feeder.now)
+    session.decoded(decodes[0].decode_id, "I scream", feeder.now)
+    (_, decodes, _) = collect(feeder.feed(0.5, 0.9))
+    session.decoded(decodes[0].decode_id, "I scream for", feeder.now)
     _, decodes, _ = collect(feeder.feed(0.6, 0.0))
     (final,) = [d for d in decodes if d.final]
     (event,) = session.decoded(final.decode_id, "Ice cream for you", feeder.now).events

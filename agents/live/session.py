@@ -11,10 +11,13 @@ Contract:
 - Utterances come from the `Endpointer`: each one's events are `speech_started`, then
   `partial`s, `speech_ended`, and exactly one `final` (or one `error`, when its final
   decode failed). Audio without speech is never decoded.
-- While an utterance is open, a partial decode of its audio so far is due whenever
-  `decode_interval_s` more of it has arrived. A stream has at most one partial decode in
-  flight: one that falls due meanwhile is skipped (`skipped_decodes` counts them) and the
-  next one, sent as soon as the answer comes, covers all the audio so far (latest wins).
+- While an utterance is open, a partial decode of its audio so far falls due whenever
+  `decode_interval_s` more of it has arrived; `wants_partial` then says so, and the caller
+  takes the request with `start_partial()` when it has room for it (the agent shares
+  room for partials fairly among its streams). The request is cut then, so it covers all
+  the audio so far: latest wins. A stream has at most one partial decode in flight; one
+  that falls due while another is in flight or still waiting for room is skipped
+  (`skipped_decodes` counts them), and one is wanted again as soon as the answer comes.
 - Partials follow LocalAgreement-2 (`agents/live/agreement.py`): their committed words
   never change within the utterance, and the final keeps them.
 - When an utterance ends, its final decode is sent at once, and a partial decode still in
@@ -111,7 +114,7 @@ class _Utterance:
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     due_from_s: float = 0.0  # audio end at which the last partial decode fell due
     partial_in_flight: int | None = None
-    behind: bool = False  # a partial decode fell due while one was in flight
+    partial_wanted: bool = False  # one fell due and has not been started yet
     final_in_flight: int | None = None
     pending_partial: LiveEvent | None = None  # waits for the earlier utterances' finals
     last_partial_text: str = ""
@@ -173,7 +176,7 @@ class LiveSession:
         step = self._on_endpoints(self.endpointer.push(speech_probs), now)
         open_utterance = self._open_utterance()
         if open_utterance is not None:
-            step.extend(self._partial_if_due(open_utterance, now, count_skip=True))
+            self._mark_due(open_utterance)
         self._trim()
         return step
 
@@ -212,8 +215,6 @@ class LiveSession:
                 step.events.append(event)
             else:
                 utterance.pending_partial = event
-        if utterance.end_s is None:
-            step.extend(self._partial_if_due(utterance, now, count_skip=False))
         return step
 
     def failed(self, decode_id: int, code: str, message: str, now: float) -> Step:
@@ -232,6 +233,23 @@ class LiveSession:
         return self._finalise(utterance, event)
 
     # --- inside --------------------------------------------------------------------------
+
+    @property
+    def wants_partial(self) -> bool:
+        """A partial decode is due and none is in flight: `start_partial` would make one."""
+        utterance = self._open_utterance()
+        return utterance is not None and utterance.partial_wanted and utterance.partial_in_flight is None
+
+    def start_partial(self) -> DecodeRequest | None:
+        """The due partial decode, of the open utterance's audio so far (None if none is due)."""
+        if not self.wants_partial:
+            return None
+        utterance = self._open_utterance()
+        assert utterance is not None
+        utterance.partial_wanted, utterance.due_from_s = False, self.audio_seconds
+        request = self._request(utterance, final=False, end_s=self.audio_seconds)
+        utterance.partial_in_flight = request.decode_id
+        return request
 
     def _open_utterance(self) -> _Utterance | None:
         return None if self._open is None else self._utterances[self._open]
@@ -254,7 +272,7 @@ class LiveSession:
                 step.cancelled.append(utterance.partial_in_flight)
                 del self._decodes[utterance.partial_in_flight]
                 utterance.partial_in_flight = None
-            utterance.pending_partial = None
+            utterance.pending_partial, utterance.partial_wanted = None, False
             speech_end_s = max(utterance.start_s, endpoint.end_s - self.config.endpoint.speech_pad_s)
             self._final_heard_at[utterance.index] = self._arrival_of(speech_end_s, default=now)
             request = self._request(utterance, final=True, end_s=endpoint.end_s)
@@ -262,24 +280,17 @@ class LiveSession:
             step.decodes.append(request)
         return step
 
-    def _partial_if_due(self, utterance: _Utterance, now: float, count_skip: bool) -> Step:
+    def _mark_due(self, utterance: _Utterance) -> None:
         c = self.config
         audio_end = self.audio_seconds
         if audio_end - utterance.start_s < c.min_partial_audio_s:
-            return Step()
-        due = audio_end - utterance.due_from_s >= c.decode_interval_s - 1e-9
-        if utterance.partial_in_flight is not None:
-            if due and count_skip:
-                self.skipped_decodes += 1
-                utterance.behind, utterance.due_from_s = True, audio_end
-            return Step()
-        if not (due or utterance.behind):
-            return Step()
-        # Behind: a decode was skipped while this one ran; the next covers all audio so far.
-        utterance.behind, utterance.due_from_s = False, audio_end
-        request = self._request(utterance, final=False, end_s=audio_end)
-        utterance.partial_in_flight = request.decode_id
-        return Step(decodes=[request])
+            return
+        if audio_end - utterance.due_from_s < c.decode_interval_s - 1e-9:
+            return
+        utterance.due_from_s = audio_end
+        if utterance.partial_in_flight is not None or utterance.partial_wanted:
+            self.skipped_decodes += 1
+        utterance.partial_wanted = True
 
     def _request(self, utterance: _Utterance, final: bool, end_s: float) -> DecodeRequest:
         request = DecodeRequest(self._next_decode, utterance.index, final,

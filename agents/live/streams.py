@@ -22,9 +22,16 @@ Contract:
 - `stream_close` is answered when every utterance's final (or error) is out, with the
   events not yet delivered. A stream that ends any other way has its decodes dropped at
   the model manager: nothing runs for nobody.
-- Decodes are sent with `final_priority` (finals, ahead of interactive requests) or
-  `partial_priority`; a partial not answered within `partial_timeout_ms` is given up
+- Decodes are sent with `FINAL_PRIORITY` (finals, ahead of interactive requests) or
+  `PARTIAL_PRIORITY`; a partial not answered within `partial_timeout_ms` is given up
   (the next one covers its audio).
+- Partials share room fairly: at most `partial_budget` partial decodes are at the model
+  manager at once, over all streams; streams that want one wait in turn (first come, first
+  served, one place per stream), and a stream's request is cut when its turn comes, so it
+  covers its newest audio. The budget adapts to the engine (additive increase,
+  multiplicative decrease, as TCP's window): it halves when a partial took longer than
+  `partial_target_s` from send to answer and grows while they are quicker, so partials
+  never pile up in front of finals on a slow engine, and batch widely on a fast one.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ class LiveSettings:
     max_buffered_events: int = 10_000
     partial_timeout_ms: int = 10_000
     request_timeout_ms: int = 120_000
+    partial_target_s: float = 1.0
+    max_partial_budget: int = 32
     session: LiveConfig = field(default_factory=LiveConfig)
 
 
@@ -111,6 +120,7 @@ class LiveStream:
     closing: bool = False
     jobs: dict[str, int] = field(default_factory=dict)  # job_id -> decode_id
     orphaned_at: float = math.inf  # when the connection of its last call closed
+    waits_for_partial: bool = False  # in the queue for a partial decode's room
 
 
 class LiveStreams:
@@ -128,6 +138,10 @@ class LiveStreams:
         self.decodes: Counter[str] = Counter()
         self.decodes_skipped_closed = 0  # skipped decodes of streams that have ended
         self.decode_batch_sizes: Counter[int] = Counter()
+        self.partial_budget = 2.0
+        self._partial_jobs: dict[str, float] = {}  # partial decodes at the model manager: job_id -> sent at
+        self._partial_queue: deque[LiveStream] = deque()
+        self._last_decrease = -math.inf
         self.latency_s: dict[str, deque[float]] = {
             PARTIAL: deque(maxlen=LATENCY_WINDOW), FINAL: deque(maxlen=LATENCY_WINDOW)}
 
@@ -264,6 +278,7 @@ class LiveStreams:
             "events": dict(self.events_sent),
             "decodes": dict(self.decodes),
             "decodes_skipped": skipped,
+            "partial_budget": int(self.partial_budget),
             "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
             "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
             "final_latency_ms": _percentiles(self.latency_s[FINAL]),
@@ -296,15 +311,41 @@ class LiveStreams:
             self._end(stream, "unread", BusError(OVERLOADED, "too many unread events; the stream was ended"))
             return
         dropped = [job for job, decode_id in stream.jobs.items() if decode_id in step.cancelled]
-        for job_id in dropped:
-            del stream.jobs[job_id]
-        self.host.drop_jobs(dropped)
+        self._drop(stream, dropped)
         for decode in step.decodes:
             self._submit(stream, decode)
+        if stream.session.wants_partial and not stream.waits_for_partial:
+            stream.waits_for_partial = True
+            self._partial_queue.append(stream)
+        self._pump_partials(now)
         if stream.reader is not None and stream.events:
             self._reply_events(stream, stream.reader[0])
 
-    def _submit(self, stream: LiveStream, decode: DecodeRequest) -> None:
+    def _pump_partials(self, now: float) -> None:
+        while self._partial_queue and len(self._partial_jobs) < int(self.partial_budget):
+            stream = self._partial_queue.popleft()
+            stream.waits_for_partial = False
+            decode = stream.session.start_partial() if self.streams.get(stream.stream_id) is stream else None
+            if decode is not None:
+                self._submit(stream, decode, now)
+
+    def _partial_answered(self, job_id: str, now: float) -> None:
+        sent_at = self._partial_jobs.pop(job_id)
+        if now - sent_at > self.settings.partial_target_s:
+            if sent_at >= self._last_decrease:  # one decrease per round trip, not one per answer
+                self.partial_budget = max(1.0, self.partial_budget / 2)
+                self._last_decrease = now
+        else:
+            self.partial_budget = min(float(self.settings.max_partial_budget),
+                                      self.partial_budget + 1 / self.partial_budget)
+
+    def _drop(self, stream: LiveStream, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            del stream.jobs[job_id]
+            self._partial_jobs.pop(job_id, None)
+        self.host.drop_jobs(job_ids)
+
+    def _submit(self, stream: LiveStream, decode: DecodeRequest, now: float = 0.0) -> None:
         kind = FINAL if decode.final else PARTIAL
         self.decodes[kind] += 1
         request = {"audio": decode.audio, **{k: v for k, v in stream.fields.items() if k != "model_pref"}}
@@ -314,6 +355,8 @@ class LiveStreams:
         priority = FINAL_PRIORITY if decode.final else PARTIAL_PRIORITY
         job_id = uuid.uuid4().hex
         stream.jobs[job_id] = decode.decode_id
+        if not decode.final:
+            self._partial_jobs[job_id] = now
 
         def on_answer(entry: dict[str, Any]) -> None:
             self._on_decoded(stream, job_id, decode.decode_id, entry)
@@ -324,6 +367,8 @@ class LiveStreams:
         if stream.jobs.pop(job_id, None) is None or self.streams.get(stream.stream_id) is not stream:
             return  # dropped, or the stream has ended
         now = self.clock()
+        if job_id in self._partial_jobs:
+            self._partial_answered(job_id, now)
         batch_size = (entry.get("timing") or {}).get("batch_size")
         if isinstance(batch_size, int):
             self.decode_batch_sizes[batch_size] += 1
@@ -361,8 +406,8 @@ class LiveStreams:
         self._forget(stream, {"hangup": "its client hung up", "idle": "idle for "
                               f"{self.settings.idle_timeout_s:g} s"}.get(reason, reason))
         self.ended_by[reason] += 1
-        self.host.drop_jobs(list(stream.jobs))
-        stream.jobs.clear()
+        self._drop(stream, list(stream.jobs))
+        self._pump_partials(self.clock())
         for call in (stream.reader[0] if stream.reader else None, stream.closer):
             if call is not None and error is not None:
                 self.host.send(call, _error_reply(error, stream.stream_id))
