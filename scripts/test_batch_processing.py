@@ -1,7 +1,7 @@
 """Benchmark voicebus on the real models: raw engines, load through the bus, and a peer.
 
-    .venv/bin/python scripts/test_batch_processing.py [--task stt|tts|all] [--quick]
-        [--json PATH] [--plot PATH] [--rates 0.5x,0.9x] [--no-peer]
+    .venv/bin/python scripts/test_batch_processing.py [--task stt|tts|live|all] [--quick]
+        [--json PATH] [--plot PATH] [--rates 0.5x,0.9x] [--no-peer] [--streams 1,4,8,16]
 
 For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
 1. Seed 003's table: batches of 1, 2, 4, 8 on the raw engine in process, then through the
@@ -24,6 +24,13 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    ZeroMQ on the same bus, 8 clients, interleaved rounds: throughput and p99 ratios, HTTP
    over ZeroMQ; TTS time to first audio byte of an HTTP stream against the first chunk over
    ZeroMQ. --no-http skips it; --http-only runs only it (no raw engines, no peer).
+7. Live STT streams (bench/live.py; `--task live` runs this stage alone): N microphones
+   at once (--streams), each replaying utterances with pauses in 100 ms chunks at real-time
+   pace: final latency after the end of speech and partial latency (p50, p95), skipped
+   decodes, stream decode batch sizes, and the finals' WER beside that of the same clips
+   sent whole with `transcribe`; then the same with batching turned off (one decode per
+   forward pass, as a server without cross-stream batching runs), interleaved in rounds:
+   the most streams each holds with final p95 <= 1.5 s.
 
 --windows runs instead Whisper's window policy through the bus (bench/windows.py): short
 utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
@@ -56,6 +63,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from bench import engine as engine_bench  # noqa: E402
 from bench import report as report_text  # noqa: E402
 from bench.engine import BatchRunner  # noqa: E402
+from bench.live import live_stage, live_table  # noqa: E402
 from bench.load import Tick  # noqa: E402
 from bench.plot import write_plot  # noqa: E402
 from bench.stats import parse_rates  # noqa: E402
@@ -83,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--task", choices=("stt", "tts", "all"), default="all")
+    parser.add_argument("--task", choices=("stt", "tts", "live", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 minutes on 2 cores")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write a PNG of throughput and p99 against clients here")
@@ -115,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only Whisper's window policy: short and mixed-length workloads, default vs min_window_s 30",
     )
+    parser.add_argument(
+        "--streams",
+        type=lambda s: tuple(int(c) for c in s.split(",")),
+        help="live STT stream counts (default 1,4,8,16; --quick: 1,4)",
+    )
+    parser.add_argument("--live-rounds", type=int, help="rounds of the live stage (default 2; --quick: 1)")
     return parser.parse_args(argv)
 
 
@@ -263,7 +277,9 @@ def print_tables(report: dict[str, Any]) -> None:
         print(report_text.http_table(report["http"]))
 
 
-def load_engines_and_start_bus(specs: dict[Task, ModelSpec], warmup: bool) -> tuple[dict[Task, Engine], Any]:
+def load_engines_and_start_bus(
+    specs: dict[Task, ModelSpec], warmup: bool, raw: bool = True
+) -> tuple[dict[Task, Engine], Any]:
     """The raw engines, loaded in this process while the bus starts beside it (both mostly
     import and read weights; nothing is timed until both are done, and the bus then sits
     idle while the raw engines are measured)."""
@@ -272,7 +288,7 @@ def load_engines_and_start_bus(specs: dict[Task, ModelSpec], warmup: bool) -> tu
     with ThreadPoolExecutor(max_workers=1) as pool:
         starting = pool.submit(Bus, specs, warmup=warmup)
         try:
-            engines = {task: engine_bench.load_engine(spec) for task, spec in specs.items()}
+            engines = {task: engine_bench.load_engine(spec) for task, spec in specs.items() if raw}
         except BaseException:
             starting.result().stop()
             raise
@@ -340,13 +356,21 @@ def main(argv: list[str] | None = None) -> int:
         return windows_main(args)
     plan = make_plan(args)
     config = load_config()
-    tasks: tuple[Task, ...] = ("stt", "tts") if args.task == "all" else (args.task,)
+    live_only = args.task == "live"
+    tasks: tuple[Task, ...]
+    if args.task == "all":
+        tasks = ("stt", "tts")
+    else:
+        tasks = ("stt",) if live_only else (args.task,)
     specs: dict[Task, ModelSpec] = {t: config.models(t)[0] for t in tasks if config.models(t)}
     for task in set(tasks) - set(specs):
         print(f"no {task} model configured; skipping {task}")
     if args.http_only:
         return main_http_only(args, plan, specs)
-    skip_peer = peer_skip_reason(args)
+    skip_peer = "--task live" if live_only else peer_skip_reason(args)
+    live_levels = args.streams or ((1, 4) if args.quick else (1, 4, 8, 16))
+    live_rounds = args.live_rounds or (1 if args.quick else 2)
+    run_live = "stt" in specs and args.task in ("live", "all")
     report: dict[str, Any] = {
         "meta": meta(args),
         "tasks": list(specs),
@@ -368,32 +392,38 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
-    total = sum(sum(plan.units(skip_peer is None, "stream" in w.modes).values()) for w in workloads.values())
-    if not args.no_http:
+    total = 0 if live_only else sum(
+        sum(plan.units(skip_peer is None, "stream" in w.modes).values()) for w in workloads.values())
+    total += 2 * live_rounds * sum(live_levels) if run_live else 0
+    if not args.no_http and not live_only:
         total += sum(http_units(plan, w) for w in workloads.values())
         report["http"] = {}
     else:
-        report["http"] = {"skipped": "--no-http was given"}
+        report["http"] = {"skipped": "--task live" if live_only else "--no-http was given"}
     with tqdm(total=total, unit="req", dynamic_ncols=True) as bar:
         stage = Stages(bar)
         raw: dict[Task, BatchRunner] = {}
         with stage("engines load, bus starts"):
-            engines, bus = load_engines_and_start_bus(specs, warmup=not (args.quick or args.no_warmup))
+            warmup = not (args.quick or args.no_warmup)
+            engines, bus = load_engines_and_start_bus(specs, warmup=warmup, raw=not live_only)
             report["meta"]["bus_log"] = str(bus.log_path)
         try:
-            for task, workload in workloads.items():
+            for task, workload in ({} if live_only else workloads).items():
                 with stage(f"{task} raw engine"):
                     report[task], raw[task] = engine_stage(engines.pop(task), workload, plan, bar.update)
-            for task, workload in workloads.items():
+            for task, workload in ({} if live_only else workloads).items():
                 with stage(f"{task} through the bus"):
                     seed = args.seed + tasks.index(task)
                     batching = config.batch_processing_config
                     report[task].update(bus_stage(bus, raw[task], workload, plan, batching, seed, bar.update))
                     report[task].update(ratios(report[task]))
-            if not args.no_http:
+            if not args.no_http and not live_only:
                 for task, workload in workloads.items():
                     with stage(f"{task} http vs zeromq"):
                         report["http"][task] = compare_http(bus, workload, plan, bar.update)
+            if run_live:
+                with stage("live STT streams"):
+                    report["live"] = live_stage(bus, live_levels, live_rounds, progress=bar.update)
         finally:
             bus.stop()
         raw.clear()  # the in-process engines: free their memory before the peer loads its own
@@ -410,15 +440,19 @@ def main(argv: list[str] | None = None) -> int:
             report["peer"] = {"skipped": skip_peer, **{task: None for task in specs}}
     report["meta"]["stage_s"] = stage.seconds
     report["meta"]["load_average_end"] = os.getloadavg()[0]
-    print_tables(report)
-    problems = report_text.validate_report(report)
+    if not live_only:
+        print_tables(report)
+    if report.get("live"):
+        print()
+        print(live_table(report["live"]))
+    problems = [] if live_only else report_text.validate_report(report)
     for problem in problems:
         print(f"report problem: {problem}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))  # problems or not: keep the data
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and not live_only:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         write_plot(report, args.plot)
         print(f"wrote {args.plot}")
