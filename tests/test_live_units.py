@@ -306,3 +306,27 @@ def test_vad_and_endpointer_find_each_sentence_of_real_speech():
     assert len(ended) == len(spans)
     for e, (start, end) in zip(ended, spans, strict=True):
         assert abs(e.start_s - start) < 0.35 and abs(e.end_s - end) < 0.35
+
+
+# --- the worker thread ------------------------------------------------------------------------
+
+
+def test_off_thread_runs_tasks_in_order_and_hands_back_exceptions():
+    import zmq
+
+    from agents.live.worker import OffThread
+
+    worker = OffThread(zmq.Context.instance())
+    try:
+        for i in range(5):
+            worker.submit(i, lambda i=i: i * i)
+        worker.submit("bad", lambda: 1 / 0)
+        finished: list = []
+        while len(finished) < 6:
+            assert worker.wake.poll(5000), "no wake-up from the worker"
+            finished += worker.drain()
+        assert [t for t, _ in finished] == [0, 1, 2, 3, 4, "bad"]
+        assert [o for _, o in finished[:5]] == [0, 1, 4, 9, 16]
+        assert isinstance(finished[5][1], ZeroDivisionError)
+    finally:
+        worker.close()
