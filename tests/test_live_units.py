@@ -207,9 +207,23 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
     (_, decodes, _) = collect(feeder.feed(0.5, 0.9))
     session.decoded(decodes[0].decode_id, "I scream for", feeder.now)
     _, decodes, _ = collect(feeder.feed(0.6, 0.0))
-    (final,) = [d for d in decodes if d.final]
-    (event,) = session.decoded(final.decode_id, "Ice cream for you", feeder.now).events
-    assert event.text == "I scream for you"
+    # Started in the silence, this partial holds all the speech: its answer is the final.
+    (last,) = decodes
+    assert session.finals_from_partials == 1
+    (event,) = session.decoded(last.decode_id, "Ice cream for you", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "I scream for you")
+
+
+def test_an_answered_partial_that_holds_all_the_speech_is_the_final_at_once():
+    session = LiveSession()
+    feeder = Feeder(session)
+    collect(feeder.feed(1.0, 0.9))
+    session.decoded(session.in_flight[0], "Good", feeder.now)
+    _, decodes, _ = collect(feeder.feed(0.3, 0.0))  # a partial falls due in the silence
+    session.decoded(decodes[0].decode_id, "Good morning.", feeder.now)
+    events, decodes, _ = collect(feeder.feed(0.3, 0.0))
+    assert decodes == []  # no decode of its own
+    assert [(e.type, e.text) for e in events] == [(SPEECH_ENDED, ""), (FINAL, "Good morning.")]
 
 
 def test_finals_go_out_in_order_and_a_failed_final_is_an_error_in_its_place():

@@ -20,8 +20,11 @@ Contract:
   (`skipped_decodes` counts them), and one is wanted again as soon as the answer comes.
 - Partials follow LocalAgreement-2 (`agents/live/agreement.py`): their committed words
   never change within the utterance, and the final keeps them.
-- When an utterance ends, its final decode is sent at once, and a partial decode still in
-  flight for it is dropped. Finals (and errors) go out in utterance order, once each, and
+- When an utterance ends, its final comes from the newest partial decode that holds all
+  its speech and `final_tail_s` after it, answered (the final is then ready at once) or
+  in flight (its answer becomes the final); only when there is none is a final decode
+  sent, at once, and a partial decode still in flight for the utterance dropped.
+- Finals (and errors) go out in utterance order, once each, and
   are never revised; a partial of a later utterance waits for the earlier ones' finals
   (a stale partial is replaced, not queued).
 - `close()` ends the open utterance at the end of the audio; the session is `done` once
@@ -33,7 +36,7 @@ Contract:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +55,8 @@ class LiveConfig:
     decode_interval_s: float = 0.5
     #: No partial decode of an utterance shorter than this.
     min_partial_audio_s: float = 0.5
+    #: A partial decode that holds an utterance's speech and this much after it is its final.
+    final_tail_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.decode_interval_s <= 0:
@@ -115,8 +120,9 @@ class _Utterance:
     due_from_s: float = 0.0  # audio end at which the last partial decode fell due
     partial_in_flight: int | None = None
     partial_wanted: bool = False  # one fell due and has not been started yet
-    final_in_flight: int | None = None
     pending_partial: LiveEvent | None = None  # waits for the earlier utterances' finals
+    last_words: list[str] | None = None  # the newest partial decode's words...
+    last_words_end_s: float = 0.0  # ...and the end of the audio it held
     last_partial_text: str = ""
 
 
@@ -133,6 +139,7 @@ class LiveSession:
         self.endpointer = Endpointer(self.config.endpoint)
         self.samples_received = 0
         self.skipped_decodes = 0
+        self.finals_from_partials = 0  # finals that needed no decode of their own
         self.closed = False
         self._chunks: list[_Chunk] = []
         self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
@@ -198,13 +205,10 @@ class LiveSession:
         utterance = self._utterances[request.utterance]
         words = text.split()
         if request.final:
-            final_words = utterance.agreement.finish(words)
-            heard_at = self._final_heard_at.pop(request.utterance, now)
-            text = " ".join(final_words)
-            event = LiveEvent(FINAL, utterance.index, utterance.start_s, utterance.end_s, text,
-                              latency_s=now - heard_at)
-            return self._finalise(utterance, event)
+            return self._final_event(utterance, words, now)
         utterance.partial_in_flight = None
+        if request.end_s >= utterance.last_words_end_s:
+            utterance.last_words, utterance.last_words_end_s = words, request.end_s
         shown = " ".join(utterance.agreement.update(words))
         step = Step()
         if shown and shown != utterance.last_partial_text and utterance.end_s is None:
@@ -268,17 +272,39 @@ class LiveSession:
             self._open = None
             utterance.end_s = endpoint.end_s
             step.events.append(LiveEvent(SPEECH_ENDED, utterance.index, utterance.start_s, endpoint.end_s))
-            if utterance.partial_in_flight is not None:
-                step.cancelled.append(utterance.partial_in_flight)
-                del self._decodes[utterance.partial_in_flight]
-                utterance.partial_in_flight = None
             utterance.pending_partial, utterance.partial_wanted = None, False
             speech_end_s = max(utterance.start_s, endpoint.end_s - self.config.endpoint.speech_pad_s)
             self._final_heard_at[utterance.index] = self._arrival_of(speech_end_s, default=now)
-            request = self._request(utterance, final=True, end_s=endpoint.end_s)
-            utterance.final_in_flight = request.decode_id
-            step.decodes.append(request)
+            needed_end_s = min(endpoint.end_s, speech_end_s + self.config.final_tail_s)
+            step.extend(self._final(utterance, needed_end_s, now))
         return step
+
+    def _final(self, utterance: _Utterance, needed_end_s: float, now: float) -> Step:
+        """The ended utterance's final: from a partial decode that holds all its speech
+        (`needed_end_s`), else from a decode of its own."""
+        step = Step()
+        in_flight_id, utterance.partial_in_flight = utterance.partial_in_flight, None
+        in_flight = None if in_flight_id is None else self._decodes[in_flight_id]
+        if in_flight is not None and in_flight.end_s >= needed_end_s - 1e-9:
+            self._decodes[in_flight.decode_id] = replace(in_flight, final=True)  # its answer is the final
+            self.finals_from_partials += 1
+            return step
+        if in_flight is not None:
+            step.cancelled.append(in_flight.decode_id)
+            del self._decodes[in_flight.decode_id]
+        if utterance.last_words is not None and utterance.last_words_end_s >= needed_end_s - 1e-9:
+            self.finals_from_partials += 1
+            step.extend(self._final_event(utterance, utterance.last_words, now))
+            return step
+        step.decodes.append(self._request(utterance, final=True, end_s=utterance.end_s or needed_end_s))
+        return step
+
+    def _final_event(self, utterance: _Utterance, words: list[str], now: float) -> Step:
+        heard_at = self._final_heard_at.pop(utterance.index, now)
+        text = " ".join(utterance.agreement.finish(words))
+        event = LiveEvent(FINAL, utterance.index, utterance.start_s, utterance.end_s, text,
+                          latency_s=now - heard_at)
+        return self._finalise(utterance, event)
 
     def _mark_due(self, utterance: _Utterance) -> None:
         c = self.config

@@ -136,7 +136,8 @@ class LiveStreams:
         self.ended_by: Counter[str] = Counter()
         self.events_sent: Counter[str] = Counter()
         self.decodes: Counter[str] = Counter()
-        self.decodes_skipped_closed = 0  # skipped decodes of streams that have ended
+        # The session counters of streams that have ended.
+        self.ended_skipped = self.ended_finals_from_partials = 0
         self.decode_batch_sizes: Counter[int] = Counter()
         self.partial_budget = 2.0
         self._partial_jobs: dict[str, float] = {}  # partial decodes at the model manager: job_id -> sent at
@@ -270,7 +271,9 @@ class LiveStreams:
             self._end(stream, "shutdown", error)
 
     def stats(self) -> dict[str, Any]:
-        skipped = self.decodes_skipped_closed + sum(s.session.skipped_decodes for s in self.streams.values())
+        sessions = [s.session for s in self.streams.values()]
+        skipped = self.ended_skipped + sum(s.skipped_decodes for s in sessions)
+        from_partials = self.ended_finals_from_partials + sum(s.finals_from_partials for s in sessions)
         return {
             "open_streams": len(self.streams),
             "opened": self.opened,
@@ -278,6 +281,7 @@ class LiveStreams:
             "events": dict(self.events_sent),
             "decodes": dict(self.decodes),
             "decodes_skipped": skipped,
+            "finals_from_partials": from_partials,
             "partial_budget": int(self.partial_budget),
             "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
             "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
@@ -415,7 +419,8 @@ class LiveStreams:
 
     def _forget(self, stream: LiveStream, why: str) -> None:
         del self.streams[stream.stream_id]
-        self.decodes_skipped_closed += stream.session.skipped_decodes
+        self.ended_skipped += stream.session.skipped_decodes
+        self.ended_finals_from_partials += stream.session.finals_from_partials
         self._ended[stream.stream_id] = why
         while len(self._ended) > REMEMBERED_CLOSED:
             self._ended.popitem(last=False)
