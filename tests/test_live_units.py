@@ -214,6 +214,20 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
     assert (event.type, event.text) == (FINAL, "I scream for you")
 
 
+def test_a_partial_that_was_to_be_the_final_and_failed_is_decoded_again_as_a_final():
+    session = LiveSession()
+    feeder = Feeder(session)
+    collect(feeder.feed(1.0, 0.9))
+    session.failed(session.in_flight[0], "timeout", "slow", feeder.now)
+    _, decodes, _ = collect(feeder.feed(0.6, 0.0))
+    (partial,) = decodes
+    retry = session.failed(partial.decode_id, "timeout", "slow", feeder.now)
+    assert retry.events == [] and len(retry.decodes) == 1 and retry.decodes[0].final
+    np.testing.assert_array_equal(retry.decodes[0].audio, partial.audio)
+    (event,) = session.decoded(retry.decodes[0].decode_id, "Hello.", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "Hello.")
+
+
 def test_an_answered_partial_that_holds_all_the_speech_is_the_final_at_once():
     session = LiveSession()
     feeder = Feeder(session)

@@ -71,6 +71,7 @@ class DecodeRequest:
     audio: np.ndarray  # float32, 16 kHz: the utterance's audio so far (all of it for a final)
     start_s: float
     end_s: float
+    from_partial: bool = False  # a partial decode whose answer became its utterance's final
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,9 @@ class LiveSession:
 
     def failed(self, decode_id: int, code: str, message: str, now: float) -> Step:
         """A decode failed. A failed partial is forgotten (the next one is due soon); a
-        failed final becomes its utterance's `error` event, in the final's place."""
+        partial that was to be the final is replaced by a final decode of its own (a
+        partial has the shorter timeout); a failed final becomes its utterance's `error`
+        event, in the final's place."""
         request = self._decodes.pop(decode_id, None)
         if request is None:
             return Step()
@@ -231,6 +234,11 @@ class LiveSession:
         if not request.final:
             utterance.partial_in_flight = None
             return Step()
+        if request.from_partial:
+            retry = replace(request, decode_id=self._next_decode, from_partial=False)
+            self._next_decode += 1
+            self._decodes[retry.decode_id] = retry
+            return Step(decodes=[retry])
         self._final_heard_at.pop(request.utterance, None)
         event = LiveEvent(ERROR, utterance.index, utterance.start_s, utterance.end_s, code=code,
                           message=f"the utterance could not be transcribed: {message}")
@@ -286,7 +294,7 @@ class LiveSession:
         in_flight_id, utterance.partial_in_flight = utterance.partial_in_flight, None
         in_flight = None if in_flight_id is None else self._decodes[in_flight_id]
         if in_flight is not None and in_flight.end_s >= needed_end_s - 1e-9:
-            self._decodes[in_flight.decode_id] = replace(in_flight, final=True)  # its answer is the final
+            self._decodes[in_flight.decode_id] = replace(in_flight, final=True, from_partial=True)
             self.finals_from_partials += 1
             return step
         if in_flight is not None:
