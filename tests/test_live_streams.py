@@ -142,6 +142,7 @@ def test_a_waiting_next_event_gets_events_first_and_times_out_empty(live):
     clock.now += 0.6
     streams.tick(clock.now)
     assert host.reply_to(idle_reader) == {"status": "success", "request_id": "s", "events": [], "done": False}
+    assert [e["seq"] for e in host.reply_to(reader)["events"]] == [0]
 
 
 def test_cancel_drops_the_decodes_and_answers_the_waiting_reader(live):

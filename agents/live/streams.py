@@ -13,7 +13,9 @@ Contract:
   most `max_open_streams` are open; one more is refused with `overloaded`. Calls for a
   stream that is gone say why (`not_found`).
 - Every event is delivered once, to the first call that can carry it: a waiting
-  `next_event`, else the next `stream_audio`, `next_event` or `stream_close` reply.
+  `next_event`, else the next `stream_audio`, `next_event` or `stream_close` reply. Events
+  carry `seq`, their place in the stream's order (0, 1, 2, ...), so that a client reading
+  on two sockets can put them back in order.
   Replies carry `done: true` once the stream has ended (no more events will come).
 - `stream_audio` is answered as soon as its chunk has been through the VAD, never after
   inference. Chunks longer than `max_chunk_s`, audio beyond `max_audio_seconds` in all,
@@ -121,6 +123,7 @@ class LiveStream:
     jobs: dict[str, int] = field(default_factory=dict)  # job_id -> decode_id
     orphaned_at: float = math.inf  # when the connection of its last call closed
     waits_for_partial: bool = False  # in the queue for a partial decode's room
+    next_seq: int = 0  # events carry their place in the stream's order, for two-socket readers
 
 
 class LiveStreams:
@@ -307,7 +310,8 @@ class LiveStreams:
 
     def _apply(self, stream: LiveStream, step: Step, now: float) -> None:
         for event in step.events:
-            stream.events.append(event.to_wire())
+            stream.events.append({**event.to_wire(), "seq": stream.next_seq})
+            stream.next_seq += 1
             self.events_sent[event.type] += 1
             if event.latency_s is not None and event.type in self.latency_s:
                 self.latency_s[event.type].append(event.latency_s)
