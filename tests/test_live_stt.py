@@ -122,7 +122,7 @@ def test_four_concurrent_streams_batch_together(bus):
         check_utterances(events, clips[sentence][1])
     after = stt_stats(bus)["live"]
     assert after["open_streams"] == 0
-    assert after["decodes"]["final"] - before["decodes"].get("final", 0) == 4
+    assert after["events"]["final"] - before["events"].get("final", 0) == 4
     grown = {int(size): count - before["decode_batch_size_histogram"].get(size, 0)
              for size, count in after["decode_batch_size_histogram"].items()}
     assert max(size for size, count in grown.items() if count > 0) > 1, grown
