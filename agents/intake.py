@@ -61,7 +61,9 @@ def prepare_frame(service: Service, limits: Limits, frame: bytes) -> Prepared:
     """Decode and check one client frame. Raises BusError only for a frame that does not
     decode; a request refused as a whole comes back with `error` set."""
     message, encoding = protocol.decode_request(frame)
-    prepared = Prepared(_light(message, service.payload_fields), encoding)
+    # A live stream's chunk is decoded with the stream's dtype and rate (agents/live/streams.py).
+    light = message if message.get("action") == "stream_audio" else _light(message, service.payload_fields)
+    prepared = Prepared(light, encoding)
     try:
         _prepare_items(prepared, message, service, limits)
     except BusError as exc:

@@ -11,6 +11,7 @@ This module only moves messages; the parts it drives each do one job:
 - agents/inflight.py    the jobs at the model manager, with their deadlines and retries
 - agents/sinks.py       where each job's answer goes (a client, a batch, the journal, a stream)
 - agents/streams.py     the pure state machine of open streams; stream_driver.py acts on it
+- agents/live/          live speech-to-text: VAD, endpointing, commit policy, stream sessions
 - agents/control.py     health, stats, configure, voices
 - agents/results.py     the SQLite journal of queue_for_batch jobs and results
 
@@ -56,9 +57,12 @@ from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.intake import Intake, Item, Prepared
 from agents.journal import journal_entry, recover
 from agents.link import ModelManagerLink
+from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
+from agents.live.worker import OffThread
 from agents.options import (
     _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
     _echoable,
+    check_options,
     effective_timeout_ms,
     priority,
     request_key,
@@ -69,6 +73,7 @@ from agents.services import SERVICES, Service
 from agents.sinks import (
     BatchCall,
     BatchItemReply,
+    CallbackReply,
     ClientCall,
     ClientReply,
     QueuedReply,
@@ -114,7 +119,8 @@ QUEUED_RETRY_S = 1.0
 SHUTDOWN_GRACE_S = 30.0
 STATS_TIMEOUT_S = 2.0
 #: Actions that start no new work, still answered while the agent drains for shutdown.
-SERVED_WHILE_STOPPING = frozenset({"health", "stats", "get_result", "next_chunk", "voices", "cancel"})
+SERVED_WHILE_STOPPING = frozenset({"health", "stats", "get_result", "next_chunk", "voices", "cancel",
+                                   "next_event", "stream_close"})
 
 Handler = Callable[[ClientCall, Prepared], None]
 
@@ -138,6 +144,7 @@ class ServiceAgent:
         self.control: dict[str, ControlCall] = {}
         self.counters = AgentCounters()
         self.connections = ConnectionTracker()
+        self.live: LiveStreams | None = None  # the STT agent's live streams, from serve()
         self.stopping = False
         self.next_purge = 0.0
 
@@ -155,6 +162,9 @@ class ServiceAgent:
         poller = zmq.Poller()
         for sock in (self.front, self.link.socket, self.front_monitor, self.intake.wake):
             poller.register(sock, zmq.POLLIN)
+        if self.service.task == "stt":
+            self.live = LiveStreams(self, OffThread(self.context), live_settings(self.config))
+            poller.register(self.live.worker.wake, zmq.POLLIN)
         log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
         self._recover_journal()
         next_ping = 0.0
@@ -178,6 +188,8 @@ class ServiceAgent:
                         self._guarded(self._on_model_manager)
                     elif sock is self.intake.wake:
                         self._guarded(lambda: self.intake.drain(self._on_prepared))
+                    elif self.live is not None and sock is self.live.worker.wake:
+                        self._guarded(self._on_live_worker)
                     else:
                         self._guarded(lambda: drain_monitor(self.front_monitor, self.connections,
                                                             self._client_gone))
@@ -185,6 +197,8 @@ class ServiceAgent:
             self._answer_clients_at_shutdown()
         finally:
             self.intake.close()
+            if self.live is not None:
+                self.live.worker.close()
             self.front.disable_monitor()
             self.front_monitor.close()
             self.front.close()
@@ -203,7 +217,8 @@ class ServiceAgent:
 
     def _clients_waiting(self) -> bool:
         return (self.inflight.waiting_clients() or bool(self.control) or self.intake.in_progress > 0
-                or self.stream_driver.readers_waiting())
+                or self.stream_driver.readers_waiting()
+                or (self.live is not None and self.live.waiting_clients()))
 
     def _answer_clients_at_shutdown(self) -> None:
         # Journaled queue_for_batch jobs stay pending: the next start resubmits them.
@@ -213,6 +228,8 @@ class ServiceAgent:
                 self.inflight.pop(job.job_id)
                 job.sink.deliver(protocol.error_reply(gone, job.fields.get("request_id")))
         self.stream_driver.answer_readers(gone)
+        if self.live is not None:
+            self.live.stop(gone)
 
     def _send(self, call: ClientCall, reply: dict[str, Any]) -> None:
         if reply.get("status") == "error":
@@ -291,6 +308,9 @@ class ServiceAgent:
             handlers.update(stream=self._stream, next_chunk=self._next_chunk)
         if svc.task == "tts":
             handlers["voices"] = self._voices
+        if self.live is not None:
+            handlers.update(stream_open=self._live_open, stream_audio=self._live_audio,
+                            next_event=self._live_next_event, stream_close=self._live_close)
         return handlers
 
     def _dispatch(self, call: ClientCall, prepared: Prepared) -> None:
@@ -323,6 +343,8 @@ class ServiceAgent:
         self.stream_driver.client_gone(routing_id)
         for job_id in [j for j, c in self.control.items() if c.call.routing_id == routing_id]:
             del self.control[job_id]
+        if self.live is not None:
+            self.live.client_gone(routing_id, time.monotonic())
         if jobs:
             log.info("a client went away: %d of its jobs dropped before they ran", len(jobs))
 
@@ -362,6 +384,8 @@ class ServiceAgent:
             return
         stats = agent_stats(self.service.task, self.counters, len(self.inflight), len(self.results),
                             len(self.streams))
+        if self.live is not None:
+            stats["live"] = self.live.stats()
         try:
             reply = control_reply(self.service.task, pending, answer, stats)
         except BusError as exc:
@@ -468,6 +492,8 @@ class ServiceAgent:
         """Stop a queue_for_batch request or a stream: what has not run yet never runs; a
         later get_result answers `cancelled`. A finished result is left to get_result."""
         request_id = request_key(required(prepared.message, "request_id"))
+        if self.live is not None and self.live.cancel(call, request_id):
+            return
         cancelled = BusError(CANCELLED, "cancelled by its client")
         if not self.stream_driver.close(request_id, cancelled):
             jobs = self.inflight.drop(
@@ -508,6 +534,53 @@ class ServiceAgent:
 
     def _next_chunk(self, call: ClientCall, prepared: Prepared) -> None:
         self.stream_driver.read(call, request_key(required(prepared.message, "request_id")))
+
+    # --- live streams (agents/live/streams.py; this agent is their LiveHost) ------------------
+
+    def _on_live_worker(self) -> None:
+        assert self.live is not None
+        self.live.on_worker(self.live.worker.drain(), time.monotonic())
+
+    def _live_open(self, call: ClientCall, prepared: Prepared) -> None:
+        assert self.live is not None
+        check_options(prepared.message)
+        self._check_model_manager()
+        request_id = request_key(prepared.message.get("request_id") or uuid.uuid4().hex)
+        self.live.open(call, prepared.message, request_id, time.monotonic())
+
+    def _live_audio(self, call: ClientCall, prepared: Prepared) -> None:
+        assert self.live is not None
+        request_id = request_key(required(prepared.message, "request_id"))
+        self.live.audio(call, prepared.message, request_id, time.monotonic())
+
+    def _live_next_event(self, call: ClientCall, prepared: Prepared) -> None:
+        assert self.live is not None
+        request_id = request_key(required(prepared.message, "request_id"))
+        self.live.next_event(call, prepared.message, request_id, time.monotonic())
+
+    def _live_close(self, call: ClientCall, prepared: Prepared) -> None:
+        assert self.live is not None
+        self.live.close(call, request_key(required(prepared.message, "request_id")), time.monotonic())
+
+    def send(self, call: ClientCall, reply: dict[str, Any]) -> None:
+        self._send(call, reply)
+
+    def routing_id(self, call: ClientCall) -> bytes:
+        return call.routing_id
+
+    def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
+                      timeout_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
+        message = {"type": "infer", "job_id": job_id, "task": self.service.task,
+                   "model_pref": fields.get("model_pref"), "request": request, "priority": priority,
+                   "timeout_ms": timeout_ms}
+        deadline = time.monotonic() + timeout_ms / 1000.0 + DEADLINE_GRACE_S
+        # A final is retried when turned away for now, like a queued job: its client cannot resend it.
+        sink = CallbackReply(on_answer, retries=priority == FINAL_PRIORITY)
+        self._submit(InFlightJob(job_id, message, deadline, sink, fields, protocol.pack(message)))
+
+    def drop_jobs(self, job_ids: list[str]) -> None:
+        gone = set(job_ids)
+        self._cancel_at_model_manager(self.inflight.drop(lambda job: job.job_id in gone))
 
     # --- model manager side ---------------------------------------------------------------
 
@@ -569,6 +642,8 @@ class ServiceAgent:
             return protocol.error_reply(_internal(exc), rid)
 
     def _tick(self, now: float) -> None:
+        if self.live is not None:
+            self.live.tick(now)
         expired = self.inflight.expired(now)
         self._cancel_at_model_manager([job.job_id for job in expired])
         for job in expired:
@@ -602,6 +677,13 @@ def _request(item: Item) -> dict[str, Any]:
 
 def _internal(exc: Exception) -> BusError:
     return BusError(INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def live_settings(config: Config) -> LiveSettings:
+    limits = config.limits
+    return LiveSettings(max_open_streams=limits.max_open_streams, idle_timeout_s=limits.stream_idle_s,
+                        max_audio_seconds=limits.max_audio_seconds,
+                        request_timeout_ms=limits.request_timeout_ms)
 
 
 def journal_path(config: Config, task: str, port: int) -> Path:

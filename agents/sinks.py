@@ -110,6 +110,17 @@ class QueuedReply(ReplySink):
 
 
 @dataclass(eq=False)
+class CallbackReply(ReplySink):
+    """An answer the agent's own code takes (a live stream's decode: agents/live/streams.py)."""
+
+    on_answer: Callable[[Entry], None]
+    retries: bool = False
+
+    def deliver(self, entry: Entry) -> None:
+        self.on_answer(entry)
+
+
+@dataclass(eq=False)
 class StreamReply(ReplySink):
     """One output of a stream; `on_output` lets the agent release more jobs and answer a
     waiting reader."""

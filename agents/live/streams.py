@@ -1,7 +1,10 @@
 """The STT agent's live streams: the actions `stream_open`, `stream_audio`, `next_event`,
 `stream_close` (and `cancel`) on top of `LiveSession`s.
 
-`LiveStreams` owns no socket and runs no model. Its `LiveHost` (the agent) sends replies,
+`LiveStreams` owns no socket and runs no model; it is an adapter on the agent's stream
+state machine (`agents/streams.py`): each live stream's events are the outputs of a
+`Stream` (in order, bounded, read by one waiting call at a time, expiring when idle) in a
+`StreamRegistry` bounded by `limits.max_open_streams`. Its `LiveHost` (the agent) sends replies,
 submits decode jobs to the model manager and drops jobs; the CPU work of each chunk
 (decoding, resampling, VAD) runs on an `OffThread` worker whose finished tasks the agent
 hands back through `on_worker`. Every method takes `now` (monotonic seconds).
@@ -53,12 +56,12 @@ from agents.live.session import FINAL, PARTIAL, DecodeRequest, LiveConfig, LiveS
 from agents.live.vad import SAMPLE_RATE, StreamingVad
 from agents.live.worker import OffThread
 from agents.services import parse_stt_item
+from agents.streams import Stream, StreamFull, StreamRegistry
 from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES, decode_audio
 from model_manager.config import Limits
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     CANCELLED,
-    DUPLICATE_REQUEST_ID,
     INVALID_AUDIO,
     INVALID_FIELD,
     MISSING_FIELD,
@@ -107,23 +110,31 @@ class LiveHost(Protocol):
 
 @dataclass(eq=False)
 class LiveStream:
-    stream_id: str
+    outputs: Stream[None]  # the events, in order; its reader: a waiting next_event call, until when
     sample_rate: int
     dtype: str
     fields: dict[str, Any]  # model_pref, language, task, beam_size: every decode's
     session: LiveSession
     vad: StreamingVad  # touched only on the worker thread
     owner: bytes
-    idle_deadline: float
     accepted_seconds: float = 0.0  # audio accepted, VAD done or not
-    events: deque[dict[str, Any]] = field(default_factory=deque)
-    reader: tuple[Any, float] | None = None  # a waiting next_event call, and until when
     closer: Any = None  # the stream_close call, answered when every final is out
     closing: bool = False
     jobs: dict[str, int] = field(default_factory=dict)  # job_id -> decode_id
     orphaned_at: float = math.inf  # when the connection of its last call closed
     waits_for_partial: bool = False  # in the queue for a partial decode's room
-    next_seq: int = 0  # events carry their place in the stream's order, for two-socket readers
+
+    @property
+    def stream_id(self) -> str:
+        return self.outputs.stream_id
+
+    @property
+    def reader(self) -> tuple[Any, float] | None:
+        return self.outputs.reader
+
+    @reader.setter
+    def reader(self, value: tuple[Any, float] | None) -> None:
+        self.outputs.reader = value
 
 
 class LiveStreams:
@@ -133,7 +144,8 @@ class LiveStreams:
         self.clock = clock
         self.worker = worker
         self.settings = settings or LiveSettings()
-        self.streams: dict[str, LiveStream] = {}
+        self.registry: StreamRegistry[None] = StreamRegistry(self.settings.max_open_streams)
+        self.streams: dict[str, LiveStream] = {}  # the registry's streams, as live streams
         self._ended: OrderedDict[str, str] = OrderedDict()
         self.opened = 0
         self.ended_by: Counter[str] = Counter()
@@ -152,15 +164,14 @@ class LiveStreams:
     # --- actions -----------------------------------------------------------------------
 
     def open(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
-        if request_id in self.streams:
-            raise BusError(DUPLICATE_REQUEST_ID, f"stream {request_id!r} is still open")
-        if len(self.streams) >= self.settings.max_open_streams:
-            raise BusError(OVERLOADED, f"{self.settings.max_open_streams} live streams are open "
-                                       "(live.max_open_streams); retry later", retry_after_ms=1000)
         sample_rate, dtype = _sample_rate(message), _dtype(message)
         config = _session_config(message, self.settings.session)
-        stream = LiveStream(request_id, sample_rate, dtype, _decode_fields(message), LiveSession(config),
-                            StreamingVad(), self.host.routing_id(call), now + self.settings.idle_timeout_s)
+        fields = _decode_fields(message)
+        outputs: Stream[None] = Stream.open(request_id, now, self.settings.idle_timeout_s,
+                                            self.settings.max_buffered_events, first_alone=False)
+        self.registry.add(outputs)  # overloaded beyond limits.max_open_streams; duplicate ids refused
+        stream = LiveStream(outputs, sample_rate, dtype, fields, LiveSession(config), StreamingVad(),
+                            self.host.routing_id(call))
         self.streams[request_id] = stream
         self._ended.pop(request_id, None)
         self.opened += 1
@@ -201,7 +212,7 @@ class LiveStreams:
         if stream.reader is not None:
             raise BusError(INVALID_FIELD, f"a next_event call for stream {request_id!r} is already waiting")
         wait_ms = _wait_ms(message, self.settings.max_wait_ms)
-        if stream.events or wait_ms == 0:
+        if stream.outputs.in_progress() or wait_ms == 0:
             self._reply_events(stream, call)
             return
         stream.reader = (call, now + wait_ms / 1000.0)
@@ -251,12 +262,13 @@ class LiveStreams:
         for stream in list(self.streams.values()):
             if stream.reader is not None and stream.reader[1] <= now:
                 self._reply_events(stream, stream.reader[0])
-            if stream.closing:
-                continue  # its finals are on the way; stream_close is answered with them
+            if stream.closing:  # its finals are on the way; stream_close is answered with them
+                stream.outputs.idle_deadline = now + self.settings.idle_timeout_s
+                continue
             if stream.orphaned_at + self.settings.hangup_grace_s <= now:
                 self._end(stream, "hangup", None)
-            elif stream.idle_deadline <= now and stream.reader is None:
-                self._end(stream, "idle", None)
+        for outputs in self.registry.expired(now):
+            self._end(self.streams[outputs.stream_id], "idle", None)
 
     def client_gone(self, routing_id: bytes, now: float) -> None:
         for stream in self.streams.values():
@@ -298,7 +310,7 @@ class LiveStreams:
         if stream is None:
             raise self._gone_error(request_id)
         # Any call keeps it alive, and makes its connection the one whose hang-up ends it.
-        stream.idle_deadline = now + self.settings.idle_timeout_s
+        stream.outputs.idle_deadline = now + self.settings.idle_timeout_s
         stream.owner, stream.orphaned_at = self.host.routing_id(call), math.inf
         return stream
 
@@ -310,14 +322,15 @@ class LiveStreams:
 
     def _apply(self, stream: LiveStream, step: Step, now: float) -> None:
         for event in step.events:
-            stream.events.append({**event.to_wire(), "seq": stream.next_seq})
-            stream.next_seq += 1
+            try:
+                stream.outputs.push(event.to_wire())
+            except StreamFull:
+                unread = BusError(OVERLOADED, "too many unread events; the stream was ended")
+                self._end(stream, "unread", unread)
+                return
             self.events_sent[event.type] += 1
             if event.latency_s is not None and event.type in self.latency_s:
                 self.latency_s[event.type].append(event.latency_s)
-        if len(stream.events) > self.settings.max_buffered_events:
-            self._end(stream, "unread", BusError(OVERLOADED, "too many unread events; the stream was ended"))
-            return
         dropped = [job for job, decode_id in stream.jobs.items() if decode_id in step.cancelled]
         self._drop(stream, dropped)
         for decode in step.decodes:
@@ -326,7 +339,7 @@ class LiveStreams:
             stream.waits_for_partial = True
             self._partial_queue.append(stream)
         self._pump_partials(now)
-        if stream.reader is not None and stream.events:
+        if stream.reader is not None and stream.outputs.in_progress():
             self._reply_events(stream, stream.reader[0])
 
     def _pump_partials(self, now: float) -> None:
@@ -403,8 +416,11 @@ class LiveStreams:
     def _reply_events(self, stream: LiveStream, call: Any, done: bool = False) -> None:
         if stream.reader is not None and stream.reader[0] is call:
             stream.reader = None
-        events = list(stream.events)
-        stream.events.clear()
+        events = []
+        # The outputs' index is the event's place in the stream's order: `seq` on the wire.
+        while (taken := stream.outputs.take(self.clock())) is not None:
+            index, event, _ = taken
+            events.append({**event, "seq": index})
         done = done or self.streams.get(stream.stream_id) is not stream
         reply = {"status": "success", "request_id": stream.stream_id, "events": events, "done": done}
         self.host.send(call, reply)
@@ -423,6 +439,7 @@ class LiveStreams:
 
     def _forget(self, stream: LiveStream, why: str) -> None:
         del self.streams[stream.stream_id]
+        self.registry.close(stream.stream_id)
         self.ended_skipped += stream.session.skipped_decodes
         self.ended_finals_from_partials += stream.session.finals_from_partials
         self._ended[stream.stream_id] = why
