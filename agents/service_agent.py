@@ -179,7 +179,10 @@ class ServiceAgent:
                 if self.stopping and (not self._clients_waiting() or now >= shutdown_by):
                     break
                 if now >= next_ping:
-                    self.link.send({"type": "ping"})
+                    # The live streams' figures ride on the ping: Prometheus is served by
+                    # the model manager (model_manager/metrics.py).
+                    live = {"live": self.live.stats()} if self.live is not None else {}
+                    self.link.send({"type": "ping", **live})
                     next_ping = now + PING_INTERVAL_S
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is self.front:

@@ -108,6 +108,8 @@ class ModelManagerAgent:
         # Agents that ping, by identity -> when last heard from (monotonic); and every agent's
         # jobs not answered yet, to drop a dead agent's jobs and to ignore resent ones.
         self._peers: dict[bytes, float] = {}
+        # The live-stream figures each STT agent last sent with its ping, for the metrics.
+        self._live_figures: dict[bytes, dict[str, Any]] = {}
         self._peer_jobs: dict[bytes, set[str]] = {}
         self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
 
@@ -286,6 +288,7 @@ class ModelManagerAgent:
         limit = protocol.PING_INTERVAL_S * protocol.LIVENESS_INTERVALS
         for peer in [p for p, seen in self._peers.items() if now - seen >= limit]:
             del self._peers[peer]
+            self._live_figures.pop(peer, None)
             jobs = self._peer_jobs.pop(peer, set())
             dropped = sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
             held = len(self._held)
@@ -341,6 +344,8 @@ class ModelManagerAgent:
         if kind == "ping" or identity in self._peers:
             self._peers[identity] = time.monotonic()
         if kind == "ping":
+            if isinstance(message.get("live"), dict):
+                self._live_figures[identity] = message["live"]
             self._reply(router, identity, self.pong())
         elif kind == "stats":
             self._reply(router, identity, {"type": "stats", "job_id": message.get("job_id"), **self.stats()})
@@ -462,7 +467,8 @@ class ModelManagerAgent:
         # A copy: the metrics exporter calls this on its own thread while models may still load.
         models = [w.snapshot() for w in self.worker_list()]
         workers = {k: sum(m["workers"][k] for m in models) for k in ("total", "ready", "busy")}
-        return {"models": models, "memory": memory, "workers": workers}
+        live = list(dict(self._live_figures).values())  # a copy: read on the exporter's thread
+        return {"models": models, "memory": memory, "workers": workers, "live": live}
 
 
 def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:

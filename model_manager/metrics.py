@@ -23,6 +23,15 @@ so one process, a test for instance, can hold several. Names follow the Triton/R
 | voicebus_workers, voicebus_workers_ready, voicebus_workers_busy | gauge | model |
 | voicebus_cpu_memory_rss_bytes | gauge | – |
 | voicebus_gpu_memory_used_bytes, voicebus_gpu_memory_total_bytes | gauge | device (CUDA only) |
+| voicebus_live_streams_open | gauge | – |
+| voicebus_live_events_total | counter | type (speech_started, partial, speech_ended, final, error) |
+| voicebus_live_decodes_total | counter | kind (partial, final) |
+| voicebus_live_decodes_skipped_total | counter | – |
+| voicebus_live_latency_seconds | gauge | kind (partial, final), quantile (0.5, 0.95, 0.99; last 1000) |
+| voicebus_live_decode_batch_size | histogram | – (the batch each stream decode ran in) |
+
+The live-stream figures are the STT agent's (agents/live/streams.py `stats`), sent with
+its pings and summed over the agents that sent them.
 """
 
 from __future__ import annotations
@@ -172,3 +181,40 @@ class _LevelsCollector(Collector):
                 gpu_used.add_metric([device], reading["gpu_used_bytes"])
                 gpu_total.add_metric([device], reading["gpu_total_bytes"])
         yield from (gpu_used, gpu_total)
+        yield from _live_metrics(stats.get("live") or [])
+
+
+def _live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+    open_streams = GaugeMetricFamily("voicebus_live_streams_open", "Live STT streams open.")
+    open_streams.add_metric([], sum(a.get("open_streams", 0) for a in agents))
+    events = CounterMetricFamily("voicebus_live_events", "Live STT events sent, by type.", labels=["type"])
+    decodes = CounterMetricFamily("voicebus_live_decodes", "Live STT decodes sent, by kind.", labels=["kind"])
+    for family, key in ((events, "events"), (decodes, "decodes")):
+        totals: dict[str, int] = {}
+        for agent in agents:
+            for label, n in (agent.get(key) or {}).items():
+                totals[label] = totals.get(label, 0) + n
+        for label, n in sorted(totals.items()):
+            family.add_metric([label], n)
+    skipped = CounterMetricFamily("voicebus_live_decodes_skipped",
+                                  "Partial decodes skipped because the stream's previous one was not back.")
+    skipped.add_metric([], sum(a.get("decodes_skipped", 0) for a in agents))
+    latency = GaugeMetricFamily(
+        "voicebus_live_latency_seconds",
+        "From the audio's arrival to its partial or final event (the worst agent's), over the last 1000.",
+        labels=["kind", "quantile"])
+    for kind in ("partial", "final"):
+        for q in ("50", "95", "99"):
+            readings = [a.get(f"{kind}_latency_ms") or {} for a in agents]
+            values = [r[f"p{q}"] for r in readings if f"p{q}" in r]
+            if values:
+                latency.add_metric([kind, str(int(q) / 100)], max(values) / 1000.0)
+    by_size = Histogram(BATCH_SIZE_BUCKETS)
+    for agent in agents:
+        for size, n in (agent.get("decode_batch_size_histogram") or {}).items():
+            for _ in range(n):
+                by_size.observe(int(size))
+    sizes = HistogramMetricFamily("voicebus_live_decode_batch_size",
+                                  "The batch size each live STT decode ran in.", labels=[])
+    sizes.add_metric([], *_buckets(by_size))
+    yield from (open_streams, events, decodes, skipped, latency, sizes)

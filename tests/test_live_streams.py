@@ -266,3 +266,25 @@ def test_partials_share_a_budget_fairly_and_it_adapts_to_the_engine():
     assert streams.partial_budget == 1.25
     assert streams.stats()["partial_budget"] == 1
     assert len(host.jobs) == 1
+
+
+def test_live_figures_reach_prometheus():
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from model_manager.metrics import BusMetrics
+
+    figures = {"open_streams": 3, "events": {"final": 4, "partial": 9}, "decodes": {"partial": 7, "final": 2},
+               "decodes_skipped": 5, "decode_batch_size_histogram": {"1": 2, "4": 3},
+               "partial_latency_ms": {"p50": 400.0, "p95": 900.0, "p99": 950.0}, "final_latency_ms": {}}
+    metrics = BusMetrics(read_stats=lambda: {"models": [], "live": [figures]})
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+           for s in family.samples}
+    assert got[("voicebus_live_streams_open", ())] == 3
+    assert got[("voicebus_live_events_total", (("type", "final"),))] == 4
+    assert got[("voicebus_live_decodes_total", (("kind", "partial"),))] == 7
+    assert got[("voicebus_live_decodes_skipped_total", ())] == 5
+    assert got[("voicebus_live_latency_seconds", (("kind", "partial"), ("quantile", "0.95")))] == 0.9
+    assert got[("voicebus_live_decode_batch_size_count", ())] == 5
+    assert got[("voicebus_live_decode_batch_size_bucket", (("le", "1.0"),))] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 
 import msgpack
 import numpy as np
@@ -126,6 +127,17 @@ def test_four_concurrent_streams_batch_together(bus):
     grown = {int(size): count - before["decode_batch_size_histogram"].get(size, 0)
              for size, count in after["decode_batch_size_histogram"].items()}
     assert max(size for size, count in grown.items() if count > 0) > 1, grown
+    # The same figures reach Prometheus (the agent sends them with its pings).
+    deadline = time.monotonic() + 5
+    while True:
+        text = urllib.request.urlopen(bus.metrics_url, timeout=5).read().decode()
+        sample = 'voicebus_live_events_total{type="final"}'
+        finals = [line for line in text.splitlines() if line.startswith(sample)]
+        if finals and float(finals[0].split()[-1]) >= after["events"]["final"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert finals and float(finals[0].split()[-1]) >= after["events"]["final"], text[-2000:]
+    assert "voicebus_live_decode_batch_size_bucket" in text
 
 
 def test_silence_costs_no_decode_and_gives_no_text(bus):
