@@ -99,6 +99,7 @@ from model_manager.errors import (
     SHUTTING_DOWN,
     TIMEOUT,
     UNKNOWN_ACTION,
+    UNKNOWN_MODEL,
     BusError,
 )
 from model_manager.protocol import Encoding
@@ -548,6 +549,12 @@ class ServiceAgent:
         assert self.live is not None
         check_options(prepared.message)
         self._check_model_manager()
+        # Checked now, not at the first decode: a stream's partials fail silently.
+        model_pref = prepared.message.get("model_pref")
+        names = [m.get("name") for m in self._view().models(self.service.task)]
+        if model_pref not in (None, "", "default", "fast", "quality", *names):
+            raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: "
+                                          f"{', '.join(map(str, names))}")
         request_id = request_key(prepared.message.get("request_id") or uuid.uuid4().hex)
         self.live.open(call, prepared.message, request_id, time.monotonic())
 

@@ -202,6 +202,8 @@ def test_bad_input_is_refused_and_the_stream_carries_on(bus):
     assert closed["status"] == "success" and closed["done"] is True and closed["events"] == []
     after = audio(audio_data=pcm)
     assert after["error"]["code"] == "not_found" and "stream_close" in after["error"]["message"]
-    for bad_open in ({"sample_rate": 5}, {"dtype": "float64"}, {"vad_threshold": 3}, {"beam_size": 0}):
-        assert bus.request({"action": "stream_open", **bad_open})["status"] == "error"
+    for bad_open, code in (({"sample_rate": 5}, "invalid_audio"), ({"dtype": "float64"}, "invalid_audio"),
+                           ({"vad_threshold": 3}, "invalid_field"), ({"beam_size": 0}, "invalid_field"),
+                           ({"model_pref": "no-such-model"}, "unknown_model")):
+        assert bus.request({"action": "stream_open", **bad_open})["error"]["code"] == code, bad_open
     assert bus.request({"action": "health"})["ready"] is True
