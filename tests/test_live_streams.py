@@ -208,7 +208,7 @@ def test_bad_input_is_refused_and_the_stream_carries_on(live):
     bad = [
         ({"audio_data": [0], "sample_rate": 16000}, "invalid_audio", "sample_rate"),
         ({"audio_data": [0], "dtype": "float32"}, "invalid_audio", "dtype"),
-        ({"audio_data": [0] * 8000 * 3}, "audio_too_long", "max_chunk_s"),
+        ({"audio_data": [0] * 8000 * 3}, "audio_too_long", "per chunk"),
         ({}, "missing_field", "audio_data"),
         ({"audio_data": "noise"}, "invalid_audio", "list of numbers"),
     ]

@@ -62,6 +62,7 @@ from model_manager.config import Limits
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     CANCELLED,
+    INTERNAL,
     INVALID_AUDIO,
     INVALID_FIELD,
     MISSING_FIELD,
@@ -191,7 +192,7 @@ class LiveStreams:
         seconds = _chunk_seconds(message["audio_data"], stream)
         if seconds > self.settings.max_chunk_s:
             raise BusError(AUDIO_TOO_LONG, f"a stream_audio chunk holds {seconds:.1f} s of audio; "
-                                           f"the limit is {self.settings.max_chunk_s:g} s (live.max_chunk_s)")
+                                           f"the limit is {self.settings.max_chunk_s:g} s per chunk")
         if stream.accepted_seconds + seconds > self.settings.max_audio_seconds:
             raise BusError(AUDIO_TOO_LONG, f"stream {request_id!r} would exceed "
                                            f"{self.settings.max_audio_seconds:g} s of audio "
@@ -246,7 +247,7 @@ class LiveStreams:
                 stream.accepted_seconds -= seconds
                 if kind == "close":
                     stream.closing, stream.closer = False, None
-                error = outcome if isinstance(outcome, BusError) else BusError(INVALID_AUDIO, repr(outcome))
+                error = outcome if isinstance(outcome, BusError) else BusError(INTERNAL, repr(outcome)[:500])
                 self.host.send(call, _error_reply(error, stream.stream_id))
                 continue
             if kind == "audio":
