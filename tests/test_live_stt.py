@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from conftest import fixed_batching
 from speech import SENTENCES, speak, word_error_rate
 
 from agents.model_client import ClientConfig, LiveStreamError, ModelClient
@@ -114,10 +115,13 @@ def test_four_concurrent_streams_batch_together(bus):
                            [(sentence, 0.5, 0.5 + len(spoken) / RATE)])
     threads = [threading.Thread(target=replay, args=(bus, audio, results), kwargs={"key": sentence})
                for sentence, (audio, _) in clips.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    # Decodes that come together wait up to 1 s for each other, whatever this machine's load
+    # (on a busy CPU the partial budget keeps few decodes in flight at once).
+    with fixed_batching(bus, bus.stt_address, min_batch_size=4, max_batch_size=8, max_batch_wait_ms=1000):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
     assert len(results) == 4
     for sentence, events in results:
         check_utterances(events, clips[sentence][1])
