@@ -51,14 +51,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agents.live.endpointing import EndpointConfig
+from agents.live import options
 from agents.live.session import FINAL, PARTIAL, DecodeRequest, LiveConfig, LiveSession, Step
-from agents.live.vad import SAMPLE_RATE, StreamingVad
+from agents.live.vad import StreamingVad
 from agents.live.worker import OffThread
-from agents.services import parse_stt_item
 from agents.streams import Stream, StreamFull, StreamRegistry
-from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES, decode_audio
-from model_manager.config import Limits
+from model_manager.audio import decode_audio
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     CANCELLED,
@@ -165,9 +163,9 @@ class LiveStreams:
     # --- actions -----------------------------------------------------------------------
 
     def open(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
-        sample_rate, dtype = _sample_rate(message), _dtype(message)
-        config = _session_config(message, self.settings.session)
-        fields = _decode_fields(message)
+        sample_rate, dtype = options.sample_rate(message), options.dtype(message)
+        config = options.session_config(message, self.settings.session)
+        fields = options.decode_fields(message)
         outputs: Stream[None] = Stream.open(request_id, now, self.settings.idle_timeout_s,
                                             self.settings.max_buffered_events, first_alone=False)
         self.registry.add(outputs)  # overloaded beyond limits.max_open_streams; duplicate ids refused
@@ -189,7 +187,7 @@ class LiveStreams:
                                               f"this chunk says {message[key]!r:.50}")
         if message.get("audio_data") is None:
             raise BusError(MISSING_FIELD, "audio_data is required")
-        seconds = _chunk_seconds(message["audio_data"], stream)
+        seconds = options.chunk_seconds(message["audio_data"], stream.sample_rate, stream.dtype)
         if seconds > self.settings.max_chunk_s:
             raise BusError(AUDIO_TOO_LONG, f"a stream_audio chunk holds {seconds:.1f} s of audio; "
                                            f"the limit is {self.settings.max_chunk_s:g} s per chunk")
@@ -212,7 +210,7 @@ class LiveStreams:
         stream = self._get(request_id, call, now)
         if stream.reader is not None:
             raise BusError(INVALID_FIELD, f"a next_event call for stream {request_id!r} is already waiting")
-        wait_ms = _wait_ms(message, self.settings.max_wait_ms)
+        wait_ms = options.wait_ms(message, self.settings.max_wait_ms)
         if stream.outputs.in_progress() or wait_ms == 0:
             self._reply_events(stream, call)
             return
@@ -450,87 +448,6 @@ class LiveStreams:
 
 def _error_reply(error: BusError, request_id: str) -> dict[str, Any]:
     return {"status": "error", "request_id": request_id, "error": error.to_wire()}
-
-
-# --- stream_open fields ---------------------------------------------------------------------
-
-
-def _sample_rate(message: dict[str, Any]) -> int:
-    rate = message.get("sample_rate", SAMPLE_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        bounds = f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]"
-        raise BusError(INVALID_AUDIO, f"sample_rate must be an integer in {bounds}, got {rate!r:.50}")
-    return rate
-
-
-def _dtype(message: dict[str, Any]) -> str:
-    dtype = message.get("dtype", "float32")
-    if not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
-        raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {dtype!r:.50}")
-    return dtype
-
-
-def _decode_fields(message: dict[str, Any]) -> dict[str, Any]:
-    """The fields every decode of the stream carries, checked as `transcribe` checks them."""
-    options = {k: message[k] for k in ("language", "task", "beam_size") if message.get(k) is not None}
-    request = parse_stt_item({**options, "audio_data": [0.0]}, Limits())
-    fields = {k: v for k, v in request.items() if k != "audio"}
-    if message.get("model_pref") is not None:
-        fields["model_pref"] = message["model_pref"]
-    return fields
-
-
-#: Stream options: (wire field, lowest, highest).
-_OPTIONS = {
-    "partial_interval_ms": (100, 10_000),
-    "end_silence_ms": (100, 10_000),
-    "vad_threshold": (0.05, 0.95),
-}
-
-
-def _session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
-    values: dict[str, float] = {}
-    for key, (low, high) in _OPTIONS.items():
-        value = message.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise BusError(INVALID_FIELD, f"{key} must be a number in [{low}, {high}], got {value!r:.50}")
-        values[key] = float(value)
-    if not values:
-        return base
-    endpoint = base.endpoint
-    if "end_silence_ms" in values or "vad_threshold" in values:
-        threshold = values.get("vad_threshold", endpoint.threshold)
-        endpoint = EndpointConfig(**{
-            **endpoint.__dict__,
-            "min_silence_s": values.get("end_silence_ms", endpoint.min_silence_s * 1000) / 1000,
-            "threshold": threshold,
-            "neg_threshold": None if endpoint.neg_threshold is None
-            else min(endpoint.neg_threshold, threshold),
-        })
-    interval = values.get("partial_interval_ms", base.decode_interval_s * 1000) / 1000
-    return LiveConfig(endpoint=endpoint, decode_interval_s=interval,
-                      min_partial_audio_s=min(base.min_partial_audio_s, interval))
-
-
-def _chunk_seconds(data: Any, stream: LiveStream) -> float:
-    """The chunk's length, counted cheaply (it is decoded and checked on the worker)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        samples = len(data) / np.dtype(SUPPORTED_DTYPES[stream.dtype]).itemsize
-    elif isinstance(data, list):
-        samples = len(data)
-    else:
-        kind = type(data).__name__
-        raise BusError(INVALID_AUDIO, f"audio_data must be a list of numbers or bytes, got {kind}")
-    return samples / stream.sample_rate
-
-
-def _wait_ms(message: dict[str, Any], cap_ms: int) -> int:
-    value = message.get("timeout_ms", 1000)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise BusError(INVALID_FIELD, f"timeout_ms must be a number >= 0, got {value!r:.50}")
-    return int(min(value, cap_ms))
 
 
 def _percentiles(values: deque[float]) -> dict[str, float]:
