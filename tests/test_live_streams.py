@@ -288,3 +288,29 @@ def test_live_figures_reach_prometheus():
     assert got[("voicebus_live_latency_seconds", (("kind", "partial"), ("quantile", "0.95")))] == 0.9
     assert got[("voicebus_live_decode_batch_size_count", ())] == 5
     assert got[("voicebus_live_decode_batch_size_bucket", (("le", "1.0"),))] == 2
+
+
+def test_no_partial_starts_while_a_final_decode_is_out():
+    host, worker, clock = FakeHost(), InlineWorker(), Clock()
+    streams = LiveStreams(host, worker, LiveSettings(), clock=clock)
+    streams.open(Call(), {}, "a", clock.now)
+    streams.open(Call(), {}, "b", clock.now)
+    speech = speak(SENTENCES[1])
+    for i in range(0, 16000, 1600):  # a: one second of speech, then its end
+        clock.now += 0.1
+        send(streams, worker, clock, "a", speech[i : i + 1600])
+    for job_id in list(host.jobs):
+        _, _, on_answer = host.jobs.pop(job_id)
+        on_answer({"status": "error", "error": {"code": "timeout", "message": "slow"}})
+    for _ in range(8):
+        clock.now += 0.1
+        send(streams, worker, clock, "a", np.zeros(1600, np.float32))
+    ((final_job, (_, priority, answer_final)),) = host.jobs.items()
+    assert priority < PARTIAL_PRIORITY
+    for i in range(0, 16000, 1600):  # b speaks while a's final is out: its partials wait
+        clock.now += 0.1
+        send(streams, worker, clock, "b", speech[i : i + 1600])
+    assert list(host.jobs) == [final_job]
+    host.jobs.pop(final_job)
+    answer_final({"status": "success", "text": "Please call me."})
+    assert len(host.jobs) == 1 and next(iter(host.jobs.values()))[1] == PARTIAL_PRIORITY  # b's, now

@@ -36,7 +36,9 @@ Contract:
   covers its newest audio. The budget adapts to the engine (additive increase,
   multiplicative decrease, as TCP's window): it halves when a partial took longer than
   `partial_target_s` from send to answer and grows while they are quicker, so partials
-  never pile up in front of finals on a slow engine, and batch widely on a fast one.
+  never pile up in front of finals on a slow engine, and batch widely on a fast one. While
+  a final decode is at the model manager no partial starts: no final waits behind a
+  partial sent after it.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class LiveStreams:
         self.partial_budget = 2.0
         self._partial_jobs: dict[str, float] = {}  # partial decodes at the model manager: job_id -> sent at
         self._partial_queue: deque[LiveStream] = deque()
+        self._final_jobs: set[str] = set()  # final decodes at the model manager
         self._last_decrease = -math.inf
         self.latency_s: dict[str, deque[float]] = {
             PARTIAL: deque(maxlen=LATENCY_WINDOW), FINAL: deque(maxlen=LATENCY_WINDOW)}
@@ -342,6 +345,8 @@ class LiveStreams:
             self._reply_events(stream, stream.reader[0])
 
     def _pump_partials(self, now: float) -> None:
+        if self._final_jobs:
+            return  # finals first: none waits behind a partial sent after it
         while self._partial_queue and len(self._partial_jobs) < int(self.partial_budget):
             stream = self._partial_queue.popleft()
             stream.waits_for_partial = False
@@ -363,6 +368,7 @@ class LiveStreams:
         for job_id in job_ids:
             del stream.jobs[job_id]
             self._partial_jobs.pop(job_id, None)
+            self._final_jobs.discard(job_id)
         self.host.drop_jobs(job_ids)
 
     def _submit(self, stream: LiveStream, decode: DecodeRequest, now: float = 0.0) -> None:
@@ -375,7 +381,9 @@ class LiveStreams:
         priority = FINAL_PRIORITY if decode.final else PARTIAL_PRIORITY
         job_id = uuid.uuid4().hex
         stream.jobs[job_id] = decode.decode_id
-        if not decode.final:
+        if decode.final:
+            self._final_jobs.add(job_id)
+        else:
             self._partial_jobs[job_id] = now
 
         def on_answer(entry: dict[str, Any]) -> None:
@@ -387,6 +395,7 @@ class LiveStreams:
         if stream.jobs.pop(job_id, None) is None or self.streams.get(stream.stream_id) is not stream:
             return  # dropped, or the stream has ended
         now = self.clock()
+        self._final_jobs.discard(job_id)
         if job_id in self._partial_jobs:
             self._partial_answered(job_id, now)
         batch_size = (entry.get("timing") or {}).get("batch_size")
