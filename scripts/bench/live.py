@@ -71,13 +71,20 @@ def make_live_clips(count: int, per_clip: int = 3) -> list[LiveClip]:
         utterances, t = [], LEAD_SILENCE_S
         for u in range(per_clip):
             sentence = SENTENCES[(c * per_clip + u) % len(SENTENCES)]
-            spoken = speak(sentence)
+            spoken = _trimmed(speak(sentence))
             utterances.append(Utterance(sentence, t, t + len(spoken) / STT_RATE))
             pause = GAP_S if u < per_clip - 1 else TAIL_SILENCE_S
             pieces += [spoken, np.zeros(int(pause * STT_RATE), np.float32)]
             t += len(spoken) / STT_RATE + pause
         clips.append(LiveClip(np.concatenate(pieces), tuple(utterances)))
     return clips
+
+
+def _trimmed(audio: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """`audio` without the silence espeak-ng puts around speech (about 0.4 s after it), so
+    that an utterance's end is where its speech ends and latencies are counted from there."""
+    loud = np.nonzero(np.abs(audio) > floor)[0]
+    return audio[loud[0] : loud[-1] + 1] if len(loud) else audio
 
 
 @dataclass
