@@ -49,6 +49,7 @@ from model_manager.errors import (
 )
 from model_manager.memory import read_memory
 from model_manager.metrics import BusMetrics, Exporter
+from model_manager.preparing import Arrival, PreparePool
 from model_manager.scheduler import Job, ModelWorker, Outcome, WorkerStats
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class ModelManagerAgent:
         self._live_figures: dict[bytes, dict[str, Any]] = {}
         self._peer_jobs: dict[bytes, set[str]] = {}
         self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
+        # Engines' `prepare` (Whisper's speech detection) runs here, off the socket thread.
+        self._preparing = PreparePool(self._hand_off)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -235,7 +238,7 @@ class ModelManagerAgent:
                     log.info("shutting down: queued work gets shutting_down, running batches finish")
                     for worker in self.worker_list():
                         threading.Thread(target=worker.stop, daemon=True).start()
-                if stopping and not any(w.alive for w in self.worker_list()):
+                if stopping and not self._preparing.busy and not any(w.alive for w in self.worker_list()):
                     break  # every worker has finished; the final forward below flushes their replies
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is results:
@@ -250,6 +253,7 @@ class ModelManagerAgent:
                     self._reap_silent_peers(time.monotonic())
                     next_reap = time.monotonic() + protocol.PING_INTERVAL_S
             self._release_held(router, stopping=True)
+            self._preparing.close()
             self._forward_results(results, router)
         finally:
             if exporter is not None:
@@ -290,7 +294,8 @@ class ModelManagerAgent:
             del self._peers[peer]
             self._live_figures.pop(peer, None)
             jobs = self._peer_jobs.pop(peer, set())
-            dropped = sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
+            dropped = self._preparing.cancel(peer, jobs) if jobs else 0  # before the queues: see PreparePool
+            dropped += sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
             held = len(self._held)
             self._held = [h for h in self._held if h.identity != peer]
             dropped += held - len(self._held)
@@ -307,12 +312,14 @@ class ModelManagerAgent:
 
     def _deliver(self, job: Job, outcome: Outcome) -> None:
         """Called on worker threads: hand the answer to the socket thread (sockets are not thread-safe)."""
+        self._push_result(job.reply_to, job.job_id, result_message(job.job_id, outcome, model=job.model))
+
+    def _push_result(self, identity: bytes, job_id: str, message: dict[str, Any]) -> None:
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._local.push = self.context.socket(zmq.PUSH)
             push.connect(RESULTS_ENDPOINT)
-        message = result_message(job.job_id, outcome, model=job.model)
-        push.send_multipart([job.reply_to, str(job.job_id).encode(), protocol.pack(message)])
+        push.send_multipart([identity, str(job_id).encode(), protocol.pack(message)])
 
     def _handle(self, router: zmq.Socket, frames: list[bytes], stopping: bool) -> None:
         """Handle one internal message. Anyone on 127.0.0.1 can connect, and a bug must cost
@@ -359,6 +366,7 @@ class ModelManagerAgent:
         elif kind == "cancel":
             ids = {i for i in message.get("job_ids", []) if isinstance(i, str)}
             self._peer_jobs.get(identity, set()).difference_update(ids)
+            self._preparing.cancel(identity, ids)  # before the queues: see PreparePool
             for worker in self.worker_list():
                 worker.cancel(ids)
             # Jobs held while models load honour cancel as queued ones do.
@@ -419,22 +427,37 @@ class ModelManagerAgent:
         worker = self._worker(engine.name)
         if worker is None:
             raise BusError(MODEL_UNAVAILABLE, f"{engine.name} has no worker yet")
+        priority = int(message.get("priority", 0))
+
+        def prepare() -> Job:  # on a prepare thread
+            started = time.perf_counter()
+            try:
+                prepared = engine.prepare(request)
+            except BusError as exc:
+                worker.count_refused(exc)
+                raise
+            return Job(job_id=job_id, model=engine.name, request=prepared,
+                       key=(engine.name, engine.batch_key(prepared)), deadline=deadline, priority=priority,
+                       reply_to=identity, cost=engine.cost(prepared), prepare_s=time.perf_counter() - started)
+
+        self._preparing.submit(Arrival(identity, job_id, engine.name, prepare))
+
+    def _hand_off(self, arrival: Arrival, prepared: Job | BusError) -> None:
+        """On a prepare thread, in arrival order: queue the prepared job, or answer its error
+        as the socket thread would have (the result path drops it from `_peer_jobs`)."""
         try:
-            request = engine.prepare(request)
+            if isinstance(prepared, BusError):
+                raise prepared
+            worker = self._worker(arrival.lane)
+            if worker is None:
+                raise BusError(MODEL_UNAVAILABLE, f"{arrival.lane} has no worker")
+            worker.submit(prepared)
         except BusError as exc:
-            worker.count_refused(exc)
-            raise
-        job = Job(
-            job_id=job_id,
-            model=engine.name,
-            request=request,
-            key=(engine.name, engine.batch_key(request)),
-            deadline=deadline,
-            priority=int(message.get("priority", 0)),
-            reply_to=identity,
-            cost=engine.cost(request),
-        )
-        worker.submit(job)
+            self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, exc))
+        except Exception as exc:
+            log.exception("cannot submit job %s", arrival.job_id)
+            failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+            self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, failure))
 
     def pong(self) -> dict[str, Any]:
         return {

@@ -71,6 +71,8 @@ class Job:
     cost: float = 1.0
     #: Set by the worker from `engine.bucket`: which cost model learns from this job.
     bucket: Hashable = None
+    #: Seconds the engine's `prepare` took on it (checks, Whisper's speech detection).
+    prepare_s: float = 0.0
 
 
 @dataclass
@@ -408,6 +410,7 @@ class ModelWorker:
             if not isinstance(outcome, BusError):
                 # Where this request's time went, for the client (see docs/protocol.md).
                 timing = {
+                    "prepare_ms": round(job.prepare_s * 1000, 3),
                     "queue_ms": round(waited_s * 1000, 3),
                     "compute_ms": round(elapsed * 1000, 3),
                     "batch_size": len(outcomes),

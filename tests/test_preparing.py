@@ -1,0 +1,136 @@
+"""Engines' `prepare` off the model manager's socket thread: `InOrder` as pure logic, then a real
+ModelManagerAgent on a real socket with a stand-in engine whose `prepare` waits for the test
+(what Whisper's speech detection does to the socket thread under load, made deterministic)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+import zmq
+from conftest import free_port
+from test_heartbeat import Manager, link, results, send
+
+from model_manager import protocol
+from model_manager.agent import ModelManagerAgent
+from model_manager.config import parse_config
+from model_manager.engines.base import Engine, Request, Result
+from model_manager.errors import INVALID_FIELD, BusError
+from model_manager.preparing import InOrder
+
+
+def test_in_order_releases_each_lane_in_arrival_order():
+    order: InOrder[str, int] = InOrder()
+    for key in ("a1", "a2", "a3"):
+        order.add("a", key)
+    order.add("b", "b1")
+    assert order.complete("a3", 3) == []  # waits for a1 and a2
+    assert order.complete("b1", 1) == [("b1", 1)]  # another lane does not wait for lane a
+    assert order.complete("a1", 1) == [("a1", 1)]
+    assert order.complete("a2", 2) == [("a2", 2), ("a3", 3)]
+    assert len(order) == 0
+
+
+def test_in_order_cancel_drops_a_job_and_holds_no_later_one_back():
+    order: InOrder[str, int] = InOrder()
+    for key in ("x", "y", "z"):
+        order.add("lane", key)
+    assert order.complete("y", 2) == []
+    assert order.cancel({"x"}) == [("y", 2)]  # x's leaving releases y
+    assert order.complete("x", 1) == []  # a cancelled job's late value is dropped
+    assert "z" in order and order.cancel({"z"}) == [] and len(order) == 0
+
+
+class SlowPrepareEngine(Engine):
+    """`prepare` of an item with "wait" blocks until `gate` is set; "bad" fails as a client error."""
+
+    task = "stt"
+    name = "slow-prepare"
+    num_parameters = 1
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def prepare(self, fields: Request) -> Request:
+        if fields.get("bad"):
+            raise BusError(INVALID_FIELD, "bad item")
+        if fields.get("wait"):
+            assert self.gate.wait(30)
+        return fields
+
+    def batch_key(self, request: Request) -> str:
+        return "k"
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        self.ran.extend(r["x"] for r in requests)
+        return [{"text": r["x"]} for r in requests]
+
+
+@pytest.fixture
+def manager() -> Iterator[Manager]:
+    port = free_port()
+    config = parse_config({
+        "endpoints": {"model_manager_port": port, "metrics_port": 0, "monitor_port": 0},
+        "batch_processing_config": {"max_batch_size": 1, "min_batch_size": 1, "dynamic_batching": False},
+    })
+    engine = SlowPrepareEngine()
+    agent = ModelManagerAgent(config, engines=[engine], context=zmq.Context())
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
+    thread.start()
+    yield Manager(agent, engine, f"tcp://127.0.0.1:{port}")  # type: ignore[arg-type]
+    engine.gate.set()
+    stop.set()
+    thread.join(30)
+
+
+def infer(job_id: str, **fields: object) -> dict:
+    return {"type": "infer", "job_id": job_id, "task": "stt", "request": {"x": job_id, **fields},
+            "timeout_ms": 30_000}
+
+
+def test_a_slow_prepare_does_not_hold_up_pings_and_jobs_keep_their_order(manager):
+    sock = link(manager.address)
+    try:
+        send(sock, infer("slow", wait=True))
+        send(sock, infer("fast"))
+        started = time.monotonic()
+        send(sock, {"type": "ping"})
+        assert sock.poll(2000), "the socket thread is stuck in prepare"
+        assert protocol.unpack(sock.recv_multipart()[1])["type"] == "pong"
+        assert time.monotonic() - started < 1.0
+        time.sleep(0.3)
+        assert manager.engine.ran == []  # "fast" waits for "slow", which arrived first
+        manager.engine.gate.set()
+        assert results(sock, wait_s=5, until="fast") == ["slow", "fast"]
+        assert manager.engine.ran == ["slow", "fast"]
+    finally:
+        sock.close()
+
+
+def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_answered(manager):
+    sock = link(manager.address)
+    try:
+        send(sock, infer("cancelled", wait=True))
+        send(sock, infer("behind"))
+        send(sock, {"type": "cancel", "job_ids": ["cancelled"]})
+        assert results(sock, wait_s=5, until="behind") == ["behind"]  # not held back by it
+        manager.engine.gate.set()
+        send(sock, infer("bad", bad=True))
+        deadline = time.monotonic() + 5
+        reply: dict = {}
+        while time.monotonic() < deadline and sock.poll(int(1000 * (deadline - time.monotonic()))):
+            reply = protocol.unpack(sock.recv_multipart()[1])
+            if reply.get("job_id") == "bad":
+                break
+        assert reply["job_id"] == "bad" and reply["ok"] is False
+        assert reply["error"]["code"] == INVALID_FIELD
+        time.sleep(0.3)
+        assert manager.engine.ran == ["behind"]  # the cancelled job never ran, and was not answered
+        assert manager.agent.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
+    finally:
+        sock.close()
