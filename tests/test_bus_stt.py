@@ -64,7 +64,7 @@ def test_a_minute_of_speech_comes_back_whole_with_its_timing(bus):
     )
     assert reply["status"] == "success", reply
     assert word_error_rate(" ".join(sentences), reply["text"]) < MAX_MEAN_WER + 0.05, reply["text"]
-    assert set(reply["timing"]) == {"queue_ms", "compute_ms", "batch_size"}
+    assert set(reply["timing"]) == {"prepare_ms", "queue_ms", "compute_ms", "batch_size"}
     assert reply["timing"]["batch_size"] == 1 and reply["timing"]["compute_ms"] > 0
 
 
