@@ -128,6 +128,8 @@ class Intake:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         #: Frames being prepared in the worker process: their clients are waiting.
         self.in_progress = 0
+        if service.load is not None:
+            threading.Thread(target=_load, args=(service.load,), name="intake-load", daemon=True).start()
 
     def submit(self, call: Any, frame: bytes, ready: Ready) -> None:
         if len(frame) <= self.inline_bytes:
@@ -179,6 +181,13 @@ class Intake:
             push.setsockopt(zmq.LINGER, 0)
             push.connect(self.endpoint)
         push.send(b"", zmq.NOBLOCK)
+
+
+def _load(load: Callable[[], None]) -> None:
+    try:
+        load()
+    except Exception:  # the first request that needs it will report the failure
+        log.exception("loading the request decoder's dependencies failed")
 
 
 def _outcome(run: Callable[[], Prepared]) -> Prepared | BusError:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from model_manager.audio import decode_audio
+from model_manager.audio import decode_audio, load_resampler
 from model_manager.config import Limits
 from model_manager.engines.kokoro.text_split import split_for_streaming
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
@@ -54,6 +54,9 @@ class Service:
     render_fields: tuple[str, ...] = ()
     #: Bulky client fields that only `parse_item` reads: not kept once parsed.
     payload_fields: tuple[str, ...] = ()
+    #: First-use work of `parse_item` (slow imports), done on a background thread when the
+    #: agent starts, never on its socket thread.
+    load: Callable[[], None] | None = None
 
 
 # --- STT ------------------------------------------------------------------------------------
@@ -221,6 +224,7 @@ STT = Service(
     parse_item=parse_stt_item,
     render_result=render_stt_result,
     payload_fields=("audio_data",),
+    load=load_resampler,
 )
 TTS = Service(
     task="tts",

@@ -76,11 +76,18 @@ def _to_array(data: Any, dtype: Any) -> np.ndarray:
     return raw.astype(np.float32)
 
 
+def load_resampler() -> None:
+    """Import what `resample` needs. scipy.signal takes 1-3 s to import on a loaded machine:
+    agents call this on a background thread at start, so that neither their start-up nor
+    the first resampled request on their socket thread (where it would outlast the model
+    manager's liveness window) pays it."""
+    from scipy.signal import resample_poly  # noqa: F401
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return np.ascontiguousarray(samples, dtype=np.float32)
-    # Imported here: scipy.signal costs over a second, which every agent (re)start would pay.
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # loaded at agent start by load_resampler
 
     g = gcd(from_rate, to_rate)
     return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)

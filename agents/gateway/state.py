@@ -77,8 +77,8 @@ def timing_headers(reply: dict[str, Any]) -> dict[str, str]:
     """The bus's `timing` of a reply as headers (X-Voicebus-Prepare-Ms, -Queue-Ms, -Compute-Ms,
     -Batch-Size): where a request's time went, for clients and the benchmark."""
     timing = reply.get("timing") or {}
-    names = {"prepare_ms": "X-Voicebus-Prepare-Ms", "queue_ms": "X-Voicebus-Queue-Ms", "compute_ms": "X-Voicebus-Compute-Ms",
-             "batch_size": "X-Voicebus-Batch-Size"}
+    names = {"prepare_ms": "X-Voicebus-Prepare-Ms", "queue_ms": "X-Voicebus-Queue-Ms",
+             "compute_ms": "X-Voicebus-Compute-Ms", "batch_size": "X-Voicebus-Batch-Size"}
     return {header: str(timing[key]) for key, header in names.items() if timing.get(key) is not None}
 
 
