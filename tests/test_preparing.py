@@ -134,3 +134,30 @@ def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_
         assert manager.agent.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
     finally:
         sock.close()
+
+
+def test_the_stt_intake_imports_the_resampler_in_the_background_at_start():
+    """scipy.signal takes 1-3 s to import under load: never on the agent's socket thread, with
+    the first resampled request, where it would outlast the model manager's liveness window."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, zmq\n"
+        "from agents.intake import Intake\n"
+        "from agents.services import STT\n"
+        "from model_manager.config import load_config\n"
+        "assert 'scipy.signal' not in sys.modules  # start-up does not wait for it\n"
+        "Intake(zmq.Context(), STT, load_config().limits)\n"
+        "import threading\n"
+        "for thread in threading.enumerate():\n"
+        "    if thread.name == 'intake-load':\n"
+        "        thread.join(60)\n"
+        "print('scipy.signal' in sys.modules)  # before any request resampled\n"
+    )
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
