@@ -54,6 +54,16 @@ def reply_audio_s(reply: dict[str, Any]) -> float:
     return len(audio) / 4 / int(reply.get("sample_rate") or 24_000)
 
 
+def engine_seconds(reply: dict[str, Any]) -> float | None:
+    """The engine's time for one request, from its reply's `timing`: its `prepare` (checks,
+    Whisper's speech detection) and its batch's compute, as the raw engine's `run_batch`,
+    which prepares its requests too, spends them; None when the reply has no timing."""
+    timing = reply.get("timing") or {}
+    if timing.get("compute_ms") is None:
+        return None
+    return (timing["compute_ms"] + (timing.get("prepare_ms") or 0.0)) / 1000
+
+
 def error_code(reply: dict[str, Any]) -> str | None:
     """None for a success; the error code (or "bad_reply") otherwise."""
     if reply.get("status") in ("success", "streaming"):
@@ -94,9 +104,7 @@ class BusConnection:
         reply = self.request({"action": SINGLE_ACTION[task], **wire_fields(task, item)})
         end = time.perf_counter()
         audio_s = self.workload.input_audio_s(item) if task == "stt" else reply_audio_s(reply)
-        compute_ms = (reply.get("timing") or {}).get("compute_ms")
-        engine_s = None if compute_ms is None else compute_ms / 1000
-        return Outcome(end=end, audio_s=audio_s, error=error_code(reply), engine_s=engine_s)
+        return Outcome(end=end, audio_s=audio_s, error=error_code(reply), engine_s=engine_seconds(reply))
 
     def _stream(self, item: dict[str, Any]) -> Outcome:
         fields = wire_fields(self.workload.task, item)

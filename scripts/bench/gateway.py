@@ -85,9 +85,11 @@ class HttpConnection:
 
 
 def _engine_s(reply: httpx.Response) -> float | None:
-    """The engine's time for the batch that ran the request, as the gateway passes it on."""
+    """The engine's time for the request (its prepare and its batch's compute), as the
+    gateway passes it on (see bench.bus.engine_seconds)."""
     compute_ms = reply.headers.get("X-Voicebus-Compute-Ms")
-    return None if compute_ms is None else float(compute_ms) / 1000
+    prepare_ms = reply.headers.get("X-Voicebus-Prepare-Ms") or 0
+    return None if compute_ms is None else (float(compute_ms) + float(prepare_ms)) / 1000
 
 
 def _error(reply: httpx.Response) -> str | None:

@@ -36,8 +36,8 @@ class Outcome:
     """One request's end. `end` and `first` are time.perf_counter() readings: when the reply
     (the last chunk) came, and when the first audio chunk came (TTS; None otherwise).
     `audio_s`: seconds of audio the request carried (STT input, TTS output). `error`: the
-    error code when it failed. `engine_s`: the engine's time for the batch that ran it,
-    where the system reports it (the bus's reply `timing`)."""
+    error code when it failed. `engine_s`: the engine's time for it (its prepare and the
+    compute of the batch that ran it), where the system reports it (the bus's `timing`)."""
 
     end: float
     first: float | None = None

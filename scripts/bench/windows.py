@@ -76,6 +76,7 @@ class TextConnection:
         self.lock = lock
         self._socket: zmq.Socket | None = None
         self.queue_ms: float | None = None  # the last reply's wait in the batcher
+        self.prepare_ms: float | None = None  # the last reply's checks and speech detection
 
     def call(self, item: dict[str, Any]) -> Outcome:
         if self._socket is None:
@@ -95,6 +96,7 @@ class TextConnection:
                 self.texts.append((item["reference"], reply.get("text", "")))
         compute_ms = (reply.get("timing") or {}).get("compute_ms")
         self.queue_ms = (reply.get("timing") or {}).get("queue_ms")
+        self.prepare_ms = (reply.get("timing") or {}).get("prepare_ms")
         return Outcome(end=end, audio_s=len(item["audio"]) / STT_RATE, error=code,
                        engine_s=None if compute_ms is None else compute_ms / 1000)
 
@@ -178,17 +180,22 @@ def compare(
 
 def lone_overhead(bus: WindowBus, items: list[dict[str, Any]], requests: int) -> dict[str, Any]:
     """One client, one request at a time, on the default model: the bus's time outside the
-    engine per request (latency minus the engine time the reply reports: transport, agents,
-    the request's checks and speech detection), and its wait in the batcher (queue_ms)."""
+    engine per request (latency minus the engine's time for it that the reply reports: its
+    `prepare` (checks, speech detection) and its batch's compute; what is left is transport,
+    agents and the batcher's queue), the same without counting `prepare` as the engine's
+    (latency minus compute), and its wait in the batcher (queue_ms)."""
     texts: list[tuple[str, str]] = []
     connection = TextConnection(bus.address, bus.default, texts, threading.Lock())
-    outside, queued = [], []
+    outside, outside_compute, prepared, queued = [], [], [], []
     try:
         for index in range(requests):
             began = time.perf_counter()
             outcome = connection.call(items[index % len(items)])
             if outcome.ok and outcome.engine_s is not None and connection.queue_ms is not None:
-                outside.append(1000 * (outcome.end - began - outcome.engine_s))
+                prepare_ms = connection.prepare_ms or 0.0
+                outside_compute.append(1000 * (outcome.end - began - outcome.engine_s))
+                outside.append(outside_compute[-1] - prepare_ms)
+                prepared.append(prepare_ms)
                 queued.append(connection.queue_ms)
     finally:
         connection.close()
@@ -198,6 +205,9 @@ def lone_overhead(bus: WindowBus, items: list[dict[str, Any]], requests: int) ->
 
     return {"requests": requests, "measured": len(outside),
             "outside_engine_p50_ms": pct(outside, 50), "outside_engine_p99_ms": pct(outside, 99),
+            "outside_compute_p50_ms": pct(outside_compute, 50),
+            "outside_compute_p99_ms": pct(outside_compute, 99),
+            "prepare_p50_ms": pct(prepared, 50), "prepare_p99_ms": pct(prepared, 99),
             "queue_p50_ms": pct(queued, 50), "queue_p99_ms": pct(queued, 99)}
 
 
@@ -257,6 +267,9 @@ def window_table(report: dict[str, Any]) -> str:
                      f"p50 {lone['outside_engine_p50_ms']} ms, p99 {lone['outside_engine_p99_ms']} ms; "
                      f"of it in the batcher's queue p50 {lone['queue_p50_ms']} ms, "
                      f"p99 {lone['queue_p99_ms']} ms")
+        lines.append(f"    the engine's prepare (checks, speech detection) p50 {lone['prepare_p50_ms']} ms, "
+                     f"p99 {lone['prepare_p99_ms']} ms; latency minus compute alone p50 "
+                     f"{lone['outside_compute_p50_ms']} ms, p99 {lone['outside_compute_p99_ms']} ms")
     if report.get("peer"):
         lines.append(f"  mixed, bus over Ray Serve peer (same engine): {report['peer']}")
     return "\n".join(lines)
