@@ -10,6 +10,10 @@ docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message type
 - "stats"  {job_id} -> "stats" {job_id, models: [...], memory, workers}
 - "configure" {job_id, task, model?, settings} -> "configured" {job_id, ok, models | error}
 
+An "infer" is prepared by its engine (checks; Whisper's speech detection, which sets its
+window length and so its batch key) on `PreparePool` threads, not on the socket thread, so
+that pings, cancels and other agents' jobs never wait behind it (see preparing.py).
+
 A message that fails in an unexpected way is logged with its traceback and, when it names a
 job_id, answered with `internal_error` and the cause: nothing an agent sends can stop this
 process or leave the agent waiting for its timeout.
