@@ -12,7 +12,7 @@ import uuid
 
 import zmq
 from conftest import queue_held
-from speech import speak
+from speech import SENTENCES, speak, word_error_rate
 
 from agents.connections import ConnectionTracker
 from agents.model_client import ClientConfig, ModelClient
@@ -78,8 +78,13 @@ def _wait_for(predicate, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+#: A clip tiny.en reads word for word. (Not "Hello there.": at its 10 s window floor tiny.en
+#: hears that 0.9 s clip as "The lone air", and these tests are about cancelling, not accuracy.)
+SPOKEN = SENTENCES[1]
+
+
 def _audio_fields() -> dict:
-    return {"audio_data": speak("Hello there.").tolist(), "model_pref": STT_MODEL}
+    return {"audio_data": speak(SPOKEN).tolist(), "model_pref": STT_MODEL}
 
 
 def test_a_cancelled_queue_for_batch_request_never_runs(bus):
@@ -128,7 +133,7 @@ def test_a_client_that_hangs_up_has_its_queued_request_dropped_unrun(bus):
         assert _stt_model(bus)["requests"] == ran_before
     # and the agent serves the next client as usual
     reply = bus.request({"action": "transcribe", **_audio_fields()})
-    assert reply["status"] == "success" and "hello" in reply["text"].lower()
+    assert reply["status"] == "success" and word_error_rate(SPOKEN, reply["text"]) < 0.5, reply
 
 
 def test_a_cancelled_stream_stops_and_is_gone(bus):
