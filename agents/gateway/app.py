@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.gateway import openai_api, seed_api
+from agents.gateway import openai_api, seed_api, transcripts
 from agents.gateway.auth import ApiKeyCheck
 from agents.gateway.bus import BusClient
 from agents.gateway.errors import (
@@ -39,12 +39,16 @@ def build_app(config: Config, bus: BusClient, api_keys: frozenset[str] = frozens
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watch = asyncio.ensure_future(bus.watch_health())
+        # verbose_json's language table comes from a slow import: load it now, off the event
+        # loop, rather than stall every HTTP client on the first verbose_json reply.
+        warm = asyncio.ensure_future(asyncio.to_thread(transcripts.language_name, "en"))
         try:
             yield
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+            await warm
             await bus.close()
 
     app = FastAPI(title="voicebus gateway", summary="OpenAI audio API and REST on the voicebus bus",
