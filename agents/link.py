@@ -10,6 +10,7 @@ from typing import Any
 import zmq
 
 from model_manager import protocol
+from model_manager.errors import MODEL_UNAVAILABLE, BusError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ class ModelManagerLink:
         """A pong within the last LIVENESS_INTERVALS ping intervals."""
         limit = protocol.PING_INTERVAL_S * protocol.LIVENESS_INTERVALS
         return time.monotonic() - self.last_pong_at < limit
+
+    def require_alive(self) -> None:
+        """BusError(model_unavailable) unless the model manager answers: new work is refused
+        at once rather than left waiting for a model manager that may not come back."""
+        if not self.alive:
+            raise BusError(MODEL_UNAVAILABLE, "the model manager is not reachable; retry shortly")
 
     def send(self, message: dict[str, Any], body: bytes | None = None) -> bool:
         """Send `message` (already packed as `body`, when given); False when the link is

@@ -8,6 +8,7 @@ answered when the result comes back through its reply sink (agents/sinks.py).
 
 This module only moves messages; the parts it drives each do one job:
 - agents/intake.py      decoding and checking client frames, off the socket thread when big
+- agents/work.py        the work actions: single, batch, queue_for_batch, get_result, cancel
 - agents/inflight.py    the jobs at the model manager, with their deadlines and retries
 - agents/sinks.py       where each job's answer goes (a client, a batch, the journal, a stream)
 - agents/streams.py     the pure state machine of open streams; stream_driver.py acts on it
@@ -54,8 +55,7 @@ from agents.control import (
     voices_reply,
 )
 from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
-from agents.intake import Intake, Item, Prepared
-from agents.journal import journal_entry, recover
+from agents.intake import Intake, Prepared
 from agents.link import ModelManagerLink
 from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
 from agents.live.worker import OffThread
@@ -63,39 +63,25 @@ from agents.options import (
     _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
     _echoable,
     check_options,
-    effective_timeout_ms,
-    priority,
     request_key,
     required,
 )
 from agents.results import ResultStore
 from agents.services import SERVICES, Service
-from agents.sinks import (
-    BatchCall,
-    BatchItemReply,
-    CallbackReply,
-    ClientCall,
-    ClientReply,
-    QueuedReply,
-    ReplySink,
-)
+from agents.sinks import CallbackReply, ClientCall, ReplySink
 from agents.stream_driver import StreamDriver, StreamJob
 from agents.streams import Stream, StreamRegistry
+from agents.work import QUEUED_RETRY_S, Work, internal_error
 from model_manager import protocol
-from model_manager.batcher import BULK, INTERACTIVE
+from model_manager.batcher import INTERACTIVE
 from model_manager.config import Config, load_config
 from model_manager.errors import (
     BAD_REQUEST,
-    CANCELLED,
-    DUPLICATE_REQUEST_ID,
     INTERNAL,
     INVALID_FIELD,
     MESSAGE_TOO_LARGE,
     MISSING_FIELD,
-    MODEL_UNAVAILABLE,
-    NOT_FOUND,
     OVERLOADED,
-    RETRYABLE,
     SHUTTING_DOWN,
     TIMEOUT,
     UNKNOWN_ACTION,
@@ -115,8 +101,6 @@ PING_INTERVAL_S = protocol.PING_INTERVAL_S
 HARD_MESSAGE_CAP_FACTOR = 2
 # Expired results are deleted from the journal at most this often.
 PURGE_INTERVAL_S = 1.0
-# A job the model manager turns away for now (errors.RETRYABLE) is sent again after this.
-QUEUED_RETRY_S = 1.0
 SHUTDOWN_GRACE_S = 30.0
 STATS_TIMEOUT_S = 2.0
 #: Actions that start no new work, still answered while the agent drains for shutdown.
@@ -140,8 +124,11 @@ class ServiceAgent:
         self.results = ResultStore(config.limits.result_ttl_s, journal_path(config, service.task, self.port))
         self.inflight = InFlight()
         self.streams: StreamRegistry[StreamJob] = StreamRegistry(config.limits.max_open_streams)
-        self.stream_driver = StreamDriver(self.streams, self.inflight, self._submit, self._send,
-                                          self._cancel_at_model_manager, lambda: self.stopping)
+        # The work actions need the link, made in serve(): the driver reaches them through it.
+        self.stream_driver = StreamDriver(
+            self.streams, self.inflight, lambda job: self.work.submit(job), self._send,
+            lambda job_ids: self.work.cancel_at_model_manager(job_ids), lambda: self.stopping,
+        )
         self.control: dict[str, ControlCall] = {}
         self.counters = AgentCounters()
         self.connections = ConnectionTracker()
@@ -166,8 +153,10 @@ class ServiceAgent:
         if self.service.task == "stt":
             self.live = LiveStreams(self, OffThread(self.context), live_settings(self.config))
             poller.register(self.live.worker.wake, zmq.POLLIN)
+        self.work = Work(self.service, self.limits, self.inflight, self.link, self.results, self._send,
+                         self.stream_driver, self.live)
         log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
-        self._recover_journal()
+        self.work.recover_journal()
         next_ping = 0.0
         shutdown_by = float("inf")
         try:
@@ -213,7 +202,7 @@ class ServiceAgent:
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """A bug in one step costs that step, never the agent: each client request has a
-        guard of its own that answers it (`_on_client`, `_on_prepared`, `_render`)."""
+        guard of its own that answers it (`_on_client`, `_on_prepared`, `Work.render`)."""
         try:
             step()
         except Exception:
@@ -281,7 +270,7 @@ class ServiceAgent:
             self._send(call, protocol.error_reply(exc, call.request_id))
         except Exception as exc:  # a bug must cost one request, not the agent
             log.exception("unexpected error handling a request")
-            self._send(call, protocol.error_reply(_internal(exc), call.request_id))
+            self._send(call, protocol.error_reply(internal_error(exc), call.request_id))
 
     def _on_prepared(self, call: ClientCall, prepared: Prepared | BusError) -> None:
         try:
@@ -294,19 +283,19 @@ class ServiceAgent:
             self._send(call, protocol.error_reply(exc, call.request_id))
         except Exception as exc:  # a bug must cost one request, not the agent
             log.exception("unexpected error handling a request")
-            self._send(call, protocol.error_reply(_internal(exc), call.request_id))
+            self._send(call, protocol.error_reply(internal_error(exc), call.request_id))
 
     def _handlers(self) -> dict[str, Handler]:
         svc = self.service
         handlers: dict[str, Handler] = {
             "health": self._health,
             "stats": self._stats,
-            "get_result": self._get_result,
-            "cancel": self._cancel,
+            "get_result": self.work.get_result,
+            "cancel": self.work.cancel,
             "configure": self._configure,
-            svc.single_action: self._single,
-            "queue_for_batch": self._queue_for_batch,
-            svc.batch_action: self._batch,
+            svc.single_action: self.work.single,
+            "queue_for_batch": self.work.queue_for_batch,
+            svc.batch_action: self.work.batch,
         }
         if svc.split_for_stream is not None:
             handlers.update(stream=self._stream, next_chunk=self._next_chunk)
@@ -343,7 +332,7 @@ class ServiceAgent:
         connection (they are fetched by request_id, from any socket) and carry on."""
         jobs = self.inflight.drop(lambda job: job.sink.owner == routing_id)
         self.counters.dropped_for_gone_clients += len(jobs)
-        self._cancel_at_model_manager(jobs)
+        self.work.cancel_at_model_manager(jobs)
         self.stream_driver.client_gone(routing_id)
         for job_id in [j for j, c in self.control.items() if c.call.routing_id == routing_id]:
             del self.control[job_id]
@@ -351,10 +340,6 @@ class ServiceAgent:
             self.live.client_gone(routing_id, time.monotonic())
         if jobs:
             log.info("a client went away: %d of its jobs dropped before they ran", len(jobs))
-
-    def _cancel_at_model_manager(self, job_ids: list[str]) -> None:
-        if job_ids:
-            self.link.send({"type": "cancel", "job_ids": job_ids})
 
     # --- control actions ------------------------------------------------------------------
 
@@ -365,7 +350,7 @@ class ServiceAgent:
         self._send(call, health_reply(self.service.task, self._view(), self.stopping))
 
     def _voices(self, call: ClientCall, _prepared: Prepared) -> None:
-        self._check_model_manager()
+        self.link.require_alive()
         self._send(call, voices_reply(self.service.task, self._view()))
 
     def _stats(self, call: ClientCall, _prepared: Prepared) -> None:
@@ -376,7 +361,7 @@ class ServiceAgent:
     def _configure(self, call: ClientCall, prepared: Prepared) -> None:
         job_id = uuid.uuid4().hex
         message = configure_message(self.service.task, job_id, prepared.message)
-        self._check_model_manager()
+        self.link.require_alive()
         self.control[job_id] = ControlCall(call, "configure", time.monotonic() + STATS_TIMEOUT_S)
         if not self.link.send(message):
             del self.control[job_id]
@@ -396,125 +381,6 @@ class ServiceAgent:
             reply = protocol.error_reply(exc)
         self._send(pending.call, reply)
 
-    # --- work actions ---------------------------------------------------------------------
-
-    def _check_model_manager(self) -> None:
-        if not self.link.alive:
-            raise BusError(MODEL_UNAVAILABLE, "the model manager is not reachable; retry shortly")
-
-    def _new_job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
-                 default_priority: int) -> InFlightJob:
-        """The job for one item; BusError if its message cannot be packed (e.g. a string with
-        lone surrogates, which UTF-8 cannot carry)."""
-        timeout = effective_timeout_ms(fields, self.limits.request_timeout_ms)
-        message = {
-            "type": "infer",
-            "job_id": job_id,
-            "task": self.service.task,
-            "model_pref": fields.get("model_pref"),
-            "request": request,
-            "priority": priority(fields, default_priority),
-            "timeout_ms": timeout,
-        }
-        try:
-            body = protocol.pack(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            raise BusError(
-                INVALID_FIELD, f"the request holds a value that cannot be forwarded ({reason:.200})"
-            ) from None
-        deadline = time.monotonic() + timeout / 1000.0 + DEADLINE_GRACE_S
-        return InFlightJob(job_id, message, deadline, sink, fields, body)
-
-    def _submit(self, job: InFlightJob) -> None:
-        # The message is kept until answered: if the model manager restarts, it is sent again.
-        self.inflight.add(job)
-        body, job.body = job.body, None
-        if not self.link.send(job.message, body):
-            self.inflight.pop(job.job_id)
-            full = BusError(OVERLOADED, "the link to the model manager is full; retry shortly", 1000)
-            self._answer(job, full)
-
-    def _single(self, call: ClientCall, prepared: Prepared) -> None:
-        item = prepared.items[0]
-        self._check_model_manager()
-        sink = ClientReply(call, self._send)
-        self._submit(self._new_job(uuid.uuid4().hex, item.fields, _request(item), sink, INTERACTIVE))
-
-    def _batch(self, call: ClientCall, prepared: Prepared) -> None:
-        self._check_model_manager()
-        # One count for the loop itself: the reply goes out once it is done and every item is.
-        batch = BatchCall(call, self._send, [None] * len(prepared.items), pending=1)
-        for index, item in enumerate(prepared.items):
-            rid = _echoable(item.fields.get("request_id", index), default=index)
-            try:
-                if item.error is not None:
-                    raise item.error
-                sink = BatchItemReply(batch, index, rid)
-                job = self._new_job(uuid.uuid4().hex, item.fields, _request(item), sink, INTERACTIVE)
-            except BusError as exc:
-                batch.entries[index] = protocol.error_reply(exc, rid)
-                continue
-            batch.pending += 1
-            self._submit(job)
-        batch.pending -= 1
-        batch.finish_if_done()
-
-    def _queue_for_batch(self, call: ClientCall, prepared: Prepared) -> None:
-        item = prepared.items[0]
-        self._check_model_manager()
-        fields = item.fields
-        request_id = request_key(fields.get("request_id") or uuid.uuid4().hex)
-        sink = QueuedReply(request_id, self.results)
-        job = self._new_job(uuid.uuid4().hex, fields, _request(item), sink, BULK)
-        # Journaled before "queued" goes out: from then on a crash of this agent loses nothing.
-        journaled = journal_entry(job, self.service.render_fields)
-        if not self.results.add_pending(request_id, time.time(), journaled):
-            raise BusError(DUPLICATE_REQUEST_ID, f"request_id {request_id!r} is already queued or unfetched")
-        self._submit(job)
-        self._send(call, {"status": "queued", "request_id": request_id})
-
-    def _recover_journal(self) -> None:
-        """Take up the journaled jobs of a previous run. They go to the model manager with
-        the first pong, like every job in flight when a model manager appears."""
-        jobs, expired = recover(self.results)
-        for job in jobs:
-            self.inflight.add(job)
-        if jobs or expired:
-            log.warning("journal: resuming %d queued requests; %d timed out while down", len(jobs), expired)
-
-    def _get_result(self, call: ClientCall, prepared: Prepared) -> None:
-        request_id = request_key(required(prepared.message, "request_id"))
-        found = self.results.fetch(request_id, time.time())
-        if found is None:
-            raise BusError(
-                NOT_FOUND, f"no result for request_id {request_id!r}: unknown, already fetched, or expired"
-            )
-        self._send(call, found)
-
-    def _cancel(self, call: ClientCall, prepared: Prepared) -> None:
-        """Stop a queue_for_batch request or a stream: what has not run yet never runs; a
-        later get_result answers `cancelled`. A finished result is left to get_result."""
-        request_id = request_key(required(prepared.message, "request_id"))
-        if self.live is not None and self.live.cancel(call, request_id):
-            return
-        cancelled = BusError(CANCELLED, "cancelled by its client")
-        if not self.stream_driver.close(request_id, cancelled):
-            jobs = self.inflight.drop(
-                lambda job: isinstance(job.sink, QueuedReply) and job.sink.request_id == request_id
-            )
-            if jobs:
-                self.results.complete(request_id, protocol.error_reply(cancelled, request_id), time.time())
-                self._cancel_at_model_manager(jobs)
-            elif self.results.contains(request_id, time.time()):
-                self._send(call, {"status": "success", "request_id": request_id, "cancelled": False,
-                                  "message": "already finished; get_result returns its result"})
-                return
-            else:
-                raise BusError(NOT_FOUND, f"nothing to cancel for request_id {request_id!r}: "
-                                          "unknown, finished and fetched, or expired")
-        self._send(call, {"status": "success", "request_id": request_id, "cancelled": True})
-
     # --- streams --------------------------------------------------------------------------
 
     def _stream(self, call: ClientCall, prepared: Prepared) -> None:
@@ -522,7 +388,7 @@ class ServiceAgent:
         if item.fields.get("output_path") is not None:
             # One file per request: a stream's chunks go back to the client, never to a file.
             raise BusError(INVALID_FIELD, "stream does not take output_path; use synthesize for a file")
-        self._check_model_manager()
+        self.link.require_alive()
         request_id = request_key(item.fields.get("request_id") or uuid.uuid4().hex)
         fields = {**item.fields, "request_id": request_id}
         stream: Stream[StreamJob] = Stream.open(
@@ -530,7 +396,7 @@ class ServiceAgent:
         )
         # Every message is packed before the stream opens, so a refusal leaves no half stream.
         for piece in prepared.pieces:
-            job = self._new_job(uuid.uuid4().hex, fields, piece, _NO_SINK, INTERACTIVE)
+            job = self.work.new_job(uuid.uuid4().hex, fields, piece, _NO_SINK, INTERACTIVE)
             stream.add_job(job.job_id, StreamJob(job.message, job.body or b"", fields))
         stream.end_input()
         self.stream_driver.open(stream)
@@ -548,7 +414,7 @@ class ServiceAgent:
     def _live_open(self, call: ClientCall, prepared: Prepared) -> None:
         assert self.live is not None
         check_options(prepared.message)
-        self._check_model_manager()
+        self.link.require_alive()
         # Checked now, not at the first decode: a stream's partials fail silently.
         model_pref = prepared.message.get("model_pref")
         names = [m.get("name") for m in self._view().models(self.service.task)]
@@ -586,11 +452,11 @@ class ServiceAgent:
         deadline = time.monotonic() + timeout_ms / 1000.0 + DEADLINE_GRACE_S
         # A final is retried when turned away for now, like a queued job: its client cannot resend it.
         sink = CallbackReply(on_answer, retries=priority == FINAL_PRIORITY)
-        self._submit(InFlightJob(job_id, message, deadline, sink, fields, protocol.pack(message)))
+        self.work.submit(InFlightJob(job_id, message, deadline, sink, fields, protocol.pack(message)))
 
     def drop_jobs(self, job_ids: list[str]) -> None:
         gone = set(job_ids)
-        self._cancel_at_model_manager(self.inflight.drop(lambda job: job.job_id in gone))
+        self.work.cancel_at_model_manager(self.inflight.drop(lambda job: job.job_id in gone))
 
     # --- model manager side ---------------------------------------------------------------
 
@@ -609,10 +475,10 @@ class ServiceAgent:
             if job is None:
                 return  # already answered (timed out, cancelled, or a resent copy)
             if message.get("ok"):
-                self._answer(job, message["result"])
+                self.work.answer(job, message["result"])
             else:
                 error = message.get("error") or {}
-                self._answer(job, BusError(error.get("code", INTERNAL), error.get("message", ""),
+                self.work.answer(job, BusError(error.get("code", INTERNAL), error.get("message", ""),
                                            error.get("retry_after_ms")))
 
     def _resend_all(self) -> None:
@@ -626,38 +492,13 @@ class ServiceAgent:
             if not self.link.send(job.message):
                 job.retry_at = time.monotonic() + QUEUED_RETRY_S
 
-    def _answer(self, job: InFlightJob, outcome: dict[str, Any] | BusError) -> None:
-        """Deliver `job`'s outcome to its sink, or keep it for another try: a refusal for now
-        (overloaded, restarting) of a job whose client cannot resend it."""
-        if isinstance(outcome, BusError) and outcome.code in RETRYABLE:
-            hint_s = (outcome.retry_after_ms or 0) / 1000.0
-            if self.inflight.retry_later(job, time.monotonic(), max(QUEUED_RETRY_S, hint_s)):
-                return
-        job.sink.deliver(self._render(job, outcome))
-
-    def _render(self, job: InFlightJob, outcome: dict[str, Any] | BusError) -> dict[str, Any]:
-        rid = job.fields.get("request_id")
-        if isinstance(outcome, BusError):
-            return protocol.error_reply(outcome, rid)
-        try:
-            entry = {"status": "success", "request_id": rid,
-                     **self.service.render_result(outcome, job.fields, self.limits)}
-            if "timing" in outcome:
-                entry["timing"] = outcome["timing"]
-            return entry
-        except BusError as exc:  # e.g. the output_path file cannot be written
-            return protocol.error_reply(exc, rid)
-        except Exception as exc:  # a bug must cost this reply, not the agent
-            log.exception("rendering a result failed")
-            return protocol.error_reply(_internal(exc), rid)
-
     def _tick(self, now: float) -> None:
         if self.live is not None:
             self.live.tick(now)
         expired = self.inflight.expired(now)
-        self._cancel_at_model_manager([job.job_id for job in expired])
+        self.work.cancel_at_model_manager([job.job_id for job in expired])
         for job in expired:
-            job.sink.deliver(self._render(job, BusError(TIMEOUT, "no result within the request timeout")))
+            job.sink.deliver(self.work.render(job, BusError(TIMEOUT, "no result within the request timeout")))
         for job in self.inflight.due(now):
             if not self.link.send(job.message):
                 job.retry_at = now + QUEUED_RETRY_S
@@ -677,16 +518,6 @@ class _NoSink(ReplySink):
 
 
 _NO_SINK = _NoSink()
-
-
-def _request(item: Item) -> dict[str, Any]:
-    if item.request is None:  # pragma: no cover - intake sets one or the other
-        raise item.error or BusError(INTERNAL, "an item without a request")
-    return item.request
-
-
-def _internal(exc: Exception) -> BusError:
-    return BusError(INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
 
 
 def live_settings(config: Config) -> LiveSettings:
