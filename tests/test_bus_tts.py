@@ -149,7 +149,10 @@ def test_stream_sends_chunks_in_order_the_first_alone(bus):
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(bus.tts_address)
     # Batches would form whatever the cost model chose: the first chunk must still run alone.
-    with fixed_batching(bus, bus.tts_address, min_batch_size=2, max_batch_wait_ms=1000):
+    # A lone wait as long as the batching wait turns the idle fast path off, so chunks 2 and 3,
+    # sent together, are not split by which of them reaches the idle worker first.
+    with fixed_batching(bus, bus.tts_address, min_batch_size=2, max_batch_wait_ms=1000,
+                        lone_request_wait_ms=1000):
         before = _histogram(bus)
         _stream_three_chunks(sock, text)
         after = _histogram(bus)
