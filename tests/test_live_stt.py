@@ -117,7 +117,8 @@ def test_four_concurrent_streams_batch_together(bus):
                for sentence, (audio, _) in clips.items()]
     # Decodes that come together wait up to 1 s for each other, whatever this machine's load
     # (on a busy CPU the partial budget keeps few decodes in flight at once).
-    with fixed_batching(bus, bus.stt_address, min_batch_size=4, max_batch_size=8, max_batch_wait_ms=1000):
+    with fixed_batching(bus, bus.stt_address, min_batch_size=4, max_batch_size=8, max_batch_wait_ms=1000,
+                        lone_request_wait_ms=1000):
         for thread in threads:
             thread.start()
         for thread in threads:
