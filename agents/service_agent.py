@@ -54,7 +54,7 @@ from agents.control import (
     health_reply,
     voices_reply,
 )
-from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
+from agents.inflight import InFlight
 from agents.intake import Intake, Prepared
 from agents.link import ModelManagerLink
 from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
@@ -446,13 +446,9 @@ class ServiceAgent:
 
     def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
                       timeout_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
-        message = {"type": "infer", "job_id": job_id, "task": self.service.task,
-                   "model_pref": fields.get("model_pref"), "request": request, "priority": priority,
-                   "timeout_ms": timeout_ms}
-        deadline = time.monotonic() + timeout_ms / 1000.0 + DEADLINE_GRACE_S
         # A final is retried when turned away for now, like a queued job: its client cannot resend it.
         sink = CallbackReply(on_answer, retries=priority == FINAL_PRIORITY)
-        self.work.submit(InFlightJob(job_id, message, deadline, sink, fields, protocol.pack(message)))
+        self.work.submit(self.work.job(job_id, fields, request, sink, priority, timeout_ms))
 
     def drop_jobs(self, job_ids: list[str]) -> None:
         gone = set(job_ids)

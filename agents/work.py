@@ -67,16 +67,21 @@ class Work:
 
     def new_job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
                 default_priority: int) -> InFlightJob:
-        """The job for one item; BusError if its message cannot be packed (e.g. a string with
-        lone surrogates, which UTF-8 cannot carry)."""
+        """The job for one client item, its priority and timeout from the item's own fields."""
         timeout = effective_timeout_ms(fields, self.limits.request_timeout_ms)
+        return self.job(job_id, fields, request, sink, priority(fields, default_priority), timeout)
+
+    def job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
+            job_priority: int, timeout: int) -> InFlightJob:
+        """An infer job; BusError if its message cannot be packed (e.g. a string with lone
+        surrogates, which UTF-8 cannot carry)."""
         message = {
             "type": "infer",
             "job_id": job_id,
             "task": self.service.task,
             "model_pref": fields.get("model_pref"),
             "request": request,
-            "priority": priority(fields, default_priority),
+            "priority": job_priority,
             "timeout_ms": timeout,
         }
         try:
