@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -15,7 +17,7 @@ from conftest import free_port
 
 from agents import launcher
 from agents.service_agent import ServiceAgent
-from agents.services import TTS
+from agents.services import TTS, Service
 from model_manager import protocol
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import load_config
@@ -87,13 +89,13 @@ def test_jobs_held_while_models_load_are_bounded_cancellable_and_keep_their_dead
     assert "j1" not in codes
 
 
-def test_a_request_whose_handling_fails_unexpectedly_gets_internal_error_and_the_agent_serves_on(tmp_path):
-    def broken_parse(fields: dict, limits: object) -> dict:
-        raise ZeroDivisionError("parse bug")
 
+@contextmanager
+def agent_in_thread(service: Service, tmp_path) -> Iterator[zmq.Socket]:
+    """A service agent serving on a thread of this process, and a REQ socket connected to it."""
     config = load_config(environ={"VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp_path)})
     port = free_port()
-    agent = ServiceAgent(replace(TTS, parse_item=broken_parse), config, port=port)
+    agent = ServiceAgent(service, config, port=port)
     stop = threading.Event()
     thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
     thread.start()
@@ -101,6 +103,17 @@ def test_a_request_whose_handling_fails_unexpectedly_gets_internal_error_and_the
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://127.0.0.1:{port}")
     try:
+        yield sock
+    finally:
+        sock.close()
+        stop.set()
+        thread.join(35)
+
+def test_a_request_whose_handling_fails_unexpectedly_gets_internal_error_and_the_agent_serves_on(tmp_path):
+    def broken_parse(fields: dict, limits: object) -> dict:
+        raise ZeroDivisionError("parse bug")
+
+    with agent_in_thread(replace(TTS, parse_item=broken_parse), tmp_path) as sock:
         sock.send_json({"action": "synthesize", "text": "Hi.", "request_id": "r1"})
         assert sock.poll(10_000)
         reply = sock.recv_json()
@@ -110,10 +123,6 @@ def test_a_request_whose_handling_fails_unexpectedly_gets_internal_error_and_the
         assert sock.poll(10_000)
         health = sock.recv_json()
         assert health["live"] is True and health["protocol"] == protocol.PROTOCOL_VERSION
-    finally:
-        sock.close()
-        stop.set()
-        thread.join(35)
 
 
 def child(code: int) -> launcher.Child:
@@ -145,23 +154,10 @@ def test_a_job_the_model_manager_link_cannot_take_is_answered_at_once(tmp_path, 
 
     monkeypatch.setattr(ModelManagerLink, "alive", property(lambda self: True))
     monkeypatch.setattr(ModelManagerLink, "send", lambda self, message, body=None: False)
-    config = load_config(environ={"VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp_path)})
-    port = free_port()
-    agent = ServiceAgent(TTS, config, port=port)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
-    thread.start()
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    try:
+    with agent_in_thread(TTS, tmp_path) as sock:
         started = time.monotonic()
         sock.send_json({"action": "synthesize", "text": "Hi.", "request_id": "r2"})
         assert sock.poll(10_000)
         reply = sock.recv_json()
         assert reply["error"]["code"] == "overloaded" and reply["request_id"] == "r2"
         assert time.monotonic() - started < 2.0
-    finally:
-        sock.close()
-        stop.set()
-        thread.join(35)
