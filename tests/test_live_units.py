@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from speech import SENTENCES, speak
 
-from agents.live.agreement import LocalAgreement, after_prefix
+from agents.live.agreement import LocalAgreement, after_prefix, cut_context
 from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from agents.live.session import FINAL, PARTIAL, SPEECH_ENDED, SPEECH_STARTED, LiveConfig, LiveSession
 from agents.live.vad import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, StreamingVad
@@ -126,6 +126,14 @@ def test_after_prefix_aligns_a_changed_word():
     assert after_prefix(["q"], ["z", "y"]) == ["y"]
 
 
+def test_cut_context_finds_the_context_heard_again_differently_or_not_at_all():
+    assert cut_context(["Yes,", "please."], "Yes, please... No thanks.".split()) == ["No", "thanks."]
+    assert cut_context(["Console", "mat."], "Council that. Go back!".split()) == ["Go", "back!"]
+    assert cut_context(["Yes,", "please."], ["No", "thanks."]) == ["No", "thanks."]  # left out
+    assert cut_context(["go", "back"], "go back go back".split()) == ["go", "back"]
+    assert cut_context(["a"], []) == []
+
+
 # --- the session ------------------------------------------------------------------------------
 
 
@@ -200,7 +208,7 @@ def test_partials_every_interval_then_one_final_after_the_silence():
 
 
 def test_a_final_keeps_the_committed_words_of_the_partials():
-    session = LiveSession()
+    session = LiveSession(LiveConfig(decode_pad_s=0.1))  # a partial in the silence holds it all
     feeder = Feeder(session)
     (_, decodes, _) = collect(feeder.feed(1.0, 0.9))
     session.decoded(decodes[0].decode_id, "I scream", feeder.now)
@@ -215,7 +223,7 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
 
 
 def test_a_partial_that_was_to_be_the_final_and_failed_is_decoded_again_as_a_final():
-    session = LiveSession()
+    session = LiveSession(LiveConfig(decode_pad_s=0.1))  # a partial in the silence holds it all
     feeder = Feeder(session)
     collect(feeder.feed(1.0, 0.9))
     session.failed(session.in_flight[0], "timeout", "slow", feeder.now)
@@ -229,7 +237,7 @@ def test_a_partial_that_was_to_be_the_final_and_failed_is_decoded_again_as_a_fin
 
 
 def test_an_answered_partial_that_holds_all_the_speech_is_the_final_at_once():
-    session = LiveSession()
+    session = LiveSession(LiveConfig(decode_pad_s=0.1))  # a partial in the silence holds it all
     feeder = Feeder(session)
     collect(feeder.feed(1.0, 0.9))
     session.decoded(session.in_flight[0], "Good", feeder.now)
@@ -291,7 +299,8 @@ def test_long_speech_keeps_bounded_audio():
     steps = feeder.feed(60.0, 0.9)
     _, decodes, _ = collect(steps)
     assert len([d for d in decodes if d.final]) >= 11
-    assert session.buffered_seconds <= 5.0 + 0.5
+    # The open utterance, or the context the next decodes may hear.
+    assert session.buffered_seconds <= max(5.0, config.context_s) + 0.5
     assert all(len(d.audio) <= (5.0 + FRAME_SECONDS) * SAMPLE_RATE for d in decodes)
 
 
@@ -358,3 +367,47 @@ def test_off_thread_runs_tasks_in_order_and_hands_back_exceptions():
         assert isinstance(finished[5][1], ZeroDivisionError)
     finally:
         worker.close()
+
+
+def _utterance(feeder: Feeder, session: LiveSession, text: str) -> None:
+    """One utterance of 1 s and the silence that ends it, its final answered with `text`."""
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9) + feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    session.decoded(final.decode_id, text, feeder.now)
+
+
+def test_decodes_hear_the_previous_utterances_and_lose_their_words():
+    session = LiveSession(LiveConfig(context_s=4.0))
+    feeder = Feeder(session)
+    _utterance(feeder, session, "Call my mother.")
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    partial = decodes[0]
+    assert partial.context_words == ("Call", "my", "mother.")
+    assert partial.start_s < 0.1  # the audio reaches back over the first utterance
+    (event,) = session.decoded(partial.decode_id, "Call my mother. Play", feeder.now).events
+    assert (event.type, event.text, event.utterance) == (PARTIAL, "Play", 1)
+    _, decodes, _ = collect(feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    assert final.context_words == ("Call", "my", "mother.")
+    # The final's audio runs decode_pad_s past the speech.
+    assert final.end_s == pytest.approx(2.6 + 0.5, abs=2 * FRAME_SECONDS)
+    (event,) = session.decoded(final.decode_id, "Call my mother, play some jazz.", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "play some jazz.")
+    # Context only as far back as context_s: the third utterance hears the second alone.
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9) + feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    assert final.context_words == ("play", "some", "jazz.")
+
+
+def test_no_context_across_a_missing_or_failed_final():
+    session = LiveSession()
+    feeder = Feeder(session)
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9) + feeder.feed(0.6, 0.0))
+    (first_final,) = [d for d in decodes if d.final]
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    assert decodes[0].context_words == ()  # the first final is not out yet
+    session.failed(first_final.decode_id, "inference_failed", "boom", feeder.now)
+    _, decodes, _ = collect(feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    assert final.context_words == ()  # its words are unknown
+    assert LiveSession(LiveConfig(context_s=0)).config.context_s == 0

@@ -67,3 +67,29 @@ class LocalAgreement:
     def finish(self, words: Sequence[str]) -> list[str]:
         """The final words, from the last decode of the whole utterance."""
         return self.committed + after_prefix(self.committed, words)
+
+
+#: Below this similarity the decode is taken to have left the context out.
+MIN_CONTEXT_SIMILARITY = 0.5
+
+
+def cut_context(context: Sequence[str], words: Sequence[str]) -> list[str]:
+    """The words of `words` (a decode of context audio, then new audio) that come after its
+    transcription of the context, whose words were `context`.
+
+    Whisper may hear the context a little differently this time ("Council that" for
+    "Console mat") or leave it out altogether, so the cut is where the words so far are
+    most like the context, compared character by character; when no prefix is at least
+    `MIN_CONTEXT_SIMILARITY` alike, nothing is cut.
+    """
+    want = " ".join(_keys(context))
+    have = _keys(words)
+    best_cut, best_ratio = 0, MIN_CONTEXT_SIMILARITY
+    matcher = difflib.SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(want)
+    for cut in range(1, len(words) + 1):
+        matcher.set_seq1(" ".join(have[:cut]))
+        ratio = matcher.ratio()
+        if ratio > best_ratio:
+            best_cut, best_ratio = cut, ratio
+    return list(words[best_cut:])

@@ -5,6 +5,7 @@ stream (sample rate, dtype, decode options, stream options), a chunk's length, a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,8 @@ def session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
             else min(endpoint.neg_threshold, threshold),
         })
     interval = values.get("partial_interval_ms", base.decode_interval_s * 1000) / 1000
-    return LiveConfig(endpoint=endpoint, decode_interval_s=interval,
-                      min_partial_audio_s=min(base.min_partial_audio_s, interval))
+    return replace(base, endpoint=endpoint, decode_interval_s=interval,
+                   min_partial_audio_s=min(base.min_partial_audio_s, interval))
 
 
 def chunk_seconds(data: Any, rate: int, dtype_name: str) -> float:
