@@ -282,7 +282,7 @@ class ModelClient:
 
     def live(self, sample_rate: int = 16000, request_id: str | None = None, **options: Any) -> LiveStream:
         """Open a live STT stream (`stream_open`; `options`: language, model_pref, beam_size,
-        partial_interval_ms, end_silence_ms, vad_threshold). Raises LiveStreamError if refused."""
+        partial_interval_ms, end_silence_ms, vad_threshold, context_ms). Raises LiveStreamError if refused."""
         return LiveStream(self, sample_rate, request_id, options)
 
 

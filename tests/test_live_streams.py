@@ -229,7 +229,7 @@ def test_bad_input_is_refused_and_the_stream_carries_on(live):
         streams.audio(Call(), {"audio_data": [0]}, "nope", clock.now)
     assert unknown.value.code == "not_found"
     for options in ({"vad_threshold": 2}, {"partial_interval_ms": "fast"}, {"beam_size": 0},
-                    {"sample_rate": 5}, {"dtype": "float64"}):
+                    {"context_ms": -1}, {"sample_rate": 5}, {"dtype": "float64"}):
         with pytest.raises(BusError):
             streams.open(Call(), options, "t", clock.now)
 

@@ -49,6 +49,7 @@ _OPTIONS = {
     "partial_interval_ms": (100, 10_000),
     "end_silence_ms": (100, 10_000),
     "vad_threshold": (0.05, 0.95),
+    "context_ms": (0, 30_000),
 }
 
 
@@ -74,7 +75,8 @@ def session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
             else min(endpoint.neg_threshold, threshold),
         })
     interval = values.get("partial_interval_ms", base.decode_interval_s * 1000) / 1000
-    return replace(base, endpoint=endpoint, decode_interval_s=interval,
+    context_s = values.get("context_ms", base.context_s * 1000) / 1000
+    return replace(base, endpoint=endpoint, decode_interval_s=interval, context_s=context_s,
                    min_partial_audio_s=min(base.min_partial_audio_s, interval))
 
 

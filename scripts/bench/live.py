@@ -1,8 +1,9 @@
 """Live STT streams at real-time pace: N microphones talking to the bus at once.
 
-Each stream replays a clip (utterances spoken by espeak-ng, with pauses between them) as a
-microphone would send it: 100 ms chunks, each sent as soon as it has been "recorded"
-(chunk k at k+1 chunk lengths after the stream's start), on one socket, while a second
+Each stream replays a clip (three utterances of the WER set's phrases, spoken by one of its
+espeak-ng voices, with 1 s pauses between them) as a microphone would send it: 100 ms
+chunks, each sent as soon as it has been "recorded" (chunk k at k+1 chunk lengths after
+the stream's start), on one socket, while a second
 socket waits on `next_event`, so each event is timed when it becomes ready, not when the
 next chunk happens to go out. Streams start staggered over one chunk length, as
 independent microphones would.
@@ -13,7 +14,8 @@ Latencies are the client's, from the moment the audio existed:
 - partial latency: a partial's arrival minus the moment the newest audio it covers ended.
 
 `summarize_live` (pure, tested) turns the outcomes into one row: those percentiles, the
-finals' WER against the clips' texts, and the streams' errors.
+finals' WER against the clips' texts (jiwer after Whisper's English normaliser, as
+scripts/wer_set.py counts it), and the streams' errors.
 """
 
 from __future__ import annotations
@@ -61,17 +63,19 @@ class LiveClip:
 
 
 def make_live_clips(count: int, per_clip: int = 3) -> list[LiveClip]:
-    """`count` clips of `per_clip` sentences each, with pauses, rotating through the sentences."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from speech import SENTENCES, speak
+    """`count` clips of `per_clip` phrases each, with pauses, rotating through the WER set's
+    phrases; each clip in the next of its espeak-ng voices."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from wer_set import ESPEAK_VOICES, PHRASES, espeak
 
     clips = []
     for c in range(count):
+        voice = ESPEAK_VOICES[c % len(ESPEAK_VOICES)]
         pieces = [np.zeros(int(LEAD_SILENCE_S * STT_RATE), np.float32)]
         utterances, t = [], LEAD_SILENCE_S
         for u in range(per_clip):
-            sentence = SENTENCES[(c * per_clip + u) % len(SENTENCES)]
-            spoken = _trimmed(speak(sentence))
+            sentence = PHRASES[(c * per_clip + u) % len(PHRASES)]
+            spoken = _trimmed(espeak(sentence, voice, 160))
             utterances.append(Utterance(sentence, t, t + len(spoken) / STT_RATE))
             pause = GAP_S if u < per_clip - 1 else TAIL_SILENCE_S
             pieces += [spoken, np.zeros(int(pause * STT_RATE), np.float32)]
@@ -215,14 +219,14 @@ def finals_text(outcome: StreamOutcome) -> str:
 
 
 def pooled_wer(pairs: Sequence[tuple[str, str]]) -> float | None:
-    """Word errors over reference words, summed over (reference, hypothesis) pairs."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from speech import word_error_rate
+    """Word errors over reference words, over all (reference, hypothesis) pairs, after
+    Whisper's English normaliser ("3" is "three"), as a fraction."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from wer_set import wer
 
-    words = sum(len(ref.split()) for ref, _ in pairs)
-    if not words:
+    if not pairs:
         return None
-    return sum(word_error_rate(ref, hyp) * len(ref.split()) for ref, hyp in pairs) / words
+    return wer([ref for ref, _ in pairs], [hyp for _, hyp in pairs]) / 100
 
 
 def summarize_live(outcomes: Sequence[StreamOutcome]) -> dict[str, Any]:
