@@ -444,7 +444,8 @@ class ModelManagerAgent:
                        key=(engine.name, engine.batch_key(prepared)), deadline=deadline, priority=priority,
                        reply_to=identity, cost=engine.cost(prepared), prepare_s=time.perf_counter() - started)
 
-        self._preparing.submit(Arrival(identity, job_id, engine.name, prepare))
+        worker.expect()  # its company may be right behind it in the prepare pool
+        self._preparing.submit(Arrival(identity, job_id, engine.name, prepare, left=worker.expected_left))
 
     def _hand_off(self, arrival: Arrival, prepared: Job | BusError) -> None:
         """On a prepare thread, in arrival order: queue the prepared job, or answer its error

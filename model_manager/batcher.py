@@ -17,7 +17,9 @@ Contract
     `lone_wait_s` (a few ms): a single user does not pay the batching wait; or it is the only
     item queued and it arrived at least `lone_wait_s` after the worker went idle
     (`idle_since`): nothing is running whose replies could bring company, so it runs at once
-    (unless `lone_wait_s` >= `max_wait_s`, which turns every fast path off);
+    (unless `lone_wait_s` >= `max_wait_s`, which turns every fast path off). Neither holds
+    while the caller says `incoming` jobs are on their way (being prepared): a burst must
+    not leave its first item to run alone just before the rest arrive;
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
@@ -126,7 +128,7 @@ class DynamicBatcher(Generic[T]):
         return size if self.group_size is None else max(1, min(size, self.group_size(key)))
 
     def _due_reason(
-        self, key: Hashable, group: _Group[T], now: float, idle_since: float | None
+        self, key: Hashable, group: _Group[T], now: float, idle_since: float | None, incoming: int = 0
     ) -> str | None:
         p = self.policy
         n = len(group.entries)
@@ -139,6 +141,8 @@ class DynamicBatcher(Generic[T]):
             return "min_reached"
         if now - group.entries[0].arrival >= p.max_wait_s:
             return "timeout"
+        if incoming:
+            return None
         if self._size == 1 and now - self._last_arrival >= p.lone_wait_s:
             return "fast_path"
         # A lone wait as long as the batching wait turns every fast path off (a pinned policy).
@@ -148,13 +152,14 @@ class DynamicBatcher(Generic[T]):
         return None
 
     def next_batch(
-        self, now: float, limit: int | None = None, idle_since: float | None = None
+        self, now: float, limit: int | None = None, idle_since: float | None = None, incoming: int = 0
     ) -> Batch[T] | None:
-        """`idle_since`: when the caller's worker last finished a batch; None while it runs one."""
+        """`idle_since`: when the caller's worker last finished a batch; None while it runs one.
+        `incoming`: jobs on their way to this queue (they hold the fast path)."""
         due = [
             (g.urgency(), key, reason)
             for key, g in self._groups.items()
-            if (reason := self._due_reason(key, g, now, idle_since)) is not None
+            if (reason := self._due_reason(key, g, now, idle_since, incoming)) is not None
         ]
         if not due:
             return None
@@ -171,15 +176,17 @@ class DynamicBatcher(Generic[T]):
         self._size -= len(taken)
         return Batch(key, [e.item for e in taken], reason, [now - e.arrival for e in taken])
 
-    def seconds_until_due(self, now: float, idle_since: float | None = None) -> float | None:
+    def seconds_until_due(
+        self, now: float, idle_since: float | None = None, incoming: int = 0
+    ) -> float | None:
         if not self._groups:
             return None
         waits = []
         for key, group in self._groups.items():
-            if self._due_reason(key, group, now, idle_since) is not None:
+            if self._due_reason(key, group, now, idle_since, incoming) is not None:
                 return 0.0
             waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
-        if self._size == 1:
+        if self._size == 1 and not incoming:
             waits.append(self._last_arrival + self.policy.lone_wait_s - now)
         return max(0.0, min(waits))
 

@@ -13,6 +13,8 @@ Contract (`InOrder` is the pure part, tested without threads):
   (like cancelled queued jobs, they are not answered), and they hold no later job back.
 - Every other job is handed off exactly once, with its prepared request or the error its
   `prepare` raised; the caller answers errors and queues the rest.
+- Every job's `Arrival.left` is called exactly once, when it leaves the pool (after its
+  hand-off, or when cancelled), so the model's queue knows what is still on its way.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class Arrival:
     job_id: str
     lane: str  # the model's name
     prepare: Callable[[], Any]  # the engine's prepare, bound to the client's fields
+    left: Callable[[], None] = lambda: None  # called once it has left the pool
 
 
 class PreparePool:
@@ -111,6 +114,7 @@ class PreparePool:
     def __init__(self, hand_off: Callable[[Arrival, Any], None], threads: int = PREPARE_THREADS) -> None:
         self._hand_off = hand_off
         self._order: InOrder[tuple[bytes, str], tuple[Arrival, Any]] = InOrder()
+        self._arrivals: dict[tuple[bytes, str], Arrival] = {}  # in the pool
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prepare")
 
@@ -123,15 +127,25 @@ class PreparePool:
     def submit(self, arrival: Arrival) -> None:
         with self._lock:
             self._order.add(arrival.lane, (arrival.identity, arrival.job_id))
-        self._executor.submit(self._prepare, arrival)
+            self._arrivals[(arrival.identity, arrival.job_id)] = arrival
+        try:
+            self._executor.submit(self._prepare, arrival)
+        except RuntimeError:  # closed: the caller answers; the job never entered the pool
+            with self._lock:
+                self._arrivals.pop((arrival.identity, arrival.job_id), None)
+                self._order.cancel({(arrival.identity, arrival.job_id)})
+            self._left(arrival)
+            raise
 
     def cancel(self, identity: bytes, job_ids: set[str]) -> int:
         """Drop these jobs of this agent if they are still here; how many were."""
         keys = {(identity, j) for j in job_ids}
         with self._lock:
-            dropped = sum(k in self._order for k in keys)
+            gone = [a for k in keys if (a := self._arrivals.pop(k, None)) is not None]
             self._release(self._order.cancel(keys))
-            return dropped
+            for arrival in gone:
+                self._left(arrival)
+            return len(gone)
 
     def close(self) -> None:
         """Wait for every job in preparation to be handed off."""
@@ -149,8 +163,17 @@ class PreparePool:
             self._release(self._order.complete((arrival.identity, arrival.job_id), (arrival, prepared)))
 
     def _release(self, released: list[tuple[tuple[bytes, str], tuple[Arrival, Any]]]) -> None:
-        for _, (arrival, prepared) in released:
+        for key, (arrival, prepared) in released:
+            self._arrivals.pop(key, None)
             try:
                 self._hand_off(arrival, prepared)
             except Exception:  # the caller answers its own failures; never lose the lock's thread
                 log.exception("handing off job %s failed", arrival.job_id)
+            self._left(arrival)
+
+    @staticmethod
+    def _left(arrival: Arrival) -> None:
+        try:
+            arrival.left()
+        except Exception:
+            log.exception("left() of job %s failed", arrival.job_id)

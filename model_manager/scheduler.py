@@ -6,7 +6,9 @@ This is where the pure batching policy meets time, threads and failure:
   it, the configured sizes apply as they are. Requests of one engine can differ in cost per
   item (Whisper's window lengths): the engine's `bucket` says which kind a request is, and
   each bucket has its own cost model and its own best size.
-- A lone request reaching an idle worker runs at once (see batcher: fast_path).
+- A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
+  jobs for this model are still being prepared (`expect` / `expected_left`): they would
+  have run alone one after another.
 - Expired requests (past their deadline) are answered with a timeout and never run.
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
@@ -191,6 +193,7 @@ class ModelWorker:
         self.choices: dict[Hashable, SizeChoice] = {}
         self._key_buckets: dict[Hashable, Hashable] = {}
         self._idle_since = float("-inf")
+        self._incoming = 0  # jobs on their way (being prepared): see expect()
         self._last_bucket: Hashable = None  # what `choice` and the snapshot's sizes describe
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
@@ -247,6 +250,17 @@ class ModelWorker:
                 cost = self._cost(self.engine.bucket(batch[0]))
                 cost.observe(size, sum(self.engine.cost(r) for r in batch), elapsed)
         log.info("warm-up model=%s throughput_by_size=%s", self.engine.name, cost.snapshot())
+
+    def expect(self) -> None:
+        """A job for this model is being prepared: hold the idle fast path until it arrives."""
+        with self._cond:
+            self._incoming += 1
+
+    def expected_left(self) -> None:
+        """An expected job was queued (submit first), answered or dropped."""
+        with self._cond:
+            self._incoming = max(0, self._incoming - 1)
+            self._cond.notify()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -368,10 +382,11 @@ class ModelWorker:
             for job in self.batcher.remove(lambda j, now=now: j.deadline <= now):
                 self._finish(job, BusError(TIMEOUT, "request expired in the queue before it could run"))
             idle_since = self._idle_since if self._busy == 0 else None
-            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now), idle_since=idle_since)
+            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now), idle_since=idle_since,
+                                            incoming=self._incoming)
             if batch is not None:
                 return batch
-            wait = self.batcher.seconds_until_due(now, idle_since)
+            wait = self.batcher.seconds_until_due(now, idle_since, self._incoming)
             deadlines = [j.deadline for j in self.batcher.queued()]
             if deadlines:
                 soonest = max(0.0, min(deadlines) - now)

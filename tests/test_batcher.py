@@ -169,3 +169,14 @@ def test_a_lone_wait_as_long_as_the_batching_wait_turns_the_idle_rule_off():
     b = make(lone_request_wait_ms=100, max_batch_wait_ms=100)
     b.add("a", "k", 1.0)
     assert b.next_batch(1.0, idle_since=0.0) is None
+
+
+def test_jobs_still_on_their_way_hold_the_fast_path_but_not_the_timeout():
+    b = make(lone_request_wait_ms=2)
+    b.add("a", "k", 1.0)
+    # Two more are being prepared: "a" alone now would run just before its company arrives.
+    assert b.next_batch(1.01, idle_since=0.5, incoming=2) is None
+    assert b.seconds_until_due(1.01, idle_since=0.5, incoming=2) == pytest.approx(0.09)  # no spin
+    assert b.next_batch(1.01, idle_since=0.5).reason == "fast_path"  # once they have arrived
+    b.add("b", "k", 2.0)
+    assert b.next_batch(2.1, incoming=1).reason == "timeout"  # never longer than max wait

@@ -44,7 +44,8 @@ def test_in_order_cancel_drops_a_job_and_holds_no_later_one_back():
 
 
 class SlowPrepareEngine(Engine):
-    """`prepare` of an item with "wait" blocks until `gate` is set; "bad" fails as a client error."""
+    """`prepare` of an item with "wait" blocks until `gate` is set (with "wait": "early", until
+    `early_gate` is); "bad" fails as a client error."""
 
     task = "stt"
     name = "slow-prepare"
@@ -53,13 +54,15 @@ class SlowPrepareEngine(Engine):
 
     def __init__(self) -> None:
         self.gate = threading.Event()
+        self.early_gate = threading.Event()
         self.ran: list[str] = []
+        self.batch_sizes: list[int] = []
 
     def prepare(self, fields: Request) -> Request:
         if fields.get("bad"):
             raise BusError(INVALID_FIELD, "bad item")
         if fields.get("wait"):
-            assert self.gate.wait(30)
+            assert (self.early_gate if fields["wait"] == "early" else self.gate).wait(30)
         return fields
 
     def batch_key(self, request: Request) -> str:
@@ -67,15 +70,15 @@ class SlowPrepareEngine(Engine):
 
     def run_batch(self, requests: Sequence[Request]) -> list[Result]:
         self.ran.extend(r["x"] for r in requests)
+        self.batch_sizes.append(len(requests))
         return [{"text": r["x"]} for r in requests]
 
 
-@pytest.fixture
-def manager() -> Iterator[Manager]:
+def start_manager(batch: dict) -> Iterator[Manager]:
     port = free_port()
     config = parse_config({
         "endpoints": {"model_manager_port": port, "metrics_port": 0, "monitor_port": 0},
-        "batch_processing_config": {"max_batch_size": 1, "min_batch_size": 1, "dynamic_batching": False},
+        "batch_processing_config": {"dynamic_batching": False, **batch},
     })
     engine = SlowPrepareEngine()
     agent = ModelManagerAgent(config, engines=[engine], context=zmq.Context())
@@ -84,8 +87,14 @@ def manager() -> Iterator[Manager]:
     thread.start()
     yield Manager(agent, engine, f"tcp://127.0.0.1:{port}")  # type: ignore[arg-type]
     engine.gate.set()
+    engine.early_gate.set()
     stop.set()
     thread.join(30)
+
+
+@pytest.fixture
+def manager() -> Iterator[Manager]:
+    yield from start_manager({"max_batch_size": 1, "min_batch_size": 1})
 
 
 def infer(job_id: str, **fields: object) -> dict:
@@ -134,6 +143,29 @@ def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_
         assert manager.agent.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
     finally:
         sock.close()
+
+
+def test_a_burst_still_being_prepared_is_not_split_by_the_idle_fast_path():
+    # An idle worker runs a lone job at once; but this one's company is right behind it, in
+    # the prepare pool: it must wait for them and run with them.
+    batch = {"max_batch_size": 4, "min_batch_size": 3, "max_batch_wait_ms": 5000, "lone_request_wait_ms": 2}
+    started = start_manager(batch)
+    manager = next(started)
+    sock = link(manager.address)
+    try:
+        send(sock, infer("first", wait="early"))
+        for job_id in ("second", "third"):
+            send(sock, infer(job_id, wait=True))
+        time.sleep(0.3)  # all three are in the prepare pool
+        manager.engine.early_gate.set()  # "first" reaches the idle worker; the others are preparing
+        time.sleep(0.3)
+        assert manager.engine.ran == []  # it did not run alone
+        manager.engine.gate.set()
+        assert results(sock, wait_s=5, until="third") == ["first", "second", "third"]
+        assert manager.engine.batch_sizes == [3]
+    finally:
+        sock.close()
+        next(started, None)
 
 
 def test_the_stt_intake_imports_the_resampler_in_the_background_at_start():
