@@ -519,7 +519,8 @@ _NO_SINK = _NoSink()
 def live_settings(config: Config) -> LiveSettings:
     limits = config.limits
     return LiveSettings(max_open_streams=limits.max_open_streams, idle_timeout_s=limits.stream_idle_s,
-                        max_audio_seconds=limits.max_audio_seconds,
+                        max_audio_seconds=limits.max_audio_seconds, max_chunk_s=limits.stream_max_chunk_s,
+                        hangup_grace_s=limits.stream_hangup_grace_s,
                         request_timeout_ms=limits.request_timeout_ms)
 
 

@@ -68,6 +68,10 @@ class Limits:
     stream_idle_s: float = 60.0
     #: Outputs a stream makes ahead of its reader (in progress or ready but unread).
     stream_buffer: int = 4
+    #: Live STT: the longest audio one stream_audio chunk may carry.
+    stream_max_chunk_s: float = 10.0
+    #: Live STT: a stream whose client hung up is closed unless a call comes this soon.
+    stream_hangup_grace_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "max_open_streams",
         "stream_idle_s",
         "stream_buffer",
+        "stream_max_chunk_s",
+        "stream_hangup_grace_s",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
     _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
