@@ -445,10 +445,10 @@ class ServiceAgent:
         return call.routing_id
 
     def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
-                      timeout_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
+                      timeout_ms: int, target_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
         # A final is retried when turned away for now, like a queued job: its client cannot resend it.
         sink = CallbackReply(on_answer, retries=priority == FINAL_PRIORITY)
-        self.work.submit(self.work.job(job_id, fields, request, sink, priority, timeout_ms))
+        self.work.submit(self.work.job(job_id, fields, request, sink, priority, timeout_ms, target_ms))
 
     def drop_jobs(self, job_ids: list[str]) -> None:
         gone = set(job_ids)

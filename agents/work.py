@@ -72,9 +72,10 @@ class Work:
         return self.job(job_id, fields, request, sink, priority(fields, default_priority), timeout)
 
     def job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
-            job_priority: int, timeout: int) -> InFlightJob:
+            job_priority: int, timeout: int, target_ms: int | None = None) -> InFlightJob:
         """An infer job; BusError if its message cannot be packed (e.g. a string with lone
-        surrogates, which UTF-8 cannot carry)."""
+        surrogates, which UTF-8 cannot carry). `target_ms`: when the answer is wanted (soft;
+        it sizes the batches the job waits in, see docs/protocol.md)."""
         message = {
             "type": "infer",
             "job_id": job_id,
@@ -84,6 +85,8 @@ class Work:
             "priority": job_priority,
             "timeout_ms": timeout,
         }
+        if target_ms is not None:
+            message["target_ms"] = target_ms
         try:
             body = protocol.pack(message)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -2,7 +2,7 @@
 
 Agents talk to it over one ROUTER socket (127.0.0.1 only) with the internal protocol in
 docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message types:
-- "infer"  {job_id, task, model_pref, request, priority, timeout_ms} -> one "result"
+- "infer"  {job_id, task, model_pref, request, priority, timeout_ms, target_ms} -> one "result"
 - "cancel" {job_ids}: the client has gone; queued jobs are dropped unanswered
 - "ping"   -> "pong" {ready, loading, models, error}; an agent that pinged and then falls
   silent for LIVENESS_INTERVALS ping intervals is taken for dead, and its queued jobs are
@@ -418,6 +418,8 @@ class ModelManagerAgent:
         limit_ms = self.config.limits.request_timeout_ms
         timeout_ms = min(limit_ms, message.get("timeout_ms") or limit_ms)
         deadline = received_at + timeout_ms / 1000.0
+        target_ms = message.get("target_ms")
+        target = received_at + target_ms / 1000.0 if isinstance(target_ms, (int, float)) else None
         if deadline <= time.monotonic():  # held while models loaded, past its deadline
             raise BusError(TIMEOUT, "request expired while the models loaded")
         if not self.ready:
@@ -442,7 +444,8 @@ class ModelManagerAgent:
                 raise
             return Job(job_id=job_id, model=engine.name, request=prepared,
                        key=(engine.name, engine.batch_key(prepared)), deadline=deadline, priority=priority,
-                       reply_to=identity, cost=engine.cost(prepared), prepare_s=time.perf_counter() - started)
+                       target=target, reply_to=identity, cost=engine.cost(prepared),
+                       prepare_s=time.perf_counter() - started)
 
         worker.expect()  # its company may be right behind it in the prepare pool
         self._preparing.submit(Arrival(identity, job_id, engine.name, prepare, left=worker.expected_left))

@@ -68,6 +68,9 @@ class Job:
     key: Hashable
     deadline: float  # monotonic seconds
     priority: int = 0
+    #: By when the client would like the answer (monotonic seconds; None: the deadline). Soft:
+    #: it sizes batches (no batch longer than the earliest target allows), it expires nothing.
+    target: float | None = None
     #: Opaque to the worker: where the answer goes (the model manager stores the agent identity).
     reply_to: Any = None
     cost: float = 1.0
@@ -75,6 +78,9 @@ class Job:
     bucket: Hashable = None
     #: Seconds the engine's `prepare` took on it (checks, Whisper's speech detection).
     prepare_s: float = 0.0
+
+    def due_by(self) -> float:
+        return self.deadline if self.target is None else min(self.target, self.deadline)
 
 
 @dataclass
@@ -369,11 +375,13 @@ class ModelWorker:
         limit = self.memory.max_items(limit)
         queued = self.batcher.queued()
         if queued:
-            # Keep the batch small enough to finish before the most urgent request's deadline.
-            urgent = min(queued, key=lambda j: j.deadline)
+            # Keep the batch small enough to finish before the most urgent request's target
+            # (its deadline when it has none): a live final must not wait for a batch of
+            # partials that the engine runs slower than the final alone (a CPU does).
+            urgent = min(queued, key=Job.due_by)
             units = sum(j.cost for j in queued) / len(queued)
             cost = self._cost(urgent.bucket)
-            limit = min(limit, cost.largest_within(urgent.deadline - now, units, limit))
+            limit = min(limit, cost.largest_within(urgent.due_by() - now, units, limit))
         return limit
 
     def _next_batch_locked(self) -> Batch[Job] | None:

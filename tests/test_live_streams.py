@@ -31,7 +31,7 @@ class FakeHost:
     def routing_id(self, call: Call) -> bytes:
         return call.routing_id
 
-    def submit_decode(self, job_id, fields, request, priority, timeout_ms, on_answer) -> None:
+    def submit_decode(self, job_id, fields, request, priority, timeout_ms, target_ms, on_answer) -> None:
         self.jobs[job_id] = (request, priority, on_answer)
 
     def drop_jobs(self, job_ids: list[str]) -> None:

@@ -92,6 +92,10 @@ class LiveSettings:
     partial_timeout_ms: int = 10_000
     request_timeout_ms: int = 120_000
     partial_target_s: float = 1.0
+    #: When a decode's answer is wanted (sent as the job's target_ms: batches are sized so
+    #: that the most urgent job's answer comes by then, as the engine's measured costs predict).
+    final_target_ms: int = 300
+    partial_target_ms: int = 500
     max_partial_budget: int = 32
     session: LiveConfig = field(default_factory=LiveConfig)
 
@@ -102,8 +106,9 @@ class LiveHost(Protocol):
     def routing_id(self, call: Any) -> bytes: ...
 
     def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
-                      timeout_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
-        """Send one transcribe job; `on_answer` gets its reply entry (success or error), once."""
+                      timeout_ms: int, target_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
+        """Send one transcribe job, wanted within `target_ms`; `on_answer` gets its reply entry
+        (success or error), once."""
         ...
 
     def drop_jobs(self, job_ids: list[str]) -> None: ...
@@ -389,7 +394,8 @@ class LiveStreams:
         def on_answer(entry: dict[str, Any]) -> None:
             self._on_decoded(stream, job_id, decode.decode_id, entry)
 
-        self.host.submit_decode(job_id, stream.fields, request, priority, timeout_ms, on_answer)
+        target_ms = self.settings.final_target_ms if decode.final else self.settings.partial_target_ms
+        self.host.submit_decode(job_id, stream.fields, request, priority, timeout_ms, target_ms, on_answer)
 
     def _on_decoded(self, stream: LiveStream, job_id: str, decode_id: int, entry: dict[str, Any]) -> None:
         if stream.jobs.pop(job_id, None) is None or self.streams.get(stream.stream_id) is not stream:
