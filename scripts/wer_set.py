@@ -175,7 +175,7 @@ def build(
         for i in range(kokoro_count):
             voice, text = KOKORO_VOICES[i % len(KOKORO_VOICES)], texts[(i * 11 + 3) % len(texts)]
             (result,) = kokoro.run_batch([kokoro.prepare({"text": text, "voice": voice})])
-            keep(text, f"kokoro {voice}", to_16k(np.asarray(result["audio"]), int(result["sample_rate"])))
+            keep(text, f"kokoro {voice}", to_16k(result.audio, result.sample_rate))
     for i in range(long_count):
         pause = np.zeros(int(rng.uniform(0.4, 1.2) * RATE), np.float32)
         target = rng.uniform(35, 80)
@@ -301,8 +301,8 @@ def run_policy(engine: Any, policy: Policy, clips: list[tuple[Clip, np.ndarray]]
     began = time.perf_counter()
     for batch in batches(engine, requests):
         for i, result in zip(batch, engine.run_batch([requests[i] for i in batch]), strict=True):
-            texts[i] = result["text"]
-            truncated += bool(result["truncated"])
+            texts[i] = result.text
+            truncated += result.truncated
     seconds = time.perf_counter() - began
     return {"texts": texts, "seconds": seconds, "truncated": truncated,
             "windows": sorted({r.window_s for r in requests})}

@@ -76,7 +76,7 @@ def test_hf_engine_matches_ct2_float32(hf_tiny, ct2_tiny_fp32, min_window_s):
     assert {hf_tiny.prepare(r).window_s for r in requests} == {min_window_s}
     hf = hf_tiny.run_batch(requests)
     assert hf == ct2_tiny_fp32.run_batch(requests)
-    assert hf[0]["language"] == "en" and "lazy dog" in hf[0]["text"]
+    assert hf[0].language == "en" and "lazy dog" in hf[0].text
     assert hf_tiny.num_parameters == pytest.approx(ct2_tiny_fp32.num_parameters, rel=0.02)
 
 
@@ -130,13 +130,13 @@ def test_multilingual_base_detects_language(tmp_path):
     prepared = [ct2.prepare(r) for r in requests]
     assert ct2.batch_key(prepared[0])[:4] == ("whisper-base", None, "transcribe", 1)
     detected = ct2.run_batch(prepared[:2])
-    assert [r["language"] for r in detected] == ["en", "de"]
-    assert "tomorrow" in detected[0]["text"] and "Morgen" in detected[1]["text"]
+    assert [r.language for r in detected] == ["en", "de"]
+    assert "tomorrow" in detected[0].text and "Morgen" in detected[1].text
     (translated,) = ct2.run_batch(prepared[2:])
-    assert translated["language"] == "de" and "morning" in translated["text"].lower()
+    assert translated.language == "de" and "morning" in translated.text.lower()
 
     hf = HFWhisperEngine("hf-base", convert(src, tmp_path / "base"), device="cpu")
-    assert [r["language"] for r in hf.run_batch(requests[:2])] == ["en", "de"]
+    assert [r.language for r in hf.run_batch(requests[:2])] == ["en", "de"]
 
 
 def test_int8_weights_are_dequantised(tiny_ct2_model):

@@ -17,7 +17,8 @@ from conftest import free_port
 from model_manager import protocol
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import parse_config
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Request
+from model_manager.engines.whisper.result import Transcript
 
 
 class GatedEngine(Engine):
@@ -35,10 +36,10 @@ class GatedEngine(Engine):
     def batch_key(self, request: Request) -> str:
         return "k"
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[Request]) -> list[Transcript]:
         self.gate.wait(30)
         self.ran.extend(r["x"] for r in requests)
-        return [{"text": r["x"]} for r in requests]
+        return [Transcript(text=r["x"], language="en") for r in requests]
 
 
 @dataclass

@@ -22,6 +22,7 @@ from model_manager.engines.kokoro.engine import (
     SAMPLE_RATE,
     KokoroEngine,
     PlannedPiece,
+    Speech,
     SpeechRequest,
     _auto_backend,
 )
@@ -105,7 +106,7 @@ def solo(torch_engine) -> list[tuple[np.ndarray, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def batched(torch_engine) -> list[dict]:
+def batched(torch_engine) -> list[Speech]:
     """run_batch on three requests (two voices and a mix, three speeds) in ONE forward."""
     requests = _requests(torch_engine)
     saved = torch_engine.max_batch_items
@@ -133,10 +134,12 @@ def test_batched_forward_keeps_each_items_durations_and_waveform(torch_engine, s
 def test_run_batch_matches_solo_and_keeps_order(batched, solo):
     assert len(batched) == len(solo)
     for result, (audio, _) in zip(batched, solo, strict=True):
-        assert result["sample_rate"] == SAMPLE_RATE
-        assert result["audio"].dtype == np.float32
-        assert len(result["audio"]) == len(audio)  # same durations -> same length
-        assert _corr(result["audio"], audio) >= 0.97
+        assert result.sample_rate == SAMPLE_RATE
+        assert result.audio.dtype == np.float32
+        wire = result.to_wire()
+        assert set(wire) == {"audio", "sample_rate"} and wire["audio"] is result.audio
+        assert len(result.audio) == len(audio)  # same durations -> same length
+        assert _corr(result.audio, audio) >= 0.97
 
 
 def test_batched_speech_is_intelligible(batched):
@@ -149,7 +152,7 @@ def test_batched_speech_is_intelligible(batched):
     )
     wers = []
     for result, sentence in zip(batched, SENTENCES, strict=True):
-        audio = resample_poly(result["audio"], 2, 3).astype(np.float32)  # 24 kHz -> 16 kHz
+        audio = resample_poly(result.audio, 2, 3).astype(np.float32)  # 24 kHz -> 16 kHz
         segments, _ = model.transcribe(audio, beam_size=5, language="en")
         wers.append(word_error_rate(sentence, " ".join(s.text for s in segments)))
     # Japanese voice packs read English with an accent; MODELS.md measured 3-6 % WER.
@@ -174,7 +177,7 @@ def test_long_text_is_split_not_truncated(onnx_engine):
     assert word_error_rate(long_text, " ".join(p.text for p in pieces)) == 0
     assert sum(len(p.phonemes) for p in pieces) > 3 * MAX_TOKENS
 
-    long_audio, short_audio = (r["audio"] for r in onnx_engine.run_batch([long_request, short_request]))
+    long_audio, short_audio = (r.audio for r in onnx_engine.run_batch([long_request, short_request]))
     ratio = (len(long_audio) / len(short_audio)) / (len(long_text) / len(short_text))
     assert 0.6 < ratio < 1.6, ratio
 
@@ -200,12 +203,12 @@ def test_onnx_backend_speaks_and_pauses_are_real_silence(onnx_engine):
     ]
     plain, paused = onnx_engine.run_batch(requests)
     for result in (plain, paused):
-        audio = result["audio"]
+        audio = result.audio
         assert audio.dtype == np.float32 and np.isfinite(audio).all()
         assert 1.0 < len(audio) / SAMPLE_RATE < 8.0
         assert float(np.sqrt(np.mean(audio**2))) > 0.01
-    assert _longest_zero_run(paused["audio"]) >= int(0.5 * SAMPLE_RATE)
-    assert _longest_zero_run(plain["audio"]) < int(0.1 * SAMPLE_RATE)
+    assert _longest_zero_run(paused.audio) >= int(0.5 * SAMPLE_RATE)
+    assert _longest_zero_run(plain.audio) < int(0.1 * SAMPLE_RATE)
 
 
 def _longest_zero_run(audio: np.ndarray) -> int:

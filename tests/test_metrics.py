@@ -12,12 +12,13 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_scheduler import Echo
 
 from agents.monitor import Monitor, MonitorServer, ThroughputMeter
 from model_manager import memory
 from model_manager.batcher import BatchPolicy
 from model_manager.config import ConfigError, load_config
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Request
 from model_manager.errors import BusError
 from model_manager.metrics import BusMetrics
 from model_manager.scheduler import Job, ModelWorker, WorkerStats
@@ -50,10 +51,10 @@ class EchoEngine(Engine):
     def batch_key(self, request: Request) -> str:
         return "k"
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
         if any(r["x"] == self.poison for r in requests):
             raise ValueError("poisoned item")
-        return [{"y": r["x"]} for r in requests]
+        return [Echo(r["x"]) for r in requests]
 
 
 def test_a_worker_feeds_the_metrics_of_its_batches_and_failures():

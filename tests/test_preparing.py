@@ -16,7 +16,8 @@ from test_heartbeat import Manager, link, results, send
 from model_manager import protocol
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import parse_config
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Request
+from model_manager.engines.whisper.result import Transcript
 from model_manager.errors import INVALID_FIELD, BusError
 from model_manager.preparing import InOrder
 
@@ -68,10 +69,10 @@ class SlowPrepareEngine(Engine):
     def batch_key(self, request: Request) -> str:
         return "k"
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[Request]) -> list[Transcript]:
         self.ran.extend(r["x"] for r in requests)
         self.batch_sizes.append(len(requests))
-        return [{"text": r["x"]} for r in requests]
+        return [Transcript(text=r["x"], language="en") for r in requests]
 
 
 def start_manager(batch: dict) -> Iterator[Manager]:

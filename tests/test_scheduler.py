@@ -6,13 +6,25 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from model_manager.batcher import BatchPolicy
-from model_manager.engines.base import Engine, Request, Result
+from model_manager.engines.base import Engine, Request
 from model_manager.errors import OUT_OF_MEMORY, BusError
-from model_manager.scheduler import Job, ModelWorker
+from model_manager.scheduler import Job, ModelWorker, Timed, Timing
+
+
+@dataclass(frozen=True)
+class Echo:
+    """A stand-in engine's result: the request's "x"."""
+
+    y: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"y": self.y}
 
 
 class ScriptedEngine(Engine):
@@ -33,7 +45,7 @@ class ScriptedEngine(Engine):
     def batch_key(self, request: Request) -> str:
         return "k"
 
-    def run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
         self.gate.wait(10)
         xs = [r["x"] for r in requests]
         self.calls.append(xs)
@@ -41,22 +53,23 @@ class ScriptedEngine(Engine):
             raise BusError(OUT_OF_MEMORY, "too big")
         if self.poison in xs:
             raise ValueError("poisoned item")
-        return [{"y": x} for x in xs]
+        return [Echo(x) for x in xs]
 
 
 def run_jobs(
-    engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, timings: dict | None = None, **policy
+    engine: ScriptedEngine, xs: list[int], deadline: float = 1e12, timings: dict[int, Timing] | None = None,
+    **policy
 ) -> dict[int, object]:
-    """Each job's outcome by x; the `timing` of successes goes to `timings`, if given."""
+    """Each job's outcome by x (a success: the engine's result); the `timing` of successes
+    goes to `timings`, if given."""
     done: dict[int, object] = {}
     finished = threading.Event()
 
     def on_done(job: Job, outcome: object) -> None:
-        if isinstance(outcome, dict):
-            outcome = dict(outcome)
-            timing = outcome.pop("timing")
+        if isinstance(outcome, Timed):
             if timings is not None:
-                timings[job.request["x"]] = timing
+                timings[job.request["x"]] = outcome.timing
+            outcome = outcome.result
         done[job.request["x"]] = outcome
         if len(done) == len(xs):
             finished.set()
@@ -78,19 +91,22 @@ def run_jobs(
 
 
 def test_every_result_says_where_its_time_went():
-    timings: dict = {}
+    timings: dict[int, Timing] = {}
     run_jobs(ScriptedEngine(), [0, 1, 2], timings=timings, max_batch_size=3, min_batch_size=3)
     assert set(timings) == {0, 1, 2}
     for timing in timings.values():
-        assert timing["batch_size"] == 3
-        assert timing["queue_ms"] >= 0 and timing["compute_ms"] >= 0
-    assert len({t["compute_ms"] for t in timings.values()}) == 1  # one batch, one engine time
+        assert timing.batch_size == 3
+        assert timing.queue_ms >= 0 and timing.compute_ms >= 0
+    assert len({t.compute_ms for t in timings.values()}) == 1  # one batch, one engine time
+    wire = Timed(Echo(0), timings[0]).to_wire()
+    assert wire == {"y": 0, "timing": {"prepare_ms": timings[0].prepare_ms, "queue_ms": timings[0].queue_ms,
+                                       "compute_ms": timings[0].compute_ms, "batch_size": 3}}
 
 
 def test_out_of_memory_splits_the_batch_in_halves_down_to_what_fits():
     engine = ScriptedEngine(max_items=2)
     done = run_jobs(engine, list(range(8)))
-    assert done == {x: {"y": x} for x in range(8)}
+    assert done == {x: Echo(x) for x in range(8)}
     assert [len(c) for c in engine.calls] == [8, 4, 2, 2, 4, 2, 2]
 
 
@@ -99,7 +115,7 @@ def test_a_poisoned_item_fails_alone_and_the_rest_succeed():
     done = run_jobs(engine, list(range(6)), max_batch_size=6, min_batch_size=6)
     assert isinstance(done[3], BusError) and done[3].code == "inference_failed"
     assert "poisoned" in done[3].message
-    assert all(done[x] == {"y": x} for x in range(6) if x != 3)
+    assert all(done[x] == Echo(x) for x in range(6) if x != 3)
     assert [len(c) for c in engine.calls] == [6, 1, 1, 1, 1, 1, 1]
 
 

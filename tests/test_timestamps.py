@@ -9,6 +9,7 @@ from speech import SENTENCES, speak, word_error_rate
 
 from model_manager.engines.whisper import timestamps
 from model_manager.engines.whisper.common import WhisperTokens
+from model_manager.engines.whisper.result import Transcript
 from model_manager.errors import BusError
 
 TS = 50363  # <|0.00|> in the English-only vocabulary
@@ -64,15 +65,26 @@ def test_decoder_prompt():
 
 
 def test_windows_are_joined_with_their_offsets():
-    joined = [{"text": "a b", "language": "en"}]
-    windows = [(0, np.zeros(16000 * 30)), (0, np.zeros(16000 * 5))]
-    results = [{"segments": [{"start": 1.0, "end": 2.0, "text": "a"}],
+    joined = [Transcript("a b", "en"), Transcript("c", "en")]
+    windows = [(0, np.zeros(16000 * 30)), (0, np.zeros(16000 * 5)), (1, np.zeros(16000 * 5))]
+    stats = {"avg_logprob": -0.2, "compression_ratio": 1.1, "no_speech_prob": 0.01, "temperature": 0.0}
+    results = [{"text": "a", "segments": [{"start": 1.0, "end": 2.0, "text": "a", **stats}],
                 "words": [{"start": 1.0, "end": 2.0, "word": " a", "probability": 0.9, "segment": 0}]},
-               {"segments": [{"start": 0.5, "end": 1.5, "text": "b"}],
-                "words": [{"start": 0.5, "end": 1.5, "word": " b", "probability": 0.8, "segment": 0}]}]
-    out = timestamps.attach_details(joined, windows, results)[0]
-    assert [(s["id"], s["start"], s["end"]) for s in out["segments"]] == [(0, 1.0, 2.0), (1, 30.5, 31.5)]
-    assert [(w["start"], w["segment"]) for w in out["words"]] == [(1.0, 0), (30.5, 1)]
+               {"text": "b", "segments": [{"start": 0.5, "end": 1.5, "text": "b", **stats}],
+                "words": [{"start": 0.5, "end": 1.5, "word": " b", "probability": 0.8, "segment": 0}]},
+               {"text": "c"}]  # a request without timestamps
+    out, plain = timestamps.attach_details(joined, windows, results)
+    assert [(s.id, s.start, s.end) for s in out.segments] == [(0, 1.0, 2.0), (1, 30.5, 31.5)]
+    assert [(w.start, w.segment) for w in out.words] == [(1.0, 0), (30.5, 1)]
+    assert plain == joined[1]
+    # On the wire: the fields of docs/protocol.md §3.1, and no timestamps where none were asked.
+    assert out.to_wire() == {
+        "text": "a b", "language": "en", "truncated": False,
+        "segments": [{"id": 0, "start": 1.0, "end": 2.0, "text": "a", **stats},
+                     {"id": 1, "start": 30.5, "end": 31.5, "text": "b", **stats}],
+        "words": [{"start": 1.0, "end": 2.0, "word": " a", "probability": 0.9, "segment": 0},
+                  {"start": 30.5, "end": 31.5, "word": " b", "probability": 0.8, "segment": 1}]}
+    assert plain.to_wire() == {"text": "c", "language": "en", "truncated": False}
 
 
 @pytest.fixture(scope="module")
@@ -90,25 +102,25 @@ def test_real_model_segments_and_words(engine):
     audio = np.concatenate([first, gap, second])
     plain, timed = engine.run_batch([engine.prepare({"audio": audio}),
                                      engine.prepare({"audio": speak(SENTENCES[2]), "timestamps": "word"})])
-    assert "segments" not in plain
-    assert word_error_rate(SENTENCES[2], timed["text"]) < 0.3
+    assert plain.segments is None and plain.words is None and "segments" not in plain.to_wire()
+    assert word_error_rate(SENTENCES[2], timed.text) < 0.3
     result = engine.run_batch([engine.prepare({"audio": audio, "timestamps": "word"})])[0]
     spoken = f"{SENTENCES[0]} {SENTENCES[1]}"
-    assert word_error_rate(spoken, result["text"]) < 0.3 and word_error_rate(spoken, plain["text"]) < 0.3
+    assert word_error_rate(spoken, result.text) < 0.3 and word_error_rate(spoken, plain.text) < 0.3
     duration = len(audio) / 16000
-    segments, words = result["segments"], result["words"]
+    segments, words = result.segments, result.words
     assert len(segments) == 2
     # The pause between the sentences falls between the segments.
-    assert segments[0]["end"] <= (len(first) + 8000) / 16000 + 0.2 <= segments[1]["start"] + 0.6
-    assert "".join(w["word"] for w in words).strip() == result["text"]
-    starts = [w["start"] for w in words]
-    assert starts == sorted(starts) and all(0 <= w["start"] <= w["end"] <= duration for w in words)
+    assert segments[0].end <= (len(first) + 8000) / 16000 + 0.2 <= segments[1].start + 0.6
+    assert "".join(w.word for w in words).strip() == result.text
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and all(0 <= w.start <= w.end <= duration for w in words)
 
 
 def test_long_audio_words_cover_every_window(engine):
     audio = np.concatenate([speak(SENTENCES[i % 8]) for i in range(14)])  # over 30 s: two windows
     result = engine.run_batch([engine.prepare({"audio": audio, "timestamps": "segment"})])[0]
-    ends = [s["end"] for s in result["segments"]]
+    ends = [s.end for s in result.segments]
     assert ends == sorted(ends) and ends[-1] > 30.0 and ends[-1] <= len(audio) / 16000 + 0.01
 
 

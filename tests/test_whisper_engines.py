@@ -21,6 +21,7 @@ from model_manager.engines.whisper.common import (
 from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 from model_manager.engines.whisper.ct2_format import CT2FormatError, count_parameters, read_ct2_model
 from model_manager.engines.whisper.request import SttRequest
+from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     DEFAULT_MIN_WINDOW_S,
     SHORT_WINDOW_REPETITION_PENALTY,
@@ -47,16 +48,16 @@ def clips() -> list[np.ndarray]:
     return [speak(s) for s in SENTENCES]
 
 
-def _run(engine: CT2WhisperEngine, audios: list[np.ndarray], **fields: object) -> list[dict]:
+def _run(engine: CT2WhisperEngine, audios: list[np.ndarray], **fields: object) -> list[Transcript]:
     return engine.run_batch([engine.prepare({"audio": a, **fields}) for a in audios])
 
 
 def test_greedy_wer_on_sentences(tiny, clips):
     results = _run(tiny, clips)
-    assert [r["language"] for r in results] == ["en"] * len(clips)
-    wers = [word_error_rate(ref, r["text"]) for ref, r in zip(SENTENCES, results, strict=True)]
-    assert sum(wers) / len(wers) <= GREEDY_WER_BOUND, [r["text"] for r in results]
-    assert all(r["text"] == r["text"].strip() for r in results)
+    assert [r.language for r in results] == ["en"] * len(clips)
+    wers = [word_error_rate(ref, r.text) for ref, r in zip(SENTENCES, results, strict=True)]
+    assert sum(wers) / len(wers) <= GREEDY_WER_BOUND, [r.text for r in results]
+    assert all(r.text == r.text.strip() for r in results)
 
 
 def test_batch_of_different_lengths_matches_one_at_a_time(tiny, clips):
@@ -64,7 +65,7 @@ def test_batch_of_different_lengths_matches_one_at_a_time(tiny, clips):
     batched = _run(tiny, audios)
     single = [_run(tiny, [a])[0] for a in audios]
     assert batched == single
-    assert word_error_rate(SENTENCES[2] + " " + SENTENCES[3], batched[2]["text"]) <= 0.25
+    assert word_error_rate(SENTENCES[2] + " " + SENTENCES[3], batched[2].text) <= 0.25
 
 
 def long_speech(clips: list[np.ndarray], seconds: float) -> tuple[np.ndarray, str]:
@@ -83,14 +84,14 @@ def test_audio_longer_than_a_window_is_transcribed_in_full_in_order(tiny, clips)
     audio, reference = long_speech(clips, 75)  # three windows
     short = clips[0]
     long_result, short_result = _run(tiny, [audio, short])  # windows of both run together
-    assert word_error_rate(reference, long_result["text"]) <= GREEDY_WER_BOUND, long_result["text"]
-    assert long_result["language"] == "en"
+    assert word_error_rate(reference, long_result.text) <= GREEDY_WER_BOUND, long_result.text
+    assert long_result.language == "en"
     assert short_result == _run(tiny, [short])[0]
 
 
 def test_beam_search(tiny, clips):
     results = _run(tiny, [clips[1], clips[6]], beam_size=5)  # two clips tiny.en gets right
-    assert [word_error_rate(SENTENCES[i], r["text"]) for i, r in zip((1, 6), results, strict=True)] == [0, 0]
+    assert [word_error_rate(SENTENCES[i], r.text) for i, r in zip((1, 6), results, strict=True)] == [0, 0]
 
 
 @pytest.mark.parametrize(

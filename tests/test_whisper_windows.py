@@ -16,6 +16,7 @@ from model_manager.engines.registry import build_engine
 from model_manager.engines.whisper import weights
 from model_manager.engines.whisper.common import N_FRAMES, SAMPLE_RATE
 from model_manager.engines.whisper.ct2 import CT2WhisperEngine
+from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     BUCKETS_S,
     DEFAULT_MIN_WINDOW_S,
@@ -65,7 +66,7 @@ def clips() -> list[np.ndarray]:
     return [speak(s) for s in SENTENCES]
 
 
-def transcribe(engine: CT2WhisperEngine, audios: list[np.ndarray], **fields: object) -> list[dict]:
+def transcribe(engine: CT2WhisperEngine, audios: list[np.ndarray], **fields: object) -> list[Transcript]:
     return engine.run_batch([engine.prepare({"audio": a, **fields}) for a in audios])
 
 
@@ -94,7 +95,7 @@ def test_a_short_clip_gets_a_short_window(engine, calls, clips):
     assert request.window_s == DEFAULT_MIN_WINDOW_S < FULL_WINDOW_S
     assert len(request.audio) <= len(clips[1])  # trimmed to the speech
     (result,) = engine.run_batch([request])
-    assert word_error_rate(SENTENCES[1], result["text"]) == 0 and result["truncated"] is False
+    assert word_error_rate(SENTENCES[1], result.text) == 0 and result.truncated is False
     expected = [("generate", window_frames(DEFAULT_MIN_WINDOW_S))]
     assert [(name, frames) for name, frames, _ in calls] == expected
     assert calls[0][2]["max_length"] < 448  # bounded
@@ -102,8 +103,8 @@ def test_a_short_clip_gets_a_short_window(engine, calls, clips):
 
 def test_short_windows_keep_the_sentences_accurate(engine, calls, clips):
     results = transcribe(engine, clips)
-    wers = [word_error_rate(ref, r["text"]) for ref, r in zip(SENTENCES, results, strict=True)]
-    assert sum(wers) / len(wers) <= GREEDY_WER_BOUND, [r["text"] for r in results]
+    wers = [word_error_rate(ref, r.text) for ref, r in zip(SENTENCES, results, strict=True)]
+    assert sum(wers) / len(wers) <= GREEDY_WER_BOUND, [r.text for r in results]
 
 
 def test_min_window_30_is_the_full_window_as_before(engine, calls, clips):
@@ -133,7 +134,7 @@ def test_silence_and_noise_give_empty_text_without_a_model_call(engine, calls, k
              else (0.01 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32))
     request = engine.prepare({"audio": audio})
     assert not request.has_speech and engine.cost(request) == 0
-    assert engine.run_batch([request]) == [{"text": "", "language": "en", "truncated": False}]
+    assert engine.run_batch([request]) == [Transcript(text="", language="en", truncated=False)]
     assert calls == []
     # Switched off per request, the same audio reaches the model (and it "hears" something).
     engine.run_batch([engine.prepare({"audio": audio, "vad": False})])
@@ -147,7 +148,7 @@ def test_speech_with_silence_around_it_is_trimmed_to_the_speech(engine, calls, c
     assert len(request.audio) < len(clips[6]) + SAMPLE_RATE  # the 8 s of silence are gone
     assert request.window_s == engine.prepare({"audio": clips[6]}).window_s
     (result,) = engine.run_batch([request])
-    assert word_error_rate(SENTENCES[6], result["text"]) == 0
+    assert word_error_rate(SENTENCES[6], result.text) == 0
 
 
 def test_a_decoding_loop_stops_at_the_token_bound_and_says_truncated(engine, calls):
@@ -157,14 +158,14 @@ def test_a_decoding_loop_stops_at_the_token_bound_and_says_truncated(engine, cal
     request = engine.prepare({"audio": audio})
     assert request.window_s < FULL_WINDOW_S and request.max_tokens < 100
     (result,) = engine.run_batch([request])
-    assert result["truncated"] is True
-    tokens = engine._tokenizer.encode(result["text"], add_special_tokens=False).ids
+    assert result.truncated is True
+    tokens = engine._tokenizer.encode(result.text, add_special_tokens=False).ids
     assert request.max_tokens - 2 <= len(tokens) <= request.max_tokens + 1  # cut at the bound
     assert calls[0][2]["max_length"] <= 2 * (request.max_tokens + 1)
 
 
 def test_clean_speech_is_not_truncated(engine, calls, clips):
-    assert not any(r["truncated"] for r in transcribe(engine, clips))
+    assert not any(r.truncated for r in transcribe(engine, clips))
 
 
 def test_long_audio_keeps_30_s_windows(engine, calls, clips):
@@ -173,7 +174,7 @@ def test_long_audio_keeps_30_s_windows(engine, calls, clips):
     assert request.window_s == FULL_WINDOW_S and request.windows == 3
     (result,) = engine.run_batch([request])
     assert {frames for _, frames, _ in calls} == {N_FRAMES}
-    assert word_error_rate(reference, result["text"]) <= GREEDY_WER_BOUND
+    assert word_error_rate(reference, result.text) <= GREEDY_WER_BOUND
 
 
 def test_each_window_length_runs_in_its_own_call(engine, calls, clips):

@@ -8,17 +8,19 @@ behind it, so one batcher and one agent serve both.
 
 Each engine family has its own typed request `R` (a dataclass, e.g. Kokoro's
 `SpeechRequest`), made only by its `prepare`; the bus (scheduler, agents) treats requests as
-opaque and never reads their fields. Results stay wire-ready dicts:
+opaque and never reads their fields. Results are typed records too (Whisper's `Transcript`,
+Kokoro's `Speech`); the bus only asks a result for its wire form (`Result.to_wire`), which
+the model manager sends to the agents (docs/protocol.md):
 
-- STT result: {"text": str, "language": str}.
-- TTS result: {"audio": float32 ndarray, "sample_rate": int}.
+- STT: {"text", "language", "truncated"}, plus "segments" and "words" when asked for.
+- TTS: {"audio": float32 ndarray, "sample_rate": int}.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,8 +29,15 @@ Task = Literal["stt", "tts"]
 Fields = Mapping[str, Any]
 #: Kept for engines whose requests are still field maps.
 Request = Mapping[str, Any]
-Result = dict[str, Any]
 R = TypeVar("R")
+
+
+class Result(Protocol):
+    """What `Engine.run_batch` returns for one request: a typed record of the engine family."""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The result's fields as the model manager sends them (docs/protocol.md)."""
+        ...
 
 
 class Engine(ABC, Generic[R]):

@@ -30,13 +30,17 @@ import socket
 import struct
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.load import Outcome
 from bench.workload import ROOT, Mode, Task, Workload
 from model_manager.config import ModelSpec
+
+if TYPE_CHECKING:
+    from model_manager.engines.base import Result
+    from model_manager.engines.kokoro.engine import Speech
 
 FAILED_CHUNK = 0xFFFFFFFF
 TTS_RATE = 24_000
@@ -71,7 +75,7 @@ class EngineServer:
         self.engine = build_engine(spec)
         self.histogram: Counter[int] = Counter()
 
-    async def infer(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def infer(self, requests: list[Any]) -> list[Result]:
         """Called with one request; `serve.batch` gathers the calls and passes the list."""
         self.histogram[len(requests)] += 1
         return await asyncio.to_thread(self.engine.run_batch, requests)
@@ -84,7 +88,7 @@ class EngineServer:
         if self.engine.task == "stt":
             audio = np.frombuffer(await request.body(), dtype="<f4").astype(np.float32)
             result = await self.infer(self.engine.prepare({"audio": audio}))
-            return JSONResponse({"text": result["text"]})
+            return JSONResponse({"text": result.text})
         from dataclasses import replace
 
         from model_manager.engines.kokoro.text_split import split_for_streaming
@@ -124,8 +128,8 @@ def _run_applications(serve: Any, applications: list[tuple[Any, str]]) -> None:
     serve.run_many(targets)
 
 
-def _pcm(result: dict[str, Any]) -> bytes:
-    return np.asarray(result["audio"], dtype="<f4").tobytes()
+def _pcm(speech: Speech) -> bytes:
+    return np.asarray(speech.audio, dtype="<f4").tobytes()
 
 
 class Peer:

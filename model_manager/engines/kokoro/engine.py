@@ -1,8 +1,8 @@
 """Kokoro-82M text-to-speech engine (task "tts"), with batching across requests.
 
 Request: a `SpeechRequest` (text, voice, speed), made by `prepare` from the client's fields
-{"text", "voice"?, "speed"?}; result: {"audio": float32 ndarray at
-24 kHz, "sample_rate": 24000}. `voice` is a pack name or a weighted mix ("jf_alpha(2)+jm_kumo(1)",
+{"text", "voice"?, "speed"?}; result: a `Speech` (float32 audio at 24 kHz, on the wire
+{"audio", "sample_rate": 24000}). `voice` is a pack name or a weighted mix ("jf_alpha(2)+jm_kumo(1)",
 see `model_manager.engines.kokoro.voices`); it defaults to `default_voice`, `speed` to 1.0. The text may
 hold pause markers such as ``[pause:0.5]`` (see `model_manager.engines.kokoro.text_split`).
 
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_manager.engines.base import Engine, Fields, Result, resolve_device
+from model_manager.engines.base import Engine, Fields, resolve_device
 from model_manager.engines.kokoro import text_split
 from model_manager.engines.kokoro.text_split import Pause
 from model_manager.errors import (
@@ -87,6 +87,18 @@ class SpeechRequest:
     text: str
     voice: str
     speed: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class Speech:
+    """What `run_batch` answers for one request: its float32 audio, mono, at `sample_rate`
+    (compared by identity: arrays have no single truth value)."""
+
+    audio: np.ndarray
+    sample_rate: int = SAMPLE_RATE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"audio": self.audio, "sample_rate": self.sample_rate}
 
 
 @dataclass(frozen=True)
@@ -220,7 +232,7 @@ class KokoroEngine(Engine[SpeechRequest]):
         return {**super().describe(), "backend": self.backend, "sample_rate": SAMPLE_RATE,
                 "voices": self.voices.names(), "default_voice": self.default_voice}
 
-    def run_batch(self, requests: Sequence[SpeechRequest]) -> list[Result]:
+    def run_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
         """One result per request, in order; raises BusError on any failure (never silence)."""
         try:
             plans = [self.plan(request) for request in requests]
@@ -327,10 +339,10 @@ class KokoroEngine(Engine[SpeechRequest]):
 
     @staticmethod
     def _assemble(request: int, plan: list[PlannedPiece | Pause],
-                  audio: dict[tuple[int, int], np.ndarray]) -> Result:
+                  audio: dict[tuple[int, int], np.ndarray]) -> Speech:
         parts = [np.zeros(int(round(piece.seconds * SAMPLE_RATE)), np.float32) if isinstance(piece, Pause)
                  else audio[(request, p)] for p, piece in enumerate(plan)]
-        return {"audio": np.concatenate(parts).astype(np.float32, copy=False), "sample_rate": SAMPLE_RATE}
+        return Speech(np.concatenate(parts).astype(np.float32, copy=False), SAMPLE_RATE)
 
 
 def _auto_backend(weights: str | None, device: str, dtype: str | None) -> str:

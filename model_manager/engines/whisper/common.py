@@ -6,7 +6,8 @@ input features, prompts, windows and bounds and therefore give the same text.
 - `WhisperTokens` knows the special token ids and builds the decoder prompt.
 - `WhisperEngine.run_batch` answers requests without speech at once, cuts audio longer than
   one 30 s window into windows, runs the windows that share a window length together
-  through the subclass's `transcribe_windows`, and joins each request's texts.
+  through the subclass's `transcribe_windows`, and joins each request's texts into its
+  `Transcript` (result.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from model_manager.engines.base import Engine, Result
+from model_manager.engines.base import Engine
 from model_manager.engines.whisper import vad as speech_detector
 from model_manager.engines.whisper.request import SAMPLE_RATE, SttRequest, prepare_request
+from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     DEFAULT_MIN_WINDOW_S,
     FULL_WINDOW_S,
@@ -271,8 +273,8 @@ class WhisperEngine(Engine):
         silence = np.zeros(5 * SAMPLE_RATE, dtype=np.float32)
         return [self.prepare({"audio": silence, "vad": False}) for _ in range(count)]
 
-    def run_batch(self, requests: Sequence[SttRequest | Mapping[str, Any]]) -> list[Result]:
-        """One {"text", "language", "truncated"} per request, in order.
+    def run_batch(self, requests: Sequence[SttRequest | Mapping[str, Any]]) -> list[Transcript]:
+        """One `Transcript` per request, in order.
 
         A request without speech gets "" at once and costs no model call. Audio longer than
         one window is cut at pauses (`windows.split_into_windows`); windows that share a
@@ -310,12 +312,12 @@ class WhisperEngine(Engine):
                               [{"text": t.text, **t.details} for t in texts if t is not None])
 
     @staticmethod
-    def _joined(request: SttRequest, parts: Sequence[WindowText]) -> Result:
-        return {
-            "text": " ".join(p.text for p in parts if p.text),
-            "language": next((p.language for p in parts), request.language),
-            "truncated": any(p.truncated for p in parts),
-        }
+    def _joined(request: SttRequest, parts: Sequence[WindowText]) -> Transcript:
+        return Transcript(
+            text=" ".join(p.text for p in parts if p.text),
+            language=next((p.language for p in parts), request.language),
+            truncated=any(p.truncated for p in parts),
+        )
 
     @abstractmethod
     def transcribe_windows(self, windows: Sequence[Window]) -> list[WindowText]:

@@ -40,8 +40,7 @@ class CT2WhisperEngine(WhisperEngine):
 
     compute_type "auto" is int8 on CPU and float16 on CUDA. cpu_threads 0 lets CTranslate2
     pick (OMP_NUM_THREADS or its default). min_window_s and vad: see window_policy and vad
-    (None: the default floor). Results: {"text": stripped str, "language": code,
-    "truncated": bool}.
+    (None: the default floor). Results: `Transcript`s (result.py), text stripped.
     """
 
     def __init__(self, name: str, model_dir: str | Path, device: str = "auto", compute_type: str = "auto",

@@ -42,7 +42,7 @@ class HFWhisperEngine(WhisperEngine):
     dtype "auto" is float32 on CPU and float16 on CUDA; "bfloat16" is accepted too. Windows
     shorter than 30 s run through the encoder with its positional table sliced to their
     length (transformers' own encoder refuses anything but 3000 frames).
-    Results: {"text": stripped str, "language": code, "truncated": bool}, as the CTranslate2 engine.
+    Results: `Transcript`s (result.py), text stripped, as the CTranslate2 engine's.
     """
 
     def __init__(self, name: str, model: str | Path, device: str = "auto", dtype: str = "auto",

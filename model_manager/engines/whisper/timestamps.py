@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import ctranslate2
@@ -32,7 +32,7 @@ import numpy as np
 from faster_whisper.tokenizer import Tokenizer as WordTokenizer
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
-from model_manager.engines.base import Request, Result
+from model_manager.engines.base import Request
 from model_manager.engines.whisper.common import (
     MAX_TARGET_POSITIONS,
     SAMPLE_RATE,
@@ -44,6 +44,7 @@ from model_manager.engines.whisper.common import (
     out_of_memory_as_bus_error,
 )
 from model_manager.engines.whisper.request import Details
+from model_manager.engines.whisper.result import Segment, Transcript, Word
 from model_manager.errors import INVALID_FIELD, BusError
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ NO_SPEECH_THRESHOLD = 0.6
 MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+#: One window's {"text", "language"[, "segments"[, "words"]]}, times from the window's start;
+#: `attach_details` makes them a request's `Transcript`.
+WindowResult = dict[str, Any]
 
 
 def prepare_details(request: Mapping[str, Any], encode: Callable[[str], list[int]] | None,
@@ -230,10 +234,10 @@ def words_into_segments(segments: list[dict[str, Any]], words: Sequence[dict[str
 
 def window_result(attempt: Attempt, language: str | None, details: Details, duration: float,
                   tokens: WhisperTokens, decode: Callable[[Sequence[int]], str],
-                  words: Sequence[dict[str, Any]] | None) -> Result:
-    """The engine result of one window: text, language, and when asked segments (and words),
-    times from the window's start."""
-    result: Result = {"text": attempt.text, "language": language}
+                  words: Sequence[dict[str, Any]] | None) -> WindowResult:
+    """The result of one window: text, language, and when asked segments (and words), times
+    from the window's start."""
+    result: WindowResult = {"text": attempt.text, "language": language}
     if details.timestamps is None:
         return result
     pieces = split_segments(attempt.ids, tokens.no_timestamps + 1, tokens.eot, duration)
@@ -249,29 +253,35 @@ def window_result(attempt: Attempt, language: str | None, details: Details, dura
     return result
 
 
-def attach_details(joined: list[Result], windows: Sequence[tuple[int, np.ndarray]],
-                   window_results: Sequence[Result]) -> list[Result]:
-    """`joined` (one result per request) with the `segments` and `words` of its windows, times
-    shifted by where each window starts in the request's audio and rounded to milliseconds;
-    requests without timestamps are returned as they are."""
+def attach_details(joined: Sequence[Transcript], windows: Sequence[tuple[int, np.ndarray]],
+                   window_results: Sequence[WindowResult]) -> list[Transcript]:
+    """`joined` (one transcript per request) with the `segments` and `words` of its windows,
+    times shifted by where each window starts in the request's audio and rounded to
+    milliseconds; transcripts of requests without timestamps are returned as they are."""
     offsets: dict[int, float] = {}
+    segments: dict[int, list[Segment]] = {}
+    words: dict[int, list[Word]] = {}
     for (owner, piece), result in zip(windows, window_results, strict=True):
         offset = offsets.get(owner, 0.0)
         offsets[owner] = offset + len(piece) / SAMPLE_RATE
         if "segments" not in result:
             continue
-        target = joined[owner]
-        segments = target.setdefault("segments", [])
-        first_segment = len(segments)
+        own = segments.setdefault(owner, [])
+        first_segment = len(own)
         for segment in result["segments"]:
-            segments.append({**segment, "id": len(segments), "start": round(segment["start"] + offset, 3),
-                             "end": round(segment["end"] + offset, 3)})
+            own.append(Segment(**{**segment, "id": len(own), "start": round(segment["start"] + offset, 3),
+                                  "end": round(segment["end"] + offset, 3)}))
         if "words" in result:
-            target.setdefault("words", []).extend(
-                {**word, "start": round(word["start"] + offset, 3), "end": round(word["end"] + offset, 3),
-                 "probability": round(word["probability"], 4), "segment": word["segment"] + first_segment}
+            words.setdefault(owner, []).extend(
+                Word(**{**word, "start": round(word["start"] + offset, 3),
+                        "end": round(word["end"] + offset, 3), "probability": round(word["probability"], 4),
+                        "segment": word["segment"] + first_segment})
                 for word in result["words"])
-    return joined
+    timed = list(joined)
+    for owner, own in segments.items():
+        timed[owner] = replace(timed[owner], segments=tuple(own),
+                               words=tuple(words[owner]) if owner in words else None)
+    return timed
 
 
 def transcribe_windows_of(engine: CT2WhisperEngine, windows: Sequence[Window]) -> list[WindowText]:
@@ -288,7 +298,7 @@ def transcribe_windows_of(engine: CT2WhisperEngine, windows: Sequence[Window]) -
     return texts
 
 
-def transcribe_windows(engine: CT2WhisperEngine, prepared: Sequence[Request]) -> list[Result]:
+def transcribe_windows(engine: CT2WhisperEngine, prepared: Sequence[Request]) -> list[WindowResult]:
     """One {"text", "language"[, "segments"[, "words"]]} per window of a batch whose requests
     share their `Details.batch_key`: encode once, generate at the first temperature, decode the
     windows that need it again at the next ones, then align the words of all windows at once."""
