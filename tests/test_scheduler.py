@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -281,3 +282,41 @@ def test_a_memory_budget_learns_only_from_batches_that_ran_alone_on_their_device
     first.end(1)
     assert first.bytes_per_item >= 0.0
     assert MemoryBudget._running.get("cpu") == 0
+
+
+class CpuLikeEngine(ScriptedEngine):
+    """Takes 0.1 s for one item, 0.32 s for four: batching gains little, as on a CPU."""
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
+        time.sleep(0.1 + 0.073 * (len(requests) - 1))
+        return super().run_batch(requests)
+
+
+def test_a_job_with_a_near_target_is_not_held_in_a_batch_the_engine_runs_slower_than_that():
+    # Measured: one item takes 0.1 s, four 0.32 s. A job wanted within 0.15 s runs in a batch
+    # of one; the jobs without a target then run together.
+    engine = CpuLikeEngine()
+    answered: list[int] = []
+    done = threading.Event()
+
+    def on_done(job: Job, outcome: object) -> None:
+        answered.append(job.request["x"])
+        if len(answered) == 4:
+            done.set()
+
+    worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=1), on_done)
+    for size, seconds in ((1, 0.1), (2, 0.18), (4, 0.32)):
+        for _ in range(worker.cost.min_observations):
+            worker.cost.observe(size, float(size), seconds)
+    engine.gate.clear()
+    urgent = Job(job_id="0", model="scripted", request={"x": 0}, key="k", deadline=1e12, priority=-1,
+                 target=time.monotonic() + 0.15)
+    worker.submit(urgent)
+    for x in (1, 2, 3):
+        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
+    worker.start()
+    engine.gate.set()
+    assert done.wait(10)
+    worker.stop(5)
+    assert engine.calls == [[0], [1, 2, 3]]
+    assert urgent.due_by() == urgent.target  # soft: it sizes batches, the deadline still expires
