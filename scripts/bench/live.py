@@ -1,6 +1,6 @@
 """Live STT streams at real-time pace: N microphones talking to the bus at once.
 
-Each stream replays a clip (three utterances of the WER set's phrases, spoken by one of its
+Each stream replays a clip (six utterances of the WER set's phrases, spoken by one of its
 espeak-ng voices, with 1 s pauses between them) as a microphone would send it: 100 ms
 chunks, each sent as soon as it has been "recorded" (chunk k at k+1 chunk lengths after
 the stream's start), on one socket, while a second
@@ -62,7 +62,7 @@ class LiveClip:
         return len(self.audio) / STT_RATE
 
 
-def make_live_clips(count: int, per_clip: int = 3) -> list[LiveClip]:
+def make_live_clips(count: int, per_clip: int = 6) -> list[LiveClip]:
     """`count` clips of `per_clip` phrases each, with pauses, rotating through the WER set's
     phrases; each clip in the next of its espeak-ng voices."""
     sys.path.insert(0, str(ROOT / "scripts"))
