@@ -17,6 +17,7 @@ import soundfile as sf
 from model_manager.audio import decode_audio, load_resampler
 from model_manager.config import Limits
 from model_manager.engines.kokoro.text_split import split_for_streaming
+from model_manager.engines.whisper.request import beam_size_of, flag_of
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
 
 ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
@@ -63,7 +64,6 @@ class Service:
 
 
 # The documented range; the engine checks it again, with what else it knows.
-MAX_BEAM_SIZE = 10
 
 
 def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
@@ -76,21 +76,12 @@ def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
             if not valid_unicode(fields[key]):
                 raise BusError(INVALID_FIELD, f"{key} must be a string, got {type(fields[key]).__name__}")
             request[key] = fields[key]
-    beam_size = fields.get("beam_size")
-    if beam_size is not None:
-        if (
-            isinstance(beam_size, bool)
-            or not isinstance(beam_size, int)
-            or not 1 <= beam_size <= MAX_BEAM_SIZE
-        ):
-            raise BusError(
-                INVALID_FIELD, f"beam_size must be an integer in 1..{MAX_BEAM_SIZE}, got {beam_size!r:.50}"
-            )
-        request["beam_size"] = beam_size
+    # The Whisper family's own rules (engines/whisper/request.py), checked here too so that
+    # a bad item is refused before its audio travels to the model manager.
+    if fields.get("beam_size") is not None:
+        request["beam_size"] = beam_size_of(fields["beam_size"])
     if fields.get("vad") is not None:
-        if not isinstance(fields["vad"], bool):
-            raise BusError(INVALID_FIELD, f"vad must be true or false, got {fields['vad']!r:.50}")
-        request["vad"] = fields["vad"]
+        request["vad"] = flag_of(fields, "vad", True)
     # prompt, temperature and timestamps: checked by the engine (timestamps.prepare_details).
     if fields.get("prompt") is not None and not valid_unicode(fields["prompt"]):
         raise BusError(INVALID_FIELD, "prompt must be a string")

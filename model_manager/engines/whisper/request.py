@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from model_manager.engines.whisper import vad as speech_detector
 from model_manager.engines.whisper.window_policy import FULL_WINDOW_S, WindowPolicy
 from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, INVALID_FIELD, MISSING_FIELD, BusError
 
@@ -125,18 +124,22 @@ def validate_audio(audio: object) -> np.ndarray:
     return arr
 
 
-def _beam_size(value: object) -> int:
+def beam_size_of(value: object) -> int:
+    """The checked `beam_size` field (1 when absent). The agents check a client's item with
+    this too, before its audio travels to the model manager."""
     if value is None:
         return 1
     # bool is an int subclass; True as a beam size is a client bug, not 1.
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise BusError(INVALID_FIELD, f"beam_size must be an integer, got {value!r}")
+        raise BusError(INVALID_FIELD, f"beam_size must be an integer in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, "
+                                      f"got {value!r:.50}")
     if not MIN_BEAM_SIZE <= value <= MAX_BEAM_SIZE:
         raise BusError(INVALID_FIELD, f"beam_size must be in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, got {value}")
     return int(value)
 
 
-def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+def flag_of(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    """The checked boolean field `name` (`default` when absent)."""
     value = fields.get(name)
     if value is None:
         return default
@@ -155,6 +158,9 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
     passes through unchanged, so preparing twice is harmless.
     """
     from model_manager.engines.whisper import timestamps  # it imports common, which imports this
+
+    # faster-whisper's VAD imports in ~0.2 s: not in the agents, which import this module's checks.
+    from model_manager.engines.whisper import vad as speech_detector
     if isinstance(fields, SttRequest):
         return fields
     task = fields.get("task") or "transcribe"
@@ -162,13 +168,13 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
         raise BusError(INVALID_FIELD, f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if task == "translate" and not multilingual:
         raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
-    beam_size = _beam_size(fields.get("beam_size"))
+    beam_size = beam_size_of(fields.get("beam_size"))
     language = validate_language(fields.get("language"), multilingual, known_languages, model_name)
     checked = timestamps.prepare_details(fields, encode_prompt, model_name)
     details = Details(tuple(checked["prompt_ids"]), checked["temperature"], checked["timestamps"])
     if details.requested:
         policy = WindowPolicy(min_window_s=FULL_WINDOW_S)
-    use_vad = _flag(fields, "vad", vad_default)
+    use_vad = flag_of(fields, "vad", vad_default)
     audio = validate_audio(fields.get("audio"))
     received_s = len(audio) / SAMPLE_RATE
     if use_vad:
