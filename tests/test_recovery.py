@@ -43,7 +43,10 @@ def test_kill_9_of_the_model_manager_loses_no_request_in_flight(tmp_path):
             t.join(150)
         replacement = model_manager_process(bus.process.pid)
         assert replacement.pid != victim.pid
-        health = bus.request({"action": "health"})
+        # The agent learns the model manager's readiness from its next pong (once a second).
+        deadline = time.monotonic() + 10
+        while not (health := bus.request({"action": "health"}))["ready"] and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert health["ready"] is True
     finally:
         stop_bus(bus)
