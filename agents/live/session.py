@@ -158,6 +158,7 @@ class _Heard:
 
     index: int
     start_s: float
+    previous_end_s: float  # where the utterance before it ended
     words: tuple[str, ...]
 
 
@@ -367,11 +368,10 @@ class LiveSession:
 
     def _request(self, utterance: _Utterance, final: bool, end_s: float) -> DecodeRequest:
         context = self._context_for(utterance, end_s)
-        if context:
-            start_s = context[0].start_s
-        else:  # pad the start as far as the previous utterance allows
-            start_s = max(utterance.start_s - self._extra_pad_s, utterance.previous_end_s)
-            start_s = min(utterance.start_s, max(start_s, self._kept_from_s))
+        first: _Utterance | _Heard = context[0] if context else utterance
+        # Pad the start as far as the utterance before the first one heard allows.
+        start_s = max(first.start_s - self._extra_pad_s, first.previous_end_s, self._kept_from_s)
+        start_s = min(first.start_s, start_s)
         audio = self._audio_between(start_s, end_s)
         request = DecodeRequest(self._next_decode, utterance.index, final, audio, start_s, end_s,
                                 context_words=tuple(w for h in context for w in h.words))
@@ -397,11 +397,12 @@ class LiveSession:
         while self._next_final in self._ready_finals:
             released = self._ready_finals.pop(self._next_final)
             step.events.append(released)
+            done = self._utterances.pop(self._next_final)
             if released.type == FINAL:
-                self._heard.append(_Heard(released.utterance, released.start_s, tuple(released.text.split())))
+                self._heard.append(_Heard(done.index, done.start_s, done.previous_end_s,
+                                          tuple(released.text.split())))
             else:  # its words are unknown: no context reaches across it
                 self._heard.clear()
-            del self._utterances[self._next_final]
             self._next_final += 1
             following = self._utterances.get(self._next_final)
             if following is not None and following.pending_partial is not None:
@@ -443,7 +444,8 @@ class LiveSession:
         # decodes, as far back as `context_s`.
         starts = [h.start_s for h in self._heard] + [u.start_s for u in self._utterances.values()]
         if starts and self.config.context_s > 0:
-            keep_from_s = min(keep_from_s, max(min(starts), self.audio_seconds - self.config.context_s))
+            oldest_s = max(min(starts), self.audio_seconds - self.config.context_s)
+            keep_from_s = min(keep_from_s, oldest_s - self._extra_pad_s)
         keep_from = round(keep_from_s * SAMPLE_RATE)
         while self._chunks and self._chunks[0].start + len(self._chunks[0].samples) <= keep_from:
             self._chunks.pop(0)
