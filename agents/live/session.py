@@ -69,7 +69,7 @@ class LiveConfig:
     decode_pad_s: float = 0.5
     #: Decodes hear the previous utterances whose finals are out while the span from the
     #: oldest of them to the decode's end stays within this many seconds (0: none). Finals'
-    #: WER on tiny.en (scripts/live_wer.py, 72 utterances): 18.5% alone, 14.7% with 10 s,
+    #: WER on tiny.en (scripts/live_wer.py, 72 utterances): 18.5% alone, 13.3% with 10 s,
     #: against 11.9% for the clips sent whole. More context costs more decoding per decode.
     context_s: float = 10.0
 
