@@ -81,12 +81,19 @@ class Monitor:
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.addresses)), thread_name_prefix="monitor")
 
     def latest(self) -> dict[str, Any]:
-        """The latest sample, taken now if it is older than FRESH_S; keeps the sampler going."""
+        """The latest sample, taken now if it is older than FRESH_S; keeps the sampler going.
+        While a sample is being taken (agents can take seconds to answer), the page gets the
+        one before rather than wait: the next refresh shows the new one."""
         self._wanted_at = time.monotonic()
-        with self._lock:
+        have_one = self._latest_at > float("-inf")
+        if not self._lock.acquire(blocking=not have_one):
+            return self._latest
+        try:
             if time.monotonic() - self._latest_at > FRESH_S:
                 self._sample_locked()
             return self._latest
+        finally:
+            self._lock.release()
 
     def sample(self) -> dict[str, Any]:
         """Ask every agent at once (a slow one does not hold up the others); store and return it."""

@@ -356,6 +356,9 @@ class ServiceAgent:
     def _stats(self, call: ClientCall, _prepared: Prepared) -> None:
         job_id = uuid.uuid4().hex
         self.control[job_id] = ControlCall(call, "stats", time.monotonic() + STATS_TIMEOUT_S)
+        if not self.link.alive:  # known to be away: the agent's own figures, without waiting
+            self._answer_control(job_id, None)
+            return
         self.link.send({"type": "stats", "job_id": job_id})
 
     def _configure(self, call: ClientCall, prepared: Prepared) -> None:
