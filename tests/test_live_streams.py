@@ -236,7 +236,7 @@ def test_bad_input_is_refused_and_the_stream_carries_on(live):
 
 def test_partials_share_a_budget_fairly_and_it_adapts_to_the_engine():
     host, worker, clock = FakeHost(), InlineWorker(), Clock()
-    streams = LiveStreams(host, worker, LiveSettings(partial_target_s=1.0), clock=clock)
+    streams = LiveStreams(host, worker, LiveSettings(partial_slow_s=1.0), clock=clock)
     speech = speak(SENTENCES[1])
     for name in "abc":
         streams.open(Call(), {}, name, clock.now)

@@ -35,7 +35,7 @@ Contract:
   served, one place per stream), and a stream's request is cut when its turn comes, so it
   covers its newest audio. The budget adapts to the engine (additive increase,
   multiplicative decrease, as TCP's window): it halves when a partial took longer than
-  `partial_target_s` from send to answer and grows while they are quicker, so partials
+  `partial_slow_s` from send to answer and grows while they are quicker, so partials
   never pile up in front of finals on a slow engine, and batch widely on a fast one. While
   a final decode is at the model manager no partial starts: no final waits behind a
   partial sent after it.
@@ -91,7 +91,8 @@ class LiveSettings:
     max_buffered_events: int = 10_000
     partial_timeout_ms: int = 10_000
     request_timeout_ms: int = 120_000
-    partial_target_s: float = 1.0
+    #: A partial answered later than this after it was sent halves the partial budget.
+    partial_slow_s: float = 1.0
     #: When a decode's answer is wanted (sent as the job's target_ms: batches are sized so
     #: that the most urgent job's answer comes by then, as the engine's measured costs predict).
     final_target_ms: int = 300
@@ -361,7 +362,7 @@ class LiveStreams:
 
     def _partial_answered(self, job_id: str, now: float) -> None:
         sent_at = self._partial_jobs.pop(job_id)
-        if now - sent_at > self.settings.partial_target_s:
+        if now - sent_at > self.settings.partial_slow_s:
             if sent_at >= self._last_decrease:  # one decrease per round trip, not one per answer
                 self.partial_budget = max(1.0, self.partial_budget / 2)
                 self._last_decrease = now
