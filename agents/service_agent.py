@@ -354,11 +354,12 @@ class ServiceAgent:
         self._send(call, voices_reply(self.service.task, self._view()))
 
     def _stats(self, call: ClientCall, _prepared: Prepared) -> None:
-        job_id = uuid.uuid4().hex
-        self.control[job_id] = ControlCall(call, "stats", time.monotonic() + STATS_TIMEOUT_S)
+        pending = ControlCall(call, "stats", time.monotonic() + STATS_TIMEOUT_S)
         if not self.link.alive:  # known to be away: the agent's own figures, without waiting
-            self._answer_control(job_id, None)
+            self._reply_control(pending, None)
             return
+        job_id = uuid.uuid4().hex
+        self.control[job_id] = pending
         self.link.send({"type": "stats", "job_id": job_id})
 
     def _configure(self, call: ClientCall, prepared: Prepared) -> None:
@@ -372,8 +373,10 @@ class ServiceAgent:
 
     def _answer_control(self, job_id: str, answer: dict[str, Any] | None) -> None:
         pending = self.control.pop(job_id, None)
-        if pending is None:
-            return
+        if pending is not None:
+            self._reply_control(pending, answer)
+
+    def _reply_control(self, pending: ControlCall, answer: dict[str, Any] | None) -> None:
         stats = agent_stats(self.service.task, self.counters, len(self.inflight), len(self.results),
                             len(self.streams))
         if self.live is not None:
