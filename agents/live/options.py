@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from agents.live.endpointing import EndpointConfig
 from agents.live.session import LiveConfig
 from agents.live.vad import SAMPLE_RATE
 from agents.services import parse_stt_item
@@ -67,13 +66,12 @@ def session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
     endpoint = base.endpoint
     if "end_silence_ms" in values or "vad_threshold" in values:
         threshold = values.get("vad_threshold", endpoint.threshold)
-        endpoint = EndpointConfig(**{
-            **endpoint.__dict__,
-            "min_silence_s": values.get("end_silence_ms", endpoint.min_silence_s * 1000) / 1000,
-            "threshold": threshold,
-            "neg_threshold": None if endpoint.neg_threshold is None
-            else min(endpoint.neg_threshold, threshold),
-        })
+        endpoint = replace(
+            endpoint,
+            min_silence_s=values.get("end_silence_ms", endpoint.min_silence_s * 1000) / 1000,
+            threshold=threshold,
+            neg_threshold=None if endpoint.neg_threshold is None else min(endpoint.neg_threshold, threshold),
+        )
     interval = values.get("partial_interval_ms", base.decode_interval_s * 1000) / 1000
     context_s = values.get("context_ms", base.context_s * 1000) / 1000
     return replace(base, endpoint=endpoint, decode_interval_s=interval, context_s=context_s,
