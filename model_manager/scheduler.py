@@ -396,15 +396,23 @@ class ModelWorker:
             return limit
         limit = self.memory.max_items(limit)
         queued = self.batcher.queued()
-        if queued:
-            # Keep the batch small enough to finish before the most urgent request's target
-            # (its deadline when it has none): a live final must not wait for a batch of
-            # partials that the engine runs slower than the final alone (a CPU does).
-            urgent = min(queued, key=Job.due_by)
+        # Keep the batch small enough to finish before the most urgent request's target (its
+        # deadline when it has none): a live final must not wait for a batch of partials that
+        # the engine runs slower than the final alone (a CPU does). A request that would miss
+        # its target even alone no longer sizes batches: shrinking them could not save it,
+        # and under overload, when every target is missed, batches of one would only cut
+        # throughput when the queue is longest.
+        savable = [j for j in queued if self._can_make_target(j, now)]
+        if savable:
+            urgent = min(savable, key=Job.due_by)
             units = sum(j.cost for j in queued) / len(queued)
             cost = self._cost(urgent.bucket)
             limit = min(limit, cost.largest_within(urgent.due_by() - now, units, limit))
         return limit
+
+    def _can_make_target(self, job: Job, now: float) -> bool:
+        alone = self._cost(job.bucket).predict(1, job.cost)
+        return alone is None or job.due_by() - now >= alone
 
     def _next_batch_locked(self) -> Batch[Job] | None:
         while not self._stopping:
