@@ -17,9 +17,12 @@ Contract
     `lone_wait_s` (a few ms): a single user does not pay the batching wait; or it is the only
     item queued and it arrived at least `lone_wait_s` after the worker went idle
     (`idle_since`): nothing is running whose replies could bring company, so it runs at once
-    (unless `lone_wait_s` >= `max_wait_s`, which turns every fast path off). Neither holds
-    while the caller says `incoming` jobs are on their way (being prepared): a burst must
-    not leave its first item to run alone just before the rest arrive;
+    (unless `lone_wait_s` >= `max_wait_s`, which turns every fast path off); or the worker
+    is idle, every queued item is alone in its group (none can share a batch with another)
+    and nothing has arrived for `lone_wait_s`: the most urgent runs rather than leave the
+    worker idle (a live final and a partial of another window length, say). None of these
+    holds while the caller says `incoming` jobs are on their way (being prepared): a burst
+    must not leave its first item to run alone just before the rest arrive;
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
@@ -143,13 +146,21 @@ class DynamicBatcher(Generic[T]):
             return "timeout"
         if incoming:
             return None
-        if self._size == 1 and now - self._last_arrival >= p.lone_wait_s:
+        quiet = now - self._last_arrival >= p.lone_wait_s
+        if self._size == 1 and quiet:
             return "fast_path"
         # A lone wait as long as the batching wait turns every fast path off (a pinned policy).
-        if (self._size == 1 and idle_since is not None and p.lone_wait_s < p.max_wait_s
-                and self._last_arrival - idle_since >= p.lone_wait_s):
+        if idle_since is None or p.lone_wait_s >= p.max_wait_s:
+            return None
+        if self._size == 1 and self._last_arrival - idle_since >= p.lone_wait_s:
+            return "fast_path"
+        if self._only_singles() and quiet:
             return "fast_path"
         return None
+
+    def _only_singles(self) -> bool:
+        """Every queued item is alone in its group."""
+        return len(self._groups) == self._size
 
     def next_batch(
         self, now: float, limit: int | None = None, idle_since: float | None = None, incoming: int = 0
@@ -186,7 +197,7 @@ class DynamicBatcher(Generic[T]):
             if self._due_reason(key, group, now, idle_since, incoming) is not None:
                 return 0.0
             waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
-        if self._size == 1 and not incoming:
+        if not incoming and (self._size == 1 or (idle_since is not None and self._only_singles())):
             waits.append(self._last_arrival + self.policy.lone_wait_s - now)
         return max(0.0, min(waits))
 

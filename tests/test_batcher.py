@@ -136,6 +136,23 @@ def test_no_fast_path_while_others_are_queued():
     assert b.next_batch(0.1).items == ["a"]
 
 
+def test_an_idle_worker_runs_the_most_urgent_of_items_that_cannot_batch_together():
+    b = make(lone_request_wait_ms=2)
+    b.add("partial", "10s window", 1.0, priority=BULK)
+    b.add("final", "15s window", 1.001)
+    assert b.next_batch(1.002, idle_since=0.5) is None  # arrivals have not paused yet
+    assert b.seconds_until_due(1.002, idle_since=0.5) == pytest.approx(0.001)
+    batch = b.next_batch(1.003, idle_since=0.5)
+    assert batch.items == ["final"] and batch.reason == "fast_path"
+    b.add("company", "10s window", 1.004)  # a pair batches as before
+    b.add("other", "20s window", 1.004)
+    assert b.next_batch(1.01, idle_since=0.5).reason == "min_reached"
+    assert b.next_batch(1.011).items == ["other"]  # alone now: the lone rule
+    b.add("x", "10s window", 2.0)
+    b.add("y", "15s window", 2.0)
+    assert b.next_batch(2.01, idle_since=None) is None  # a busy worker: they wait for company
+
+
 def test_a_lone_request_reaching_an_idle_worker_runs_at_once():
     b = make(lone_request_wait_ms=2)
     b.add("a", "k", 1.0)
