@@ -411,3 +411,20 @@ def test_no_context_across_a_missing_or_failed_final():
     (final,) = [d for d in decodes if d.final]
     assert final.context_words == ()  # its words are unknown
     assert LiveSession(LiveConfig(context_s=0)).config.context_s == 0
+
+
+def test_a_final_with_context_that_lost_its_own_words_is_decoded_again_alone():
+    session = LiveSession(LiveConfig(context_s=4.0))
+    feeder = Feeder(session)
+    _utterance(feeder, session, "Call my mother.")
+    _, decodes, _ = collect(feeder.feed(0.3, 0.9) + feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    assert final.context_words == ("Call", "my", "mother.")
+    # Whisper stopped after the context: nothing of this utterance's own came back.
+    step = session.decoded(final.decode_id, "Call my mother.", feeder.now)
+    assert step.events == [] and session.finals_retried_alone == 1
+    (alone,) = step.decodes
+    assert alone.final and alone.context_words == () and alone.end_s == final.end_s
+    assert alone.start_s > final.start_s  # the utterance's own audio only
+    (event,) = session.decoded(alone.decode_id, "Stop.", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "Stop.")

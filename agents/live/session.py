@@ -24,7 +24,9 @@ Contract:
   and the neighbouring utterances allow). It also hears the stream's previous utterances,
   when their finals are out and the whole span fits in `context_s`: Whisper transcribes a
   short utterance better with the speech before it. Their final words are then cut from
-  the decode's answer, so a decode's words are always its own utterance's.
+  the decode's answer, so a decode's words are always its own utterance's. A final decode
+  with context that leaves no words of its own (Whisper stopped after the context it
+  re-heard) is sent again without context (`finals_retried_alone` counts them).
 - When an utterance ends, its final comes from the newest partial decode that holds all
   its speech and `decode_pad_s` after it, answered (the final is then ready at once) or
   in flight (its answer becomes the final); only when there is none is a final decode
@@ -176,6 +178,7 @@ class LiveSession:
         self.samples_received = 0
         self.skipped_decodes = 0
         self.finals_from_partials = 0  # finals that needed no decode of their own
+        self.finals_retried_alone = 0  # final decodes with context that lost the utterance
         self.closed = False
         self._chunks: list[_Chunk] = []
         self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
@@ -243,6 +246,11 @@ class LiveSession:
         utterance = self._utterances[request.utterance]
         words = request.own_words(text)
         if request.final:
+            if not words and request.context_words:
+                # Whisper sometimes stops after the context it re-heard: hear the utterance alone.
+                self.finals_retried_alone += 1
+                return Step(decodes=[self._request(utterance, final=True, end_s=request.end_s,
+                                                   with_context=False)])
             return self._final_event(utterance, words, now)
         utterance.partial_in_flight = None
         if request.end_s >= utterance.last_words_end_s:
@@ -366,8 +374,9 @@ class LiveSession:
             self.skipped_decodes += 1
         utterance.partial_wanted = True
 
-    def _request(self, utterance: _Utterance, final: bool, end_s: float) -> DecodeRequest:
-        context = self._context_for(utterance, end_s)
+    def _request(self, utterance: _Utterance, final: bool, end_s: float, with_context: bool = True
+                 ) -> DecodeRequest:
+        context = self._context_for(utterance, end_s) if with_context else []
         first: _Utterance | _Heard = context[0] if context else utterance
         # Pad the start as far as the utterance before the first one heard allows.
         start_s = max(first.start_s - self._extra_pad_s, first.previous_end_s, self._kept_from_s)

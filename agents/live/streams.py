@@ -159,7 +159,7 @@ class LiveStreams:
         self.events_sent: Counter[str] = Counter()
         self.decodes: Counter[str] = Counter()
         # The session counters of streams that have ended.
-        self.ended_skipped = self.ended_finals_from_partials = 0
+        self.ended_skipped = self.ended_finals_from_partials = self.ended_finals_retried_alone = 0
         self.decode_batch_sizes: Counter[int] = Counter()
         self.partial_budget = 2.0
         self._partial_jobs: dict[str, float] = {}  # partial decodes at the model manager: job_id -> sent at
@@ -297,6 +297,7 @@ class LiveStreams:
         sessions = [s.session for s in self.streams.values()]
         skipped = self.ended_skipped + sum(s.skipped_decodes for s in sessions)
         from_partials = self.ended_finals_from_partials + sum(s.finals_from_partials for s in sessions)
+        retried_alone = self.ended_finals_retried_alone + sum(s.finals_retried_alone for s in sessions)
         return {
             "open_streams": len(self.streams),
             "opened": self.opened,
@@ -305,6 +306,7 @@ class LiveStreams:
             "decodes": dict(self.decodes),
             "decodes_skipped": skipped,
             "finals_from_partials": from_partials,
+            "finals_retried_alone": retried_alone,
             "partial_budget": int(self.partial_budget),
             "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
             "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
@@ -457,6 +459,7 @@ class LiveStreams:
         self.registry.close(stream.stream_id)
         self.ended_skipped += stream.session.skipped_decodes
         self.ended_finals_from_partials += stream.session.finals_from_partials
+        self.ended_finals_retried_alone += stream.session.finals_retried_alone
         self._ended[stream.stream_id] = why
         while len(self._ended) > REMEMBERED_CLOSED:
             self._ended.popitem(last=False)
