@@ -26,9 +26,6 @@ Contract
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
-- `worth_taking(key, queued)`, when set, caps the batch taken from a due group that holds
-  `queued` items (the caller's measured costs: where more items would run no faster per
-  item than fewer, fewer go, and their answers come sooner).
 - `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
   returns at most its batch size of its items (or fewer, if `limit` says so), oldest
   first; None when nothing is due. Items that do not fit stay queued with their arrival
@@ -118,7 +115,6 @@ class DynamicBatcher(Generic[T]):
         self._size = 0
         self._last_arrival = float("-inf")
         self.group_size: Callable[[Hashable], int] | None = None
-        self.worth_taking: Callable[[Hashable, int], int] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -183,8 +179,6 @@ class DynamicBatcher(Generic[T]):
         size = 1 if not self.policy.enabled else self._batch_size(key)
         if limit is not None:
             size = max(1, min(size, limit))
-        if self.worth_taking is not None:
-            size = max(1, min(size, self.worth_taking(key, len(group.entries))))
         # Within a group, urgent items go first; the sort is stable, so arrival order holds.
         group.entries.sort(key=lambda e: e.priority)
         taken, group.entries = group.entries[:size], group.entries[size:]

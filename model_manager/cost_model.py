@@ -18,11 +18,6 @@ Contract
   and max_size itself) has `min_observations` batches, the smallest unexplored one is chosen,
   so the model explores before it exploits. Every `reexplore_every` choices it tries a
   neighbour of the best size once, so a stale estimate gets corrected.
-- `worth_taking(queued)` is how many of `queued` waiting requests one batch should take:
-  the smallest measured size up to `queued` whose throughput is within `tolerance` of the
-  best measured up to `queued`, so where a batch of them runs no faster per item than
-  fewer, fewer go and the first answers come sooner; all of them while a candidate size
-  up to `queued` (`queued` itself included) is still being explored.
 - `predict(size, units)` estimates the seconds a batch would take (None if unknown), and
   `largest_within(seconds, units_per_item, max_size)` is the largest size predicted to finish
   within `seconds`: the caller uses it to keep queued requests within their deadlines.
@@ -77,14 +72,6 @@ class CostModel:
                 return None
             rate = self.throughput(max(known))
         return units / rate  # type: ignore[operator]
-
-    def worth_taking(self, queued: int) -> int:
-        exploring = any(self.observations(s) < self.min_observations for s in self.candidates(1, queued))
-        if queued <= 1 or exploring:
-            return max(1, queued)
-        rates = {s: r for s in range(1, queued + 1) if (r := self.throughput(s)) is not None}
-        best_rate = max(rates.values())
-        return min(s for s, r in rates.items() if r >= best_rate * (1 - self.tolerance))
 
     def largest_within(self, seconds: float, units_per_item: float, max_size: int) -> int:
         for size in range(max_size, 1, -1):

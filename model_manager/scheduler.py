@@ -377,23 +377,18 @@ class ModelWorker:
             self.choice = self.choices[self._last_bucket]
             self.batcher.policy = p
             self.batcher.group_size = self._group_size_locked
-            self.batcher.worth_taking = self._worth_taking_locked
         else:
             self.choices = {}
             self.choice = SizeChoice(p.max_batch_size, "dynamic_batching is off: configured sizes")
             size = self.choice.size
             self.batcher.policy = replace(p, max_batch_size=size, min_batch_size=min(p.min_batch_size, size))
             self.batcher.group_size = None
-            self.batcher.worth_taking = None
 
     def _group_size_locked(self, key: Hashable) -> int:
         bucket = self._key_buckets.get(key)
         if bucket not in self.choices:  # first seen since the last refresh
             self.choices[bucket] = self._cost(bucket).choose(1, self.policy.max_batch_size)
         return self.choices[bucket].size
-
-    def _worth_taking_locked(self, key: Hashable, queued: int) -> int:
-        return self._cost(self._key_buckets.get(key)).worth_taking(queued)
 
     def _batch_limit_locked(self, now: float) -> int:
         limit = self.batcher.policy.max_batch_size

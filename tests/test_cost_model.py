@@ -85,19 +85,3 @@ def test_window_forgets_old_measurements():
     for _ in range(3):
         model.observe(2, 2.0, 1.0)
     assert model.throughput(2) == pytest.approx(2.0)
-
-
-def test_a_batch_takes_only_as_many_queued_requests_as_pay():
-    flat, gpu = CostModel(), CostModel()
-    for size in (1, 2, 4, 8):
-        for _ in range(flat.min_observations):
-            flat.observe(size, float(size), 0.1 * size * (0.8 if size == 8 else 1.0))  # a CPU
-            gpu.observe(size, float(size), 0.1 + 0.01 * size)
-    # Two or three waiting on the CPU: together no faster per item, so one goes (its answer
-    # comes at once, the other's no later); eight: the batch of eight pays.
-    assert [flat.worth_taking(n) for n in (1, 2, 8)] == [1, 1, 8]
-    assert [gpu.worth_taking(n) for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
-    assert flat.worth_taking(3) == 3  # size 3 is unmeasured: take them all and learn
-    for _ in range(flat.min_observations):
-        flat.observe(3, 3.0, 0.3)
-    assert flat.worth_taking(3) == 1

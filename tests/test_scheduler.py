@@ -349,30 +349,3 @@ def test_a_job_already_too_late_for_its_target_does_not_shrink_batches():
     assert done.wait(10)
     worker.stop(5)
     assert engine.calls == [[0, 1, 2, 3]]
-
-
-def test_two_jobs_an_engine_runs_no_faster_together_run_one_after_the_other():
-    # Measured: a batch costs its items' time run in turn (a CPU at small sizes). Batching
-    # the two would only delay the first answer; alone, it comes at once and the second
-    # no later.
-    engine = ScriptedEngine()
-    done = threading.Event()
-    answered: list[int] = []
-
-    def on_done(job: Job, outcome: object) -> None:
-        answered.append(job.request["x"])
-        if len(answered) == 2:
-            done.set()
-
-    worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=2), on_done)
-    for size in (1, 2, 4):
-        for _ in range(worker.cost.min_observations):
-            worker.cost.observe(size, float(size), 0.1 * size)
-    engine.gate.clear()
-    for x in (0, 1):
-        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
-    worker.start()
-    engine.gate.set()
-    assert done.wait(10)
-    worker.stop(5)
-    assert engine.calls == [[0], [1]]
