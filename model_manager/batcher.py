@@ -23,11 +23,7 @@ Contract
     worker idle (a live final and a partial of another window length, say). None of these
     holds while the caller says `incoming` jobs are on their way (being prepared): a burst
     must not leave its first item to run alone just before the rest arrive;
-  - `unbatched`: batching is disabled, so every item is due at once, alone;
-  - `priority`: another group is due, but this one holds an item of better priority than
-    any due group's: the worker is about to be busy anyway, and a less urgent batch must
-    not run ahead of it while it waits for company (a live final, say, ahead of a pair of
-    partials). Not while `incoming` jobs are on their way: its company may be among them.
+  - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
 - `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
@@ -108,7 +104,7 @@ class _Group(Generic[T]):
 class Batch(Generic[T]):
     key: Hashable
     items: list[T]
-    reason: str  # full | min_reached | timeout | fast_path | unbatched | priority
+    reason: str  # full | min_reached | timeout | unbatched
     waited_s: list[float]  # queue wait of each item, in the same order
 
 
@@ -178,10 +174,7 @@ class DynamicBatcher(Generic[T]):
         ]
         if not due:
             return None
-        urgency, key, reason = min(due, key=lambda d: d[0])
-        first_key, first = min(self._groups.items(), key=lambda kv: kv[1].urgency())
-        if first.urgency()[0] < urgency[0] and not incoming:
-            key, reason = first_key, "priority"
+        _, key, reason = min(due, key=lambda d: d[0])
         group = self._groups[key]
         size = 1 if not self.policy.enabled else self._batch_size(key)
         if limit is not None:

@@ -14,7 +14,7 @@ so one process, a test for instance, can hold several. Names follow the Triton/R
 |---|---|---|
 | voicebus_request_success_total | counter | model |
 | voicebus_request_failure_total | counter | model, reason (an error code) |
-| voicebus_batches_total | counter | model, reason (why it ran: batcher.Batch.reason) |
+| voicebus_batches_total | counter | model, reason (full, min_reached, timeout, fast_path, unbatched) |
 | voicebus_batch_fallbacks_total | counter | model, reason (oom_split, one_by_one) |
 | voicebus_queue_duration_seconds | histogram | model |
 | voicebus_compute_duration_seconds | histogram | model (one engine call) |

@@ -197,20 +197,3 @@ def test_jobs_still_on_their_way_hold_the_fast_path_but_not_the_timeout():
     assert b.next_batch(1.01, idle_since=0.5).reason == "fast_path"  # once they have arrived
     b.add("b", "k", 2.0)
     assert b.next_batch(2.1, incoming=1).reason == "timeout"  # never longer than max wait
-
-
-def test_a_less_urgent_batch_never_runs_ahead_of_a_more_urgent_request_waiting_for_company():
-    b = make(lone_request_wait_ms=2)
-    b.add("p1", "10s window", 1.0, priority=BULK)
-    b.add("p2", "10s window", 1.0, priority=BULK)  # a due pair
-    b.add("final", "15s window", 1.001)  # alone, young: would wait for company
-    assert b.next_batch(1.001, incoming=1).items == ["p1", "p2"]  # its company may be coming
-    b.add("p3", "10s window", 1.001, priority=BULK)
-    b.add("p4", "10s window", 1.001, priority=BULK)
-    batch = b.next_batch(1.001)
-    assert batch.items == ["final"] and batch.reason == "priority"
-    assert b.next_batch(1.001).items == ["p3", "p4"]
-    b.add("a", "k", 2.0)
-    b.add("b", "k", 2.0)  # a due pair of equal priority: nothing jumps the queue
-    b.add("c", "other", 2.0)
-    assert b.next_batch(2.0).items == ["a", "b"]
