@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from speech import SENTENCES, speak
 
-from agents.live.agreement import LocalAgreement, after_prefix, cut_context
+from agents.live.agreement import LocalAgreement, after_prefix, cut_context, repeats_itself
 from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from agents.live.session import FINAL, PARTIAL, SPEECH_ENDED, SPEECH_STARTED, LiveConfig, LiveSession
 from agents.live.vad import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, StreamingVad
@@ -428,3 +428,21 @@ def test_a_final_with_context_that_lost_its_own_words_is_decoded_again_alone():
     assert alone.start_s > final.start_s  # the utterance's own audio only
     (event,) = session.decoded(alone.decode_id, "Stop.", feeder.now).events
     assert (event.type, event.text) == (FINAL, "Stop.")
+
+
+def test_a_final_with_context_that_loops_on_its_own_words_is_decoded_again_alone():
+    assert repeats_itself("Open the garage door Open the garage door.".split())
+    assert repeats_itself("sounds good, sounds good".split())
+    assert not repeats_itself("Go back. Next one.".split())
+    assert not repeats_itself("no no".split())  # one word twice is speech as often as a loop
+    session = LiveSession(LiveConfig(context_s=4.0))
+    feeder = Feeder(session)
+    _utterance(feeder, session, "Remind me to buy milk.")
+    _, decodes, _ = collect(feeder.feed(0.3, 0.9) + feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    looped = "Remind me to buy milk. Open the door, open the door."
+    step = session.decoded(final.decode_id, looped, feeder.now)
+    (alone,) = step.decodes
+    assert alone.context_words == () and session.finals_retried_alone == 1
+    (event,) = session.decoded(alone.decode_id, "Open the door.", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "Open the door.")

@@ -93,3 +93,15 @@ def cut_context(context: Sequence[str], words: Sequence[str]) -> list[str]:
         if ratio > best_ratio:
             best_cut, best_ratio = cut, ratio
     return list(words[best_cut:])
+
+
+def repeats_itself(words: Sequence[str], shortest: int = 2) -> bool:
+    """Whether some run of at least `shortest` words comes twice in a row ("open the door
+    open the door"): how a decoder loop looks, and rare in speech."""
+    keys = _keys(words)
+    for n in range(shortest, len(keys) // 2 + 1):
+        for start in range(len(keys) - 2 * n + 1):
+            if keys[start:start + n] == keys[start + n:start + 2 * n]:
+                return True
+    return False
+

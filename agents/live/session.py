@@ -25,8 +25,9 @@ Contract:
   when their finals are out and the whole span fits in `context_s`: Whisper transcribes a
   short utterance better with the speech before it. Their final words are then cut from
   the decode's answer, so a decode's words are always its own utterance's. A final decode
-  with context that leaves no words of its own (Whisper stopped after the context it
-  re-heard) is sent again without context (`finals_retried_alone` counts them).
+  with context whose own words are none (Whisper stopped after the context it re-heard)
+  or repeat themselves (a decoder loop: `agreement.repeats_itself`) is sent again without
+  context (`finals_retried_alone` counts them).
 - When an utterance ends, its final comes from the newest partial decode that holds all
   its speech and `decode_pad_s` after it, answered (the final is then ready at once) or
   in flight (its answer becomes the final); only when there is none is a final decode
@@ -49,7 +50,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agents.live.agreement import LocalAgreement, cut_context
+from agents.live.agreement import LocalAgreement, cut_context, repeats_itself
 from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
 from agents.live.vad import SAMPLE_RATE
 
@@ -178,7 +179,7 @@ class LiveSession:
         self.samples_received = 0
         self.skipped_decodes = 0
         self.finals_from_partials = 0  # finals that needed no decode of their own
-        self.finals_retried_alone = 0  # final decodes with context that lost the utterance
+        self.finals_retried_alone = 0  # final decodes with context that lost or looped on the utterance
         self.closed = False
         self._chunks: list[_Chunk] = []
         self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
@@ -246,8 +247,9 @@ class LiveSession:
         utterance = self._utterances[request.utterance]
         words = request.own_words(text)
         if request.final:
-            if not words and request.context_words:
-                # Whisper sometimes stops after the context it re-heard: hear the utterance alone.
+            if request.context_words and (not words or repeats_itself(words)):
+                # Whisper sometimes stops after the context it re-heard, or loops on the
+                # utterance after it: hear the utterance alone.
                 self.finals_retried_alone += 1
                 return Step(decodes=[self._request(utterance, final=True, end_s=request.end_s,
                                                    with_context=False)])
