@@ -292,9 +292,9 @@ class CpuLikeEngine(ScriptedEngine):
         return super().run_batch(requests)
 
 
-def test_a_job_with_a_near_target_is_not_held_in_a_batch_the_engine_runs_slower_than_that():
-    # Measured: one item takes 0.1 s, four 0.32 s. A job wanted within 0.15 s runs in a batch
-    # of one; the jobs without a target then run together.
+def batches_behind_an_urgent_job(target_in_s: float) -> tuple[list[list[int]], Job]:
+    """The batches a CpuLikeEngine (its costs measured) runs for a job wanted within
+    `target_in_s` and three queued behind it without a target."""
     engine = CpuLikeEngine()
     answered: list[int] = []
     done = threading.Event()
@@ -310,7 +310,7 @@ def test_a_job_with_a_near_target_is_not_held_in_a_batch_the_engine_runs_slower_
             worker.cost.observe(size, float(size), seconds)
     engine.gate.clear()
     urgent = Job(job_id="0", model="scripted", request={"x": 0}, key="k", deadline=1e12, priority=-1,
-                 target=time.monotonic() + 0.15)
+                 target=time.monotonic() + target_in_s)
     worker.submit(urgent)
     for x in (1, 2, 3):
         worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
@@ -318,34 +318,19 @@ def test_a_job_with_a_near_target_is_not_held_in_a_batch_the_engine_runs_slower_
     engine.gate.set()
     assert done.wait(10)
     worker.stop(5)
-    assert engine.calls == [[0], [1, 2, 3]]
+    return engine.calls, urgent
+
+
+def test_a_job_with_a_near_target_is_not_held_in_a_batch_the_engine_runs_slower_than_that():
+    # Measured: one item takes 0.1 s, four 0.32 s. A job wanted within 0.15 s runs in a batch
+    # of one; the jobs without a target then run together.
+    calls, urgent = batches_behind_an_urgent_job(0.15)
+    assert calls == [[0], [1, 2, 3]]
     assert urgent.due_by() == urgent.target  # soft: it sizes batches, the deadline still expires
 
 
 def test_a_job_already_too_late_for_its_target_does_not_shrink_batches():
     # Overload: the urgent job would miss its target even alone, so a batch of one could not
     # save it; the queue runs in one batch of four, at the engine's best throughput.
-    engine = CpuLikeEngine()
-    answered: list[int] = []
-    done = threading.Event()
-
-    def on_done(job: Job, outcome: object) -> None:
-        answered.append(job.request["x"])
-        if len(answered) == 4:
-            done.set()
-
-    worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=1), on_done)
-    for size, seconds in ((1, 0.1), (2, 0.18), (4, 0.32)):
-        for _ in range(worker.cost.min_observations):
-            worker.cost.observe(size, float(size), seconds)
-    engine.gate.clear()
-    late = Job(job_id="0", model="scripted", request={"x": 0}, key="k", deadline=1e12, priority=-1,
-               target=time.monotonic() + 0.05)
-    worker.submit(late)
-    for x in (1, 2, 3):
-        worker.submit(Job(job_id=str(x), model="scripted", request={"x": x}, key="k", deadline=1e12))
-    worker.start()
-    engine.gate.set()
-    assert done.wait(10)
-    worker.stop(5)
-    assert engine.calls == [[0, 1, 2, 3]]
+    calls, _ = batches_behind_an_urgent_job(0.05)
+    assert calls == [[0, 1, 2, 3]]

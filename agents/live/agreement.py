@@ -104,4 +104,3 @@ def repeats_itself(words: Sequence[str], shortest: int = 2) -> bool:
             if keys[start:start + n] == keys[start + n:start + 2 * n]:
                 return True
     return False
-
