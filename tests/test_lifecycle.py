@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 from conftest import start_bus, stop_bus
 from speech import SENTENCES, speak
 
@@ -19,9 +20,12 @@ def test_sigterm_finishes_running_work_and_answers_everything_else(tmp_path):
             "VOICEBUS__BATCH_PROCESSING_CONFIG__MIN_BATCH_SIZE": "1",
         },
     )
-    clients = 8
+    # Many clients with several sentences each, so that work is still queued when SIGTERM
+    # arrives however fast the machine is.
+    clients = 16
     replies: list[dict | None] = [None] * clients
-    audio = [speak(s).tolist() for s in SENTENCES[:clients]]
+    clip = np.concatenate([speak(s) for s in SENTENCES[:3]]).tolist()
+    audio = [clip] * clients
 
     def client(i: int) -> None:
         replies[i] = bus.request(
@@ -32,7 +36,10 @@ def test_sigterm_finishes_running_work_and_answers_everything_else(tmp_path):
     try:
         for t in threads:
             t.start()
-        time.sleep(0.5)  # let the first batch start
+        # Signal as soon as the first answer is back: the next batch is running, the rest queued.
+        deadline = time.monotonic() + 60
+        while all(r is None for r in replies) and time.monotonic() < deadline:
+            time.sleep(0.01)
         bus.process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(90)
