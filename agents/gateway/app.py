@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.gateway import openai_api, seed_api, transcripts
+from agents.gateway import openai_api, realtime, seed_api, transcripts
 from agents.gateway.auth import ApiKeyCheck
 from agents.gateway.bus import BusClient
 from agents.gateway.errors import (
@@ -60,6 +60,7 @@ def build_app(config: Config, bus: BusClient, api_keys: frozenset[str] = frozens
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.include_router(openai_api.router)
     app.include_router(seed_api.router)
+    app.include_router(realtime.router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
     # Outermost first: log every request, then refuse a bad key, then a body over the limit.

@@ -49,19 +49,23 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 
 
 class ApiKeyCheck:
-    """ASGI middleware: 401 for a request without a valid key, before its body is read."""
+    """ASGI middleware: 401 for a request without a valid key, before its body is read; a
+    WebSocket without one is refused at the handshake (403)."""
 
     def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or not self.keys or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         if authorized(header, self.keys):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "invalid API key"})
             return
         payload = json.dumps({"error": {"message": "Incorrect or missing API key (Authorization: Bearer KEY)",
                                         "type": "authentication_error", "param": None,

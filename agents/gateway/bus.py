@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 import zmq.asyncio
 
@@ -133,6 +134,17 @@ class BusClient:
                 cancel = {"action": "cancel", "request_id": request_id}
                 self._in_background(self.request("tts", cancel, CONTROL_TIMEOUT_S))
 
+    async def open_live(self, fields: dict[str, Any]) -> LiveLink:
+        """A live speech-to-text stream (`stream_open` with `fields`). An error reply raises
+        BusReplyError."""
+        link = LiveLink(self, f"gateway-{uuid.uuid4().hex}")
+        try:
+            await link.call(link.audio_socket, {**fields, "action": "stream_open"})
+        except BaseException:
+            link.release()
+            raise
+        return link
+
     def _in_background(self, coroutine: Any) -> None:
         # A cancelled caller cannot await in its cleanup; the task is kept until it is done.
         task = asyncio.ensure_future(coroutine)
@@ -169,3 +181,50 @@ class BusClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 1.0)
         self.context.destroy(linger=0)  # any socket still open (a request cut off by shutdown)
+
+
+class LiveLink:
+    """One live stream on the STT agent (docs/protocol.md, live speech-to-text), on two
+    sockets of its own, so that audio goes out on one while `next_event` waits on the other.
+    The events of both come back in the stream's order by their `seq`; `release()` closes
+    the sockets, and a stream not closed by then is cancelled."""
+
+    def __init__(self, bus: BusClient, request_id: str) -> None:
+        self.bus, self.request_id = bus, request_id
+        self.audio_socket = bus._socket("stt")
+        self.event_socket = bus._socket("stt")
+        self.done = False
+
+    async def call(self, sock: zmq.asyncio.Socket, message: dict[str, Any], timeout_s: float | None = None
+                   ) -> dict[str, Any]:
+        reply = await self.bus._exchange(sock, {**message, "request_id": self.request_id},
+                                         timeout_s or self.bus.timeout_s)
+        if reply.get("status") == "error":
+            raise BusReplyError(reply.get("error") or {})
+        self.done = self.done or bool(reply.get("done"))
+        return reply
+
+    async def send_audio(self, samples: np.ndarray) -> list[dict[str, Any]]:
+        """Append 16 kHz float32 samples; the events ready now."""
+        reply = await self.call(self.audio_socket, {"action": "stream_audio", "audio_data":
+                                                    samples.astype("<f4", copy=False).tobytes()})
+        return list(reply.get("events") or [])
+
+    async def next_events(self, timeout_ms: int = 1000) -> list[dict[str, Any]]:
+        reply = await self.call(self.event_socket, {"action": "next_event", "timeout_ms": timeout_ms},
+                                timeout_ms / 1000 + REPLY_GRACE_S)
+        return list(reply.get("events") or [])
+
+    async def close(self) -> list[dict[str, Any]]:
+        """End the stream: the events left, the last utterance's final included."""
+        reply = await self.call(self.audio_socket, {"action": "stream_close"})
+        self.done = True
+        return list(reply.get("events") or [])
+
+    def release(self) -> None:
+        self.audio_socket.close(linger=0)
+        self.event_socket.close(linger=0)
+        if not self.done:
+            self.done = True
+            cancel = {"action": "cancel", "request_id": self.request_id}
+            self.bus._in_background(self.bus.request("stt", cancel, CONTROL_TIMEOUT_S))

@@ -141,3 +141,45 @@ def wav_file(samples: np.ndarray, sample_rate: int) -> bytes:
 def float32_samples(payload: bytes) -> np.ndarray:
     """The bus's `pcm` TTS payload: raw little-endian float32 samples."""
     return np.frombuffer(payload, dtype="<f4")
+
+
+#: Raw audio formats of OpenAI's realtime API -> (FFmpeg codec, bytes per sample).
+PCM_CODECS: dict[str, tuple[str, int]] = {
+    "audio/pcm": ("pcm_s16le", 2),
+    "audio/pcmu": ("pcm_mulaw", 1),
+    "audio/pcma": ("pcm_alaw", 1),
+}
+
+
+class PcmStreamDecoder:
+    """Raw audio that arrives in pieces (`format` one of PCM_CODECS, at `sample_rate`) as 16
+    kHz float32 for Whisper. The resampler keeps its state from piece to piece, so the
+    pieces' edges leave no artefacts, and a piece may end in the middle of a sample (the
+    odd byte waits for the next piece)."""
+
+    def __init__(self, format: str, sample_rate: int) -> None:
+        codec, self._sample_bytes = PCM_CODECS[format]
+        self._codec = av.CodecContext.create(codec, "r")
+        self._codec.sample_rate = sample_rate
+        self._codec.layout = "mono"
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=STT_SAMPLE_RATE)
+        self._odd = b""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        data = self._odd + data
+        whole = len(data) - len(data) % self._sample_bytes
+        data, self._odd = data[:whole], data[whole:]
+        if not data:
+            return np.zeros(0, np.float32)
+        frames = self._codec.decode(av.Packet(data))
+        return self._samples([out for frame in frames for out in self._resampler.resample(frame)])
+
+    def flush(self) -> np.ndarray:
+        """What the resampler still holds, at the end of the audio."""
+        return self._samples(self._resampler.resample(None))
+
+    @staticmethod
+    def _samples(frames: list[av.AudioFrame]) -> np.ndarray:
+        if not frames:
+            return np.zeros(0, np.float32)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32, copy=False)

@@ -29,6 +29,8 @@ class GatewayMetrics:
         self.disconnects = Counter("voicebus_gateway_client_disconnects_total",
                                    "Requests whose client left before the answer; their work was cancelled",
                                    ["route"], registry=self.registry)
+        self.realtime_sessions = Gauge("voicebus_gateway_realtime_sessions",
+                                       "Open /v1/realtime transcription connections", registry=self.registry)
 
 
 class RequestLog:

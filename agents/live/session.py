@@ -113,6 +113,8 @@ class LiveEvent:
     latency_s: float | None = None
     code: str | None = None  # error only
     message: str | None = None
+    #: partial only: the words of `text` that are committed (never revised), a prefix of it.
+    committed: str = ""
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
@@ -122,6 +124,8 @@ class LiveEvent:
             "start_s": round(self.start_s, 3),
             "end_s": None if self.end_s is None else round(self.end_s, 3),
         }
+        if self.type == PARTIAL:
+            wire["committed"] = self.committed
         if self.type == ERROR:
             wire["error"] = {"code": self.code, "message": self.message}
         return wire
@@ -262,7 +266,8 @@ class LiveSession:
         if shown and shown != utterance.last_partial_text and utterance.end_s is None:
             utterance.last_partial_text = shown
             event = LiveEvent(PARTIAL, utterance.index, utterance.start_s, request.end_s, shown,
-                              latency_s=now - self._arrival_of(request.end_s, default=now))
+                              latency_s=now - self._arrival_of(request.end_s, default=now),
+                              committed=" ".join(utterance.agreement.committed))
             if utterance.index == self._next_final:
                 step.events.append(event)
             else:

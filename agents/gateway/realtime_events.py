@@ -1,0 +1,225 @@
+"""OpenAI's Realtime transcription protocol, the pure part: a session's settings from
+`session.update`, and the bus's live-stream events turned into Realtime server events.
+
+Contract of `RealtimeSettings.updated(session)`: the settings with the fields that `session`
+(a `session.update`'s `session` object) sets; RealtimeError, naming the field, for a value
+voicebus cannot honour (a format other than audio/pcm, audio/pcmu, audio/pcma; a `rate`
+outside 8000..48000; `semantic_vad`; a transcription `prompt`, which live decodes do not
+take so that they batch together). Fields it does not know are ignored, as OpenAI's own
+server ignores what does not apply to transcription.
+
+Contract of `TranscriptEvents`:
+- `take(bus_events)` takes live-stream events in any order and returns the Realtime events
+  of those now in the stream's order (by `seq`), each bus event translated once;
+- each utterance is one item (`item_id`), numbered across the whole connection, so a
+  connection that runs several bus streams one after another (a commit starts a new
+  one) never reuses an id; times are in ms of all the audio the connection sent;
+- `speech_started` -> `input_audio_buffer.speech_started`; `speech_ended` ->
+  `input_audio_buffer.speech_stopped` and `input_audio_buffer.committed`; a partial's newly
+  committed words -> `conversation.item.input_audio_transcription.delta` (words that may
+  still change are never sent: a delta is never taken back); `final` -> a delta with the
+  rest of the transcript, then `...transcription.completed`, so an item's deltas always
+  add up to its transcript; `error` -> `...transcription.failed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: The rates a client's raw audio may have (OpenAI's audio/pcm is 24 kHz; G.711 is 8 kHz).
+MIN_RATE, MAX_RATE = 8000, 48000
+#: G.711's rate, fixed by the format.
+G711_RATE = 8000
+DEFAULT_PCM_RATE = 24000
+
+
+class RealtimeError(Exception):
+    """A client event voicebus refuses: an `error` event, the connection stays open."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    model: str = "whisper-1"  # as the client named it; the gateway maps it to a bus model
+    language: str | None = None
+    format: str = "audio/pcm"
+    sample_rate: int = DEFAULT_PCM_RATE
+    #: server_vad: the bus finds the utterances; False (turn_detection null): each
+    #: `input_audio_buffer.commit` is one item, transcribed whole.
+    server_vad: bool = True
+    silence_duration_ms: int = 500
+    threshold: float = 0.5
+
+    def updated(self, session: dict[str, Any]) -> RealtimeSettings:
+        if not isinstance(session, dict):
+            raise RealtimeError("invalid_value", "session must be an object", "session")
+        settings = self
+        audio_input = ((session.get("audio") or {}).get("input") or {}) if isinstance(
+            session.get("audio"), dict) else {}
+        if "format" in audio_input:
+            settings = settings._with_format(audio_input["format"])
+        transcription = audio_input.get("transcription")
+        if isinstance(transcription, dict):
+            if transcription.get("prompt"):
+                raise RealtimeError("unsupported_value", "a transcription prompt is not supported on live "
+                                    "streams (their decodes batch together without one)",
+                                    "session.audio.input.transcription.prompt")
+            if transcription.get("model"):
+                settings = replace(settings, model=str(transcription["model"]))
+            if "language" in transcription:
+                settings = replace(settings, language=transcription["language"] or None)
+        if "turn_detection" in audio_input:
+            settings = settings._with_turn_detection(audio_input["turn_detection"])
+        return settings
+
+    def _with_format(self, fmt: Any) -> RealtimeSettings:
+        param = "session.audio.input.format"
+        if not isinstance(fmt, dict):
+            raise RealtimeError("invalid_value", "format must be an object", param)
+        kind = fmt.get("type", "audio/pcm")
+        if kind not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
+            raise RealtimeError("unsupported_value", f"audio format {kind!r:.40} is not supported: "
+                                "use audio/pcm, audio/pcmu or audio/pcma", f"{param}.type")
+        if kind != "audio/pcm":
+            return replace(self, format=kind, sample_rate=G711_RATE)
+        rate = fmt.get("rate", DEFAULT_PCM_RATE)
+        if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
+            raise RealtimeError("invalid_value", f"rate must be an integer in {MIN_RATE}..{MAX_RATE}, "
+                                f"got {rate!r:.40}", f"{param}.rate")
+        return replace(self, format=kind, sample_rate=rate)
+
+    def _with_turn_detection(self, turn: Any) -> RealtimeSettings:
+        param = "session.audio.input.turn_detection"
+        if turn is None:
+            return replace(self, server_vad=False)
+        if not isinstance(turn, dict) or turn.get("type", "server_vad") != "server_vad":
+            raise RealtimeError("unsupported_value", "turn_detection must be server_vad or null", param)
+        settings = replace(self, server_vad=True)
+        silence = turn.get("silence_duration_ms")
+        if silence is not None:
+            if isinstance(silence, bool) or not isinstance(silence, int) or not 100 <= silence <= 10000:
+                raise RealtimeError("invalid_value", "silence_duration_ms must be an integer in 100..10000",
+                                    f"{param}.silence_duration_ms")
+            settings = replace(settings, silence_duration_ms=silence)
+        threshold = turn.get("threshold")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+                    0.05 <= threshold <= 0.95):
+                raise RealtimeError("invalid_value", "threshold must be a number in 0.05..0.95",
+                                    f"{param}.threshold")
+            settings = replace(settings, threshold=float(threshold))
+        return settings
+
+    def session_object(self) -> dict[str, Any]:
+        """The session as `session.created` and `session.updated` show it."""
+        fmt: dict[str, Any] = {"type": self.format}
+        if self.format == "audio/pcm":
+            fmt["rate"] = self.sample_rate
+        turn = {"type": "server_vad", "silence_duration_ms": self.silence_duration_ms,
+                "threshold": self.threshold} if self.server_vad else None
+        return {"type": "transcription", "audio": {"input": {
+            "format": fmt, "transcription": {"model": self.model, "language": self.language},
+            "turn_detection": turn, "noise_reduction": None}}, "include": []}
+
+
+@dataclass
+class TranscriptEvents:
+    """Bus live-stream events -> Realtime server events, for one bus stream at a time."""
+
+    item_prefix: str
+    offset_ms: int = 0  # where the current bus stream starts in the connection's audio
+    _ids: itertools.count = field(default_factory=itertools.count)
+    _items: itertools.count = field(default_factory=itertools.count)
+    _next_seq: int = 0
+    _held: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _item_of: dict[int, str] = field(default_factory=dict)  # utterance -> item id
+    _sent_text: dict[int, str] = field(default_factory=dict)  # utterance -> what deltas said
+    _last_committed: str | None = None  # the item before the next one committed
+
+    def next_stream(self, offset_ms: int) -> None:
+        """A new bus stream starts, `offset_ms` into the connection's audio."""
+        self.offset_ms, self._next_seq = offset_ms, 0
+        self._held.clear()
+        self._item_of.clear()
+        self._sent_text.clear()
+
+    def event(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return {"event_id": f"event_{self.item_prefix}_{next(self._ids)}", "type": type_, **fields}
+
+    def new_item(self) -> str:
+        return f"item_{self.item_prefix}_{next(self._items)}"
+
+    def committed(self, item: str) -> dict[str, Any]:
+        previous, self._last_committed = self._last_committed, item
+        return self.event("input_audio_buffer.committed", item_id=item, previous_item_id=previous)
+
+    def take(self, bus_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for bus_event in bus_events:
+            self._held[int(bus_event.get("seq", self._next_seq))] = bus_event
+        out: list[dict[str, Any]] = []
+        while self._next_seq in self._held:
+            out += self._translate(self._held.pop(self._next_seq))
+            self._next_seq += 1
+        return out
+
+    def _translate(self, bus_event: dict[str, Any]) -> list[dict[str, Any]]:
+        kind, utterance = bus_event["type"], int(bus_event["utterance"])
+        if utterance not in self._item_of:
+            self._item_of[utterance] = self.new_item()
+        item = self._item_of[utterance]
+        if kind == "speech_started":
+            return [self.event("input_audio_buffer.speech_started", item_id=item,
+                               audio_start_ms=self._ms(bus_event["start_s"]))]
+        if kind == "speech_ended":
+            return [self.event("input_audio_buffer.speech_stopped", item_id=item,
+                               audio_end_ms=self._ms(bus_event["end_s"])),
+                    self.committed(item)]
+        if kind == "partial":
+            return self._delta(utterance, item, str(bus_event.get("committed") or ""))
+        if kind == "final":
+            transcript = str(bus_event.get("text") or "")
+            out = self._delta(utterance, item, transcript)
+            duration_s = max(0.0, float(bus_event.get("end_s") or 0) - float(bus_event.get("start_s") or 0))
+            return out + [self.event("conversation.item.input_audio_transcription.completed", item_id=item,
+                                     content_index=0, transcript=transcript,
+                                     usage={"type": "duration", "seconds": round(duration_s, 3)})]
+        if kind == "error":
+            return whole_item_events(self, item, {"status": "error", "error": bus_event.get("error")}, 0.0)
+        return []
+
+    def _delta(self, utterance: int, item: str, text: str) -> list[dict[str, Any]]:
+        """A delta from what was sent of the utterance to `text`, when `text` extends it."""
+        sent = self._sent_text.get(utterance, "")
+        if not text.startswith(sent) or len(text) == len(sent):
+            return []  # nothing new (a final always starts with the committed words sent)
+        self._sent_text[utterance] = text
+        return [self.event("conversation.item.input_audio_transcription.delta", item_id=item,
+                           content_index=0, delta=text[len(sent):])]
+
+    def _ms(self, seconds: Any) -> int:
+        return self.offset_ms + round(float(seconds or 0) * 1000)
+
+
+def whole_item_events(events: TranscriptEvents, item: str, reply: dict[str, Any], duration_s: float
+                      ) -> list[dict[str, Any]]:
+    """The events of a committed buffer transcribed whole (turn_detection null), from the
+    bus's `transcribe` reply: its transcript, or its error."""
+    if reply.get("status") == "error":
+        error = reply.get("error") or {}
+        return [events.event("conversation.item.input_audio_transcription.failed", item_id=item,
+                             content_index=0, error={"type": "server_error", "code": error.get("code"),
+                                                     "message": error.get("message"), "param": None})]
+    transcript = str(reply.get("text") or "")
+    out = []
+    if transcript:
+        out.append(events.event("conversation.item.input_audio_transcription.delta", item_id=item,
+                                content_index=0, delta=transcript))
+    out.append(events.event("conversation.item.input_audio_transcription.completed", item_id=item,
+                            content_index=0, transcript=transcript,
+                            usage={"type": "duration", "seconds": round(duration_s, 3)}))
+    return out
