@@ -24,6 +24,7 @@ import pytest
 from conftest import ROOT, fixed_batching, free_port
 from speech import SENTENCES, speak, word_error_rate
 from test_gateway_openai import decode_speech, wav_bytes
+from websockets.exceptions import InvalidStatus
 
 from model_manager.config import load_config
 
@@ -212,6 +213,12 @@ def test_api_keys(bus):
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         right = openai.OpenAI(base_url=f"{url}/v1", api_key="key-two", max_retries=0)
         assert "whisper-1" in {m.id for m in right.models.list()}
+        # A Realtime WebSocket is refused at the handshake without the key, served with it.
+        with pytest.raises(InvalidStatus):
+            with wrong.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+                connection.recv()
+        with right.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+            assert connection.recv().type == "session.created"
         assert httpx.get(f"{url}/health").status_code == 200  # the launcher's probe needs no key
 
 
