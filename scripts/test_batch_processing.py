@@ -30,7 +30,9 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    decodes, stream decode batch sizes, and the finals' WER beside that of the same clips
    sent whole with `transcribe`; then the same with batching turned off (one decode per
    forward pass, as a server without cross-stream batching runs), interleaved in rounds:
-   the most streams each holds with final p95 <= 1.5 s.
+   the most streams each holds with final p95 <= 1.5 s. --live-websocket adds a third mode:
+   the same streams, batched, through the gateway's /v1/realtime WebSocket as OpenAI
+   Realtime clients send them (24 kHz pcm16), for what the gateway adds to final latency.
 
 --windows runs instead Whisper's window policy through the bus (bench/windows.py): short
 utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
@@ -129,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="live STT stream counts (default 1,4,8,16; --quick: 1,4)",
     )
     parser.add_argument("--live-rounds", type=int, help="rounds of the live stage (default 2; --quick: 1)")
+    parser.add_argument("--live-websocket", action="store_true",
+                        help="live stage: also run the streams through the gateway's /v1/realtime WebSocket")
     return parser.parse_args(argv)
 
 
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = {task: make_workload(task, plan.clips, args.quick) for task in specs}
     total = 0 if live_only else sum(
         sum(plan.units(skip_peer is None, "stream" in w.modes).values()) for w in workloads.values())
-    total += 2 * live_rounds * sum(live_levels) if run_live else 0
+    total += (3 if args.live_websocket else 2) * live_rounds * sum(live_levels) if run_live else 0
     if not args.no_http and not live_only:
         total += sum(http_units(plan, w) for w in workloads.values())
         report["http"] = {}
@@ -423,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                         report["http"][task] = compare_http(bus, workload, plan, bar.update)
             if run_live:
                 with stage("live STT streams"):
-                    report["live"] = live_stage(bus, live_levels, live_rounds, progress=bar.update)
+                    report["live"] = live_stage(bus, live_levels, live_rounds, progress=bar.update,
+                                                websocket=args.live_websocket)
         finally:
             bus.stop()
         raw.clear()  # the in-process engines: free their memory before the peer loads its own

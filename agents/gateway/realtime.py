@@ -63,10 +63,14 @@ async def realtime(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     await websocket.accept()
     gateway.metrics.realtime_sessions.inc()
+    connection = RealtimeConnection(websocket, gateway)
+    log.info("realtime session %s opened", connection.events.item_prefix)
     try:
-        await RealtimeConnection(websocket, gateway).serve()
+        await connection.serve()
     finally:
         gateway.metrics.realtime_sessions.dec()
+        log.info("realtime session %s closed after %.1f s of audio", connection.events.item_prefix,
+                 connection.samples_in / STT_SAMPLE_RATE)
 
 
 class RealtimeConnection:
@@ -85,10 +89,15 @@ class RealtimeConnection:
         try:
             while True:
                 try:
-                    text = await self.websocket.receive_text()
+                    message = await self.websocket.receive()
                 except (WebSocketDisconnect, RuntimeError):
                     return
-                await self._on_client_text(text)
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is None:
+                    await self.send_error("invalid_json", "client events are JSON text frames, not binary")
+                    continue
+                await self._on_client_text(message["text"])
         finally:
             if self.live is not None:
                 self.live.cancel()

@@ -173,14 +173,20 @@ def replay(address: str, clip: LiveClip, start_at: float, chunk_s: float = CHUNK
 
 
 def run_streams(address: str, clips: Sequence[LiveClip], options: dict[str, Any] | None = None,
-                chunk_s: float = CHUNK_S) -> list[StreamOutcome]:
-    """Every clip as its own stream, all at once (starts staggered over one chunk)."""
+                chunk_s: float = CHUNK_S, websocket_url: str | None = None) -> list[StreamOutcome]:
+    """Every clip as its own stream, all at once (starts staggered over one chunk); over
+    ZeroMQ to `address`, or through the gateway's Realtime WebSocket at `websocket_url`."""
     began = time.perf_counter() + 0.5
     outcomes: list[StreamOutcome | None] = [None] * len(clips)
 
     def one(index: int) -> None:
         start_at = began + chunk_s * index / max(1, len(clips))
-        outcomes[index] = replay(address, clips[index], start_at, chunk_s, options)
+        if websocket_url is not None:
+            from bench.live_realtime import replay_realtime
+
+            outcomes[index] = replay_realtime(websocket_url, clips[index], start_at, chunk_s)
+        else:
+            outcomes[index] = replay(address, clips[index], start_at, chunk_s, options)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(clips))]
     for thread in threads:
@@ -264,17 +270,21 @@ def most_streams_within(rows: Sequence[dict[str, Any]], bound_s: float) -> int:
 
 # --- the stage ------------------------------------------------------------------------------
 
+#: batched: the bus as configured; unbatched: every decode alone; websocket (with
+#: `websocket=True`): batched, each stream through the gateway's /v1/realtime.
 MODES = ("batched", "unbatched")
 #: The issue's bound: final latency p95 after the end of speech.
 FINAL_P95_BOUND_S = 1.5
 
 
 def live_stage(bus: Any, levels: Sequence[int], rounds: int, bound_s: float = FINAL_P95_BOUND_S,
-               progress: Any = None) -> dict[str, Any]:
+               progress: Any = None, websocket: bool = False) -> dict[str, Any]:
     """N concurrent live streams for each N in `levels`, on the bus as configured ("batched")
     and with batching turned off ("unbatched": every decode runs alone, as a server with one
-    decode per stream does), in `rounds` rounds whose mode order alternates, so drifting
-    machine load hits both alike. `bus` is bench.bus.Bus serving one STT model."""
+    decode per stream does), and with `websocket` batched through the gateway's Realtime
+    WebSocket too, in `rounds` rounds whose mode order rotates, so drifting machine load
+    hits every mode alike. `bus` is bench.bus.Bus serving one STT model."""
+    modes = MODES + (("websocket",) if websocket else ())
     clips = make_live_clips(max(levels))
     address = bus.address("stt")
     whole = []
@@ -282,14 +292,16 @@ def live_stage(bus: Any, levels: Sequence[int], rounds: int, bound_s: float = FI
         reply = bus.control("stt", {"action": "transcribe", "audio_data": clip.audio.astype("<f4").tobytes(),
                                      "dtype": "float32", "sample_rate": STT_RATE, "language": "en"})
         whole.append((clip.text, reply["text"]))
-    runs: dict[str, dict[int, list[StreamOutcome]]] = {m: {n: [] for n in levels} for m in MODES}
+    runs: dict[str, dict[int, list[StreamOutcome]]] = {m: {n: [] for n in levels} for m in modes}
     per_round: list[dict[str, Any]] = []
     for r in range(rounds):
         for n in levels:
-            for mode in MODES if (r + n) % 2 == 0 else MODES[::-1]:
-                bus.configure("stt", enabled=mode == "batched")
+            turn = (r + n) % len(modes)
+            for mode in modes[turn:] + modes[:turn]:
+                bus.configure("stt", enabled=mode != "unbatched")
                 before = bus.control("stt", {"action": "stats"})["live"]
-                outcomes = run_streams(address, clips[:n])
+                url = bus.http_url if mode == "websocket" else None
+                outcomes = run_streams(address, clips[:n], websocket_url=url)
                 after = bus.control("stt", {"action": "stats"})["live"]
                 runs[mode][n] += outcomes
                 row = summarize_live(outcomes)
@@ -297,8 +309,8 @@ def live_stage(bus: Any, levels: Sequence[int], rounds: int, bound_s: float = FI
                 if progress is not None:
                     progress(n)
     bus.configure("stt", enabled=True)
-    table = {mode: [] for mode in MODES}
-    for mode in MODES:
+    table: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    for mode in modes:
         for n in levels:
             rows = [row for row in per_round if row["mode"] == mode and row["streams"] == n]
             pooled = summarize_live(runs[mode][n])
@@ -312,7 +324,7 @@ def live_stage(bus: Any, levels: Sequence[int], rounds: int, bound_s: float = FI
                 mean_decode_batch=_mean_batch([row["decode_batches"] for row in rows]),
             )
             table[mode].append(pooled)
-    holds = {mode: most_streams_within(table[mode], bound_s) for mode in MODES}
+    holds = {mode: most_streams_within(table[mode], bound_s) for mode in modes}
     return {
         "levels": list(levels),
         "rounds": rounds,
@@ -362,7 +374,8 @@ def live_table(stage: dict[str, Any]) -> str:
     holds = stage["holds"]
     ratio = holds["batched"] / holds["unbatched"] if holds["unbatched"] else None
     lines.append(f"most streams with final p95 <= {stage['bound_s']:g} s: batched {holds['batched']}, "
-                 f"unbatched {holds['unbatched']}" + (f" ({ratio:.1f}x)" if ratio else ""))
+                 f"unbatched {holds['unbatched']}" + (f" ({ratio:.1f}x)" if ratio else "")
+                 + (f", websocket {holds['websocket']}" if "websocket" in holds else ""))
     return "\n".join(lines)
 
 
