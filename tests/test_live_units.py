@@ -213,7 +213,9 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
     (_, decodes, _) = collect(feeder.feed(1.0, 0.9))
     session.decoded(decodes[0].decode_id, "I scream", feeder.now)
     (_, decodes, _) = collect(feeder.feed(0.5, 0.9))
-    session.decoded(decodes[0].decode_id, "I scream for", feeder.now)
+    (partial,) = session.decoded(decodes[0].decode_id, "I scream for", feeder.now).events
+    # Two decodes agreed on "I scream": those words are committed, "for" may still change.
+    assert partial.to_wire()["committed"] == "I scream" and partial.to_wire()["text"] == "I scream for"
     _, decodes, _ = collect(feeder.feed(0.6, 0.0))
     # Started in the silence, this partial holds all the speech: its answer is the final.
     (last,) = decodes
