@@ -5,6 +5,7 @@ speech events, transcript deltas and completed transcripts out."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections import defaultdict
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 from scipy.signal import resample_poly
 from speech import SENTENCES, speak, word_error_rate
+from websockets.sync.client import connect as ws_connect
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +171,26 @@ def test_a_client_that_leaves_has_its_stream_cancelled(bus):
     while live_stats()["ended_by"].get("cancelled", 0) == cancelled:
         assert time.monotonic() < deadline, live_stats()
         time.sleep(0.1)
+
+
+def test_a_beta_client_on_a_plain_websocket(bus):
+    """Clients built on the beta API send `transcription_session.update` in its own shape."""
+    url = bus.http_url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    with ws_connect(url) as socket:
+        assert json.loads(socket.recv())["type"] == "session.created"
+        socket.send(json.dumps({"type": "transcription_session.update", "session": {
+            "input_audio_format": "pcm16", "turn_detection": None,
+            "input_audio_transcription": {"model": "whisper-1", "language": "en"}}}))
+        updated = json.loads(socket.recv())
+        assert updated["type"] == "transcription_session.updated"
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        socket.send(b"\x00\x01")  # binary frames are not client events
+        assert json.loads(socket.recv())["error"]["code"] == "invalid_json"
+        pcm = pcm16_at_24k(speak(SENTENCES[2]))
+        audio = base64.b64encode(pcm).decode()
+        socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        while (event := json.loads(socket.recv(timeout=120)))["type"] != (
+                "conversation.item.input_audio_transcription.completed"):
+            assert event["type"] != "error", event
+        assert word_error_rate(SENTENCES[2], event["transcript"]) < 0.35, event

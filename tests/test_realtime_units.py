@@ -100,3 +100,16 @@ def test_pcm_arriving_in_odd_pieces_decodes_as_the_whole_does():
                          + [pieces.flush()])
     assert len(got) == len(expected) == 16000
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_beta_transcription_session_update_is_read_as_the_ga_one():
+    beta = RealtimeSettings().updated({
+        "input_audio_format": "g711_ulaw",
+        "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en", "prompt": ""},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 700}})
+    assert (beta.format, beta.sample_rate, beta.model, beta.language) == ("audio/pcmu", 8000,
+                                                                          "gpt-4o-transcribe", "en")
+    assert (beta.server_vad, beta.silence_duration_ms) == (True, 700)
+    assert RealtimeSettings().updated({"input_audio_format": "pcm16"}).sample_rate == 24000
+    with pytest.raises(RealtimeError):
+        RealtimeSettings().updated({"input_audio_format": "mp3"})

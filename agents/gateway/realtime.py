@@ -128,7 +128,9 @@ class RealtimeConnection:
                 await self._end_turn(required=False)  # the new settings apply from the next audio
                 self.settings = settings
                 self.decoder = PcmStreamDecoder(settings.format, settings.sample_rate)
-            await self.send([self.events.event("session.updated", session=self.settings.session_object())])
+            # Beta clients get the beta name back; the session is shown in the GA shape.
+            updated = f"{kind.split('.')[0]}.updated"
+            await self.send([self.events.event(updated, session=self.settings.session_object())])
         elif kind == "input_audio_buffer.append":
             await self._append(message.get("audio"))
         elif kind == "input_audio_buffer.commit":

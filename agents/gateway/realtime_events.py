@@ -58,6 +58,7 @@ class RealtimeSettings:
     def updated(self, session: dict[str, Any]) -> RealtimeSettings:
         if not isinstance(session, dict):
             raise RealtimeError("invalid_value", "session must be an object", "session")
+        session = from_beta_shape(session)
         settings = self
         audio_input = ((session.get("audio") or {}).get("input") or {}) if isinstance(
             session.get("audio"), dict) else {}
@@ -125,6 +126,29 @@ class RealtimeSettings:
         return {"type": "transcription", "audio": {"input": {
             "format": fmt, "transcription": {"model": self.model, "language": self.language},
             "turn_detection": turn, "noise_reduction": None}}, "include": []}
+
+
+#: The beta API's `input_audio_format` names.
+BETA_FORMATS = {"pcm16": {"type": "audio/pcm", "rate": DEFAULT_PCM_RATE},
+                "g711_ulaw": {"type": "audio/pcmu"}, "g711_alaw": {"type": "audio/pcma"}}
+
+
+def from_beta_shape(session: dict[str, Any]) -> dict[str, Any]:
+    """A beta `transcription_session.update` session (`input_audio_format`,
+    `input_audio_transcription`, `turn_detection` at the top) in the GA shape (under
+    `audio.input`), which clients built on the beta API still send; a GA session as it is."""
+    beta_keys = ("input_audio_format", "input_audio_transcription", "turn_detection")
+    if not any(key in session for key in beta_keys):
+        return session
+    audio_input: dict[str, Any] = {}
+    if "input_audio_format" in session:
+        name = session["input_audio_format"]
+        audio_input["format"] = BETA_FORMATS.get(name, {"type": str(name)})
+    if "input_audio_transcription" in session:
+        audio_input["transcription"] = session["input_audio_transcription"]
+    if "turn_detection" in session:
+        audio_input["turn_detection"] = session["turn_detection"]
+    return {"type": "transcription", "audio": {"input": audio_input}}
 
 
 @dataclass
