@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], object], timeout_s: float = 60.0, what: str = "the condition"
+) -> object:
+    """Call `condition` every 50 ms until it returns something true, and return that. The
+    deadline is only a bound for a slow or loaded machine: the wait ends as soon as it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not (answer := condition()):
+        assert time.monotonic() < deadline, f"{what} did not hold within {timeout_s} s"
+        time.sleep(0.05)
+    return answer
 
 
 @dataclass
@@ -177,11 +189,15 @@ def fixed_batching(bus: Bus, address: str, **settings: object) -> Iterator[dict]
 
 
 @contextmanager
-def queue_held(bus: Bus, address: str, seconds: float = 20.0) -> Iterator[None]:
-    """Requests to `address` wait in the model's queue for `seconds` (a batch of 8 that does
-    not fill) instead of running: for tests of what happens to work before it runs."""
+def queue_held(bus: Bus, address: str, seconds: float = 20.0, batch: int = 8) -> Iterator[None]:
+    """Requests to `address` wait in the model's queue for `seconds` (a batch of `batch` that
+    does not fill) instead of running: for tests of what happens to work before it runs."""
     wait_ms = int(seconds * 1000)
-    settings = {"max_batch_size": 8, "min_batch_size": 8, "max_batch_wait_ms": wait_ms,
-                "lone_request_wait_ms": wait_ms}
+    settings = {
+        "max_batch_size": batch,
+        "min_batch_size": batch,
+        "max_batch_wait_ms": wait_ms,
+        "lone_request_wait_ms": wait_ms,
+    }
     with fixed_batching(bus, address, **settings):
         yield

@@ -8,7 +8,7 @@ import threading
 import time
 
 import numpy as np
-from conftest import queue_held
+from conftest import queue_held, wait_until
 
 LONG_TEXT = " ".join(f"Sentence number {i} is here." for i in range(12))
 
@@ -91,28 +91,47 @@ def test_a_big_request_does_not_hold_up_the_agent_loop(bus):
 # --- streams, on the bus with small limits (2 open streams, 3 s idle) -----------------------
 
 
+def tts_queue_depth(bus) -> int:
+    return tts(bus, {"action": "stats"})["models"][0]["queue_depth"]
+
+
 def test_open_streams_are_bounded_and_an_unread_one_expires_with_its_jobs_cancelled(fragile_bus):
-    with queue_held(fragile_bus, fragile_bus.tts_address, seconds=30):
+    # Held far longer than the waits below, so that only the expiry can empty the queue.
+    with queue_held(fragile_bus, fragile_bus.tts_address, seconds=120):
         opened = [tts(fragile_bus, {"action": "stream", "text": LONG_TEXT, "request_id": f"s{i}"})
                   for i in range(3)]
         assert [r["status"] for r in opened[:2]] == ["streaming", "streaming"]
         assert opened[2]["error"]["code"] == "overloaded"
-        queued = tts(fragile_bus, {"action": "stats"})["models"][0]["queue_depth"]
+        # The chunks reach the queue once the model manager has prepared them.
+        queued = wait_until(
+            lambda: (depth := tts_queue_depth(fragile_bus)) >= 2 and depth, 30, "the first chunks queued"
+        )
         assert queued == 2  # one chunk each: nothing runs ahead of its first reader
-        time.sleep(4.5)  # unread for longer than stream_idle_s
-        stats = tts(fragile_bus, {"action": "stats"})
+
+        def expired() -> dict | None:  # unread for longer than stream_idle_s
+            stats = tts(fragile_bus, {"action": "stats"})
+            return stats if stats["open_streams"] == 0 and stats["models"][0]["queue_depth"] == 0 else None
+
+        stats = wait_until(expired, 60, "the unread streams' expiry")
         assert stats["open_streams"] == 0 and stats["models"][0]["queue_depth"] == 0
         gone = tts(fragile_bus, {"action": "next_chunk", "request_id": "s0"})
         assert gone["error"]["code"] == "not_found"
 
 
 def test_a_stream_chunk_refused_as_overloaded_is_retried_and_the_stream_completes(fragile_bus):
-    with queue_held(fragile_bus, fragile_bus.tts_address, seconds=4):
+    def refused() -> int:
+        return tts(fragile_bus, {"action": "stats"})["models"][0]["errors"].get("overloaded", 0)
+
+    before = refused()
+    # A batch of 16 never fills from a queue of 8: the queue stays full until the hold ends.
+    with queue_held(fragile_bus, fragile_bus.tts_address, seconds=120, batch=16):
         for i in range(8):  # fill the model's queue of 8
             assert tts(fragile_bus, {"action": "queue_for_batch", "text": "Hi.", "request_id": f"q{i}"}
                        )["status"] == "queued"
+        wait_until(lambda: tts_queue_depth(fragile_bus) == 8, 30, "a full queue")
         opened = tts(fragile_bus, {"action": "stream", "text": "One. Two.", "request_id": "later"})
         assert opened["status"] == "streaming"
+        wait_until(lambda: refused() > before, 30, "the first chunk refused as overloaded")
     chunks = [tts(fragile_bus, {"action": "next_chunk", "request_id": "later"}, timeout_s=120)
               for _ in range(opened["num_chunks"])]
     assert [c["status"] for c in chunks] == ["success"] * len(chunks) and chunks[-1]["final"] is True

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import zmq
-from conftest import free_port
+from conftest import free_port, wait_until
 
 from model_manager import protocol
 from model_manager.agent import ModelManagerAgent
@@ -85,6 +85,14 @@ def infer(job_id: str) -> dict:
     return {"type": "infer", "job_id": job_id, "task": "stt", "request": {"x": job_id}, "timeout_ms": 30_000}
 
 
+def handled(sock: zmq.Socket) -> None:
+    """Return once the manager has handled every message sent on `sock` so far: its socket
+    thread takes one link's messages in order, so the answer to a `stats` sent last says so."""
+    send(sock, {"type": "stats", "job_id": "barrier"})
+    assert sock.poll(30_000), "the manager did not answer stats"
+    assert protocol.unpack(sock.recv_multipart()[1])["type"] == "stats"
+
+
 def results(sock: zmq.Socket, wait_s: float, until: str | None = None) -> list[str]:
     """job_ids of the results that arrive within `wait_s` (or until the one for `until`)."""
     seen: list[str] = []
@@ -102,9 +110,13 @@ def test_a_job_resent_while_queued_or_running_runs_once(manager):
     try:
         for job_id in ("a", "b", "a", "b", "a"):  # as an agent resends after a silence
             send(sock, infer(job_id))
-        time.sleep(0.5)
+        handled(sock)  # every copy has reached the manager
+        worker = manager.agent.workers["gated"]
+        wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 1, 30, '"a" running, "b" queued')
         manager.engine.gate.set()
-        assert sorted(results(sock, wait_s=1.5)) == ["a", "b"]  # and no second answer
+        answered = results(sock, wait_s=30, until="b")  # one batch each, in order: "b" comes last
+        answered += results(sock, wait_s=1.5)  # and no second answer after them
+        assert sorted(answered) == ["a", "b"]
         assert sorted(manager.engine.ran) == ["a", "b"]
     finally:
         sock.close()
@@ -116,18 +128,20 @@ def test_the_queued_jobs_of_an_agent_that_stopped_pinging_are_dropped(manager, c
     send(sock, {"type": "ping"})
     for job_id in ("running", "queued-1", "queued-2"):
         send(sock, infer(job_id))
-    time.sleep(0.5)  # "running" is in the engine, the other two wait behind it
-    sock.close()  # the agent dies: no more pings
     worker = manager.agent.workers["gated"]
+    # "running" is in the engine, the other two wait behind it
+    wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 2, 30, "one job running, two queued")
+    sock.close()  # the agent dies: no more pings
     dropped = "stopped pinging; dropped 2 of its queued jobs"
-    deadline = time.monotonic() + 3 * protocol.PING_INTERVAL_S + 3
+    deadline = time.monotonic() + 3 * protocol.PING_INTERVAL_S + 30
     # The jobs leave the queue a moment before the warning is logged: wait for both.
     while (worker.queue_depth() or dropped not in caplog.text) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker.queue_depth() == 0
     assert dropped in caplog.text
     manager.engine.gate.set()
-    time.sleep(0.5)
+    wait_until(lambda: manager.engine.ran, 30, "the running batch finished")
+    time.sleep(0.5)  # time for a dropped job to run, were it still queued
     assert manager.engine.ran == ["running"]  # the dropped ones never ran for nobody
 
 
@@ -141,6 +155,6 @@ def test_an_agent_that_keeps_pinging_keeps_its_jobs(manager):
             time.sleep(protocol.PING_INTERVAL_S)
         assert manager.agent.workers["gated"].queue_depth() == 1
         manager.engine.gate.set()
-        assert "queued" in results(sock, wait_s=5, until="queued")
+        assert "queued" in results(sock, wait_s=30, until="queued")
     finally:
         sock.close()

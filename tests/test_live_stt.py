@@ -133,7 +133,7 @@ def test_four_concurrent_streams_batch_together(bus):
              for size, count in after["decode_batch_size_histogram"].items()}
     assert max(size for size, count in grown.items() if count > 0) > 1, grown
     # The same figures reach Prometheus (the agent sends them with its pings).
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while True:
         text = urllib.request.urlopen(bus.metrics_url, timeout=5).read().decode()
         sample = 'voicebus_live_events_total{type="final"}'
@@ -173,7 +173,7 @@ def test_cancel_and_hang_up_end_a_stream(bus):
     hung_up = live_client(bus).live(language="en")
     hung_up.send(speech[: RATE * 2])
     hung_up._close_socket()  # the client goes away without closing its stream
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while stt_stats(bus)["live"]["ended_by"].get("hangup", 0) == ended:
         assert time.monotonic() < deadline, "the hung-up stream was not ended"
         time.sleep(0.2)

@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import zmq
-from conftest import free_port
-from test_heartbeat import Manager, link, results, send
+from conftest import free_port, wait_until
+from test_heartbeat import Manager, handled, link, results, send
 
 from model_manager import protocol
 from model_manager.agent import ModelManagerAgent
@@ -58,12 +58,14 @@ class SlowPrepareEngine(Engine):
         self.early_gate = threading.Event()
         self.ran: list[str] = []
         self.batch_sizes: list[int] = []
+        self.prepared: list[str] = []  # the "x" of each item whose prepare has returned
 
     def prepare(self, fields: Request) -> Request:
         if fields.get("bad"):
             raise BusError(INVALID_FIELD, "bad item")
         if fields.get("wait"):
             assert (self.early_gate if fields["wait"] == "early" else self.gate).wait(30)
+        self.prepared.append(fields["x"])
         return fields
 
     def batch_key(self, request: Request) -> str:
@@ -113,10 +115,12 @@ def test_a_slow_prepare_does_not_hold_up_pings_and_jobs_keep_their_order(manager
         assert sock.poll(2000), "the socket thread is stuck in prepare"
         assert protocol.unpack(sock.recv_multipart()[1])["type"] == "pong"
         assert time.monotonic() - started < 1.0
-        time.sleep(0.3)
+        wait_until(lambda: "fast" in manager.engine.prepared, 30, '"fast" prepared')
+        time.sleep(0.3)  # time for "fast" to run, were it not held back
         assert manager.engine.ran == []  # "fast" waits for "slow", which arrived first
+        send(sock, {"type": "ping"})  # still alive, as an agent pings every second
         manager.engine.gate.set()
-        assert results(sock, wait_s=5, until="fast") == ["slow", "fast"]
+        assert results(sock, wait_s=30, until="fast") == ["slow", "fast"]
         assert manager.engine.ran == ["slow", "fast"]
     finally:
         sock.close()
@@ -128,10 +132,10 @@ def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_
         send(sock, infer("cancelled", wait=True))
         send(sock, infer("behind"))
         send(sock, {"type": "cancel", "job_ids": ["cancelled"]})
-        assert results(sock, wait_s=5, until="behind") == ["behind"]  # not held back by it
+        assert results(sock, wait_s=30, until="behind") == ["behind"]  # not held back by it
         manager.engine.gate.set()
         send(sock, infer("bad", bad=True))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         reply: dict = {}
         while time.monotonic() < deadline and sock.poll(int(1000 * (deadline - time.monotonic()))):
             reply = protocol.unpack(sock.recv_multipart()[1])
@@ -139,7 +143,8 @@ def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_
                 break
         assert reply["job_id"] == "bad" and reply["ok"] is False
         assert reply["error"]["code"] == INVALID_FIELD
-        time.sleep(0.3)
+        wait_until(lambda: "cancelled" in manager.engine.prepared, 30, '"cancelled" prepared')
+        time.sleep(0.3)  # time for it to run, were it not dropped
         assert manager.engine.ran == ["behind"]  # the cancelled job never ran, and was not answered
         assert manager.agent.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
     finally:
@@ -157,12 +162,14 @@ def test_a_burst_still_being_prepared_is_not_split_by_the_idle_fast_path():
         send(sock, infer("first", wait="early"))
         for job_id in ("second", "third"):
             send(sock, infer(job_id, wait=True))
-        time.sleep(0.3)  # all three are in the prepare pool
+        handled(sock)  # all three are in the prepare pool
         manager.engine.early_gate.set()  # "first" reaches the idle worker; the others are preparing
-        time.sleep(0.3)
+        worker = manager.agent.workers["slow-prepare"]
+        wait_until(lambda: worker.queue_depth() or manager.engine.ran, 30, '"first" handed to the worker')
+        time.sleep(0.3)  # time for it to run alone, were it let
         assert manager.engine.ran == []  # it did not run alone
         manager.engine.gate.set()
-        assert results(sock, wait_s=5, until="third") == ["first", "second", "third"]
+        assert results(sock, wait_s=30, until="third") == ["first", "second", "third"]
         assert manager.engine.batch_sizes == [3]
     finally:
         sock.close()

@@ -6,7 +6,7 @@ import threading
 import time
 
 import psutil
-from conftest import NO_WARMUP, start_bus, stop_bus
+from conftest import NO_WARMUP, start_bus, stop_bus, wait_until
 from speech import SENTENCES, speak, word_error_rate
 
 
@@ -23,7 +23,7 @@ def test_kill_9_of_the_model_manager_loses_no_request_in_flight(tmp_path):
         "VOICEBUS__BATCH_PROCESSING_CONFIG__MIN_BATCH_SIZE": "1",
     }
     bus = start_bus(tmp_path, {**one_at_a_time, **NO_WARMUP})
-    clients = 4
+    clients = len(SENTENCES)  # one at a time: while one runs, the others wait in the queue
     replies: list[dict | None] = [None] * clients
     audio = [speak(s).tolist() for s in SENTENCES[:clients]]
 
@@ -37,14 +37,19 @@ def test_kill_9_of_the_model_manager_loses_no_request_in_flight(tmp_path):
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # requests are in the model manager's queue or running
+        # Killed once requests are in the model manager's queue (one runs meanwhile).
+        wait_until(
+            lambda: any(m["queue_depth"] for m in bus.request({"action": "stats"})["models"]),
+            60,
+            "requests queued in the model manager",
+        )
         victim.kill()
         for t in threads:
             t.join(150)
         replacement = model_manager_process(bus.process.pid)
         assert replacement.pid != victim.pid
         # The agent learns the model manager's readiness from its next pong (once a second).
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not (health := bus.request({"action": "health"}))["ready"] and time.monotonic() < deadline:
             time.sleep(0.2)
         assert health["ready"] is True
