@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from bench.live import LiveClip, make_live_clips  # noqa: E402
+from bench.live_clips import LiveClip, make_live_clips  # noqa: E402
 from wer_set import wer  # noqa: E402
 
 from agents.live.session import FINAL, LiveConfig, LiveSession, Step  # noqa: E402

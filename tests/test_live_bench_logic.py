@@ -12,9 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from bench.live import (  # noqa: E402
-    LiveClip,
-    StreamOutcome,
-    Utterance,
     _mean_batch,
     _stats_delta,
     final_latencies,
@@ -22,6 +19,7 @@ from bench.live import (  # noqa: E402
     partial_latencies,
     summarize_live,
 )
+from bench.live_clips import LiveClip, StreamOutcome, Utterance  # noqa: E402
 
 CLIP = LiveClip(np.zeros(16000 * 8, np.float32),
                 (Utterance("hello there", 0.5, 2.0), Utterance("good bye", 3.0, 4.5)))

@@ -22,7 +22,7 @@ from scipy.signal import resample_poly
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from bench.live import CHUNK_S, CLIENT_TIMEOUT_S, LiveClip, StreamOutcome
+from bench.live_clips import CHUNK_S, CLIENT_TIMEOUT_S, LiveClip, StreamOutcome
 
 REALTIME_RATE = 24000
 
