@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from agents.gateway.bus import BusReplyError
 from agents.gateway.formats import PcmStreamDecoder
+from agents.gateway.realtime import LiveRun
 from agents.gateway.realtime_events import RealtimeError, RealtimeSettings, TranscriptEvents
 
 
@@ -113,3 +117,50 @@ def test_a_beta_transcription_session_update_is_read_as_the_ga_one():
     assert RealtimeSettings().updated({"input_audio_format": "pcm16"}).sample_rate == 24000
     with pytest.raises(RealtimeError):
         RealtimeSettings().updated({"input_audio_format": "mp3"})
+
+
+class _StreamGoneLink:
+    """A bus live stream that the bus has dropped: every call is answered not_found."""
+
+    done = False
+
+    def __init__(self) -> None:
+        self.released = False
+
+    async def send_audio(self, samples: np.ndarray) -> list[dict]:
+        raise BusReplyError({"code": "not_found", "message": "stream s1 was closed: idle for 60 s"})
+
+    async def next_events(self, timeout_ms: int = 1000) -> list[dict]:
+        raise BusReplyError({"code": "not_found", "message": "stream s1 was closed: idle for 60 s"})
+
+    def release(self) -> None:
+        self.released = True
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+
+    async def deliver(self, bus_events: list[dict]) -> None:
+        raise AssertionError("nothing to deliver")
+
+    async def send_error(self, code: str, message: str, *_: object) -> None:
+        self.errors.append((code, message))
+
+
+def test_a_stream_the_bus_dropped_is_gone_after_one_error_per_task():
+    async def scenario() -> tuple[LiveRun, _Recorder, _StreamGoneLink]:
+        recorder, link = _Recorder(), _StreamGoneLink()
+        run = LiveRun(recorder, link)  # type: ignore[arg-type]
+        run.audio.put_nowait(np.zeros(1600, np.float32))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(recorder.errors) == 2:
+                break
+        run.cancel()
+        return run, recorder, link
+
+    run, recorder, link = asyncio.run(scenario())
+    # The connection opens a new stream for the next audio instead of feeding a dead one.
+    assert run.gone and link.released
+    assert [code for code, _ in recorder.errors] == ["not_found", "not_found"]

@@ -46,7 +46,7 @@ from agents.gateway.realtime_events import (
     whole_item_events,
 )
 from agents.gateway.state import Gateway
-from model_manager.errors import BusError
+from model_manager.errors import NOT_FOUND, BusError
 
 log = logging.getLogger("voicebus.gateway.realtime")
 
@@ -115,10 +115,8 @@ class RealtimeConnection:
             await self._on_client_event(message)
         except RealtimeError as exc:
             await self.send_error(exc.code, exc.message, exc.param, event_id)
-        except BusReplyError as exc:
-            await self.send_error(str(exc.error.get("code")), str(exc.error.get("message")), None, event_id)
-        except BusError as exc:
-            await self.send_error(exc.code, exc.message, None, event_id)
+        except (BusReplyError, BusError) as exc:
+            await self.send_error(*error_fields(exc), None, event_id)
 
     async def _on_client_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -161,6 +159,9 @@ class RealtimeConnection:
                                     "commit or clear it first", "audio")
             self.buffer.append(samples)
         else:
+            if self.live is not None and self.live.gone:
+                self.live.cancel()
+                self.live = None
             if self.live is None:
                 self.live = await LiveRun.start(self, self.samples_in)
             self.live.audio.put_nowait(samples)
@@ -228,11 +229,14 @@ class RealtimeConnection:
 
 
 class LiveRun:
-    """One bus live stream of a connection, with its audio-sending and event-reading tasks."""
+    """One bus live stream of a connection, with its audio-sending and event-reading tasks.
+    `gone` once the bus no longer has the stream (an idle close, an agent restart): the
+    connection then opens a new one for the next audio."""
 
     def __init__(self, connection: RealtimeConnection, link: LiveLink) -> None:
         self.connection, self.link = connection, link
         self.audio: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self.gone = False
         self._sender = asyncio.ensure_future(self._send_audio())
         self._reader = asyncio.ensure_future(self._read_events())
 
@@ -256,10 +260,10 @@ class LiveRun:
                 continue
             try:
                 await self.connection.deliver(await self.link.send_audio(np.concatenate(samples)))
-            except BusReplyError as exc:  # this audio was refused; the stream goes on
-                await self.connection.send_error(str(exc.error.get("code")), str(exc.error.get("message")))
-            except BusError as exc:
-                await self.connection.send_error(exc.code, exc.message)
+            except (BusReplyError, BusError) as exc:  # this audio was refused
+                code, message = error_fields(exc)
+                self.gone = self.gone or code == NOT_FOUND
+                await self.connection.send_error(code, message)
 
     async def _read_events(self) -> None:
         while not self.link.done:
@@ -267,8 +271,8 @@ class LiveRun:
                 await self.connection.deliver(await self.link.next_events(EVENT_WAIT_MS))
             except (BusReplyError, BusError) as exc:
                 if not self.link.done:  # the stream went (idle, cancelled): say so once
-                    error = exc.error if isinstance(exc, BusReplyError) else exc.to_wire()
-                    await self.connection.send_error(str(error.get("code")), str(error.get("message")))
+                    self.gone = True
+                    await self.connection.send_error(*error_fields(exc))
                 return
 
     async def finish(self) -> None:
@@ -278,8 +282,7 @@ class LiveRun:
             await self._sender
             await self.connection.deliver(await self.link.close())
         except (BusReplyError, BusError) as exc:
-            error = exc.error if isinstance(exc, BusReplyError) else exc.to_wire()
-            await self.connection.send_error(str(error.get("code")), str(error.get("message")))
+            await self.connection.send_error(*error_fields(exc))
         finally:
             # A next_event still out may carry the last events (a waiting reader gets them
             # first): let it come back before the stream's sockets close.
@@ -292,3 +295,10 @@ class LiveRun:
         self._sender.cancel()
         self._reader.cancel()
         self.link.release()
+
+
+def error_fields(exc: BusReplyError | BusError) -> tuple[str, str]:
+    """The code and message of a bus error, raised or replied."""
+    if isinstance(exc, BusReplyError):
+        return str(exc.error.get("code")), str(exc.error.get("message"))
+    return exc.code, exc.message
