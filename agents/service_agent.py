@@ -58,7 +58,7 @@ from agents.inflight import InFlight
 from agents.intake import Intake, Prepared
 from agents.link import ModelManagerLink
 from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
-from agents.live.worker import OffThread
+from agents.live.worker import DEFAULT_LANES, OffThread
 from agents.options import (
     _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
     _echoable,
@@ -151,7 +151,8 @@ class ServiceAgent:
         for sock in (self.front, self.link.socket, self.front_monitor, self.intake.wake):
             poller.register(sock, zmq.POLLIN)
         if self.service.task == "stt":
-            self.live = LiveStreams(self, OffThread(self.context), live_settings(self.config))
+            worker = OffThread(self.context, lanes=self.config.limits.stream_vad_threads or DEFAULT_LANES)
+            self.live = LiveStreams(self, worker, live_settings(self.config))
             poller.register(self.live.worker.wake, zmq.POLLIN)
         self.work = Work(self.service, self.limits, self.inflight, self.link, self.results, self._send,
                          self.stream_driver, self.live)

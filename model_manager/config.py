@@ -72,6 +72,9 @@ class Limits:
     stream_max_chunk_s: float = 10.0
     #: Live STT: a stream whose client hung up is closed unless a call comes this soon.
     stream_hangup_grace_s: float = 2.0
+    #: Live STT: threads that run the streams' VAD side by side (each carries about 100
+    #: streams); 0: one per core, up to 4.
+    stream_vad_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,8 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "stream_hangup_grace_s",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
+    _check(limits.stream_vad_threads >= 0, "limits.stream_vad_threads", "must be >= 0",
+           limits.stream_vad_threads)
     _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
     if security.curve_enabled:
         for key in ("server_secret_key_file", "authorized_clients_dir"):

@@ -56,7 +56,7 @@ class InlineWorker:
     def __init__(self) -> None:
         self.finished: list = []
 
-    def submit(self, ticket: Any, work: Any) -> None:
+    def submit(self, ticket: Any, work: Any, lane: int = 0) -> None:
         try:
             self.finished.append((ticket, work()))
         except Exception as exc:

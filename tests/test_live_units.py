@@ -371,6 +371,33 @@ def test_off_thread_runs_tasks_in_order_and_hands_back_exceptions():
         worker.close()
 
 
+def test_off_thread_lanes_keep_each_lanes_order_and_run_side_by_side():
+    import threading
+
+    import zmq
+
+    from agents.live.worker import OffThread
+
+    worker = OffThread(zmq.Context.instance(), lanes=2)
+    other_lane_ran = threading.Event()
+    try:
+        # Lane 0's first task can only finish once lane 1 has run: one thread could not.
+        worker.submit("a0", lambda: other_lane_ran.wait(10), lane=0)
+        worker.submit("a1", lambda: "a1", lane=0)
+        worker.submit("b0", other_lane_ran.set, lane=1)
+        worker.submit("b1", lambda: "b1", lane=3)  # lanes wrap: 3 is lane 1
+        finished: list = []
+        while len(finished) < 4:
+            assert worker.wake.poll(10_000), "no wake-up from the worker"
+            finished += worker.drain()
+        order = [t for t, _ in finished]
+        assert order.index("b0") < order.index("a0") < order.index("a1")
+        assert order.index("b0") < order.index("b1")
+        assert dict(finished)["a0"] is True
+    finally:
+        worker.close()
+
+
 def _utterance(feeder: Feeder, session: LiveSession, text: str) -> None:
     """One utterance of 1 s and the silence that ends it, its final answered with `text`."""
     _, decodes, _ = collect(feeder.feed(1.0, 0.9) + feeder.feed(0.6, 0.0))

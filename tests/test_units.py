@@ -60,6 +60,7 @@ def test_environment_overrides_any_key():
         ({"VOICEBUS__ENDPOINTS__STT_PORT": "70000"}, "endpoints.stt_port"),
         ({"VOICEBUS__MODELS__STT__0__ENGINE": "whisper.cpp"}, "models.stt.0.engine"),
         ({"VOICEBUS__MODELS__STT__9__DEVICE": "cpu"}, "models.stt.9"),
+        ({"VOICEBUS__LIMITS__STREAM_VAD_THREADS": "-1"}, "limits.stream_vad_threads"),
     ],
 )
 def test_invalid_config_names_the_key(env, key):

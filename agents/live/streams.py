@@ -130,6 +130,7 @@ class LiveStream:
     jobs: dict[str, int] = field(default_factory=dict)  # job_id -> decode_id
     orphaned_at: float = math.inf  # when the connection of its last call closed
     waits_for_partial: bool = False  # in the queue for a partial decode's room
+    lane: int = 0  # the worker lane its chunks go through, in order
 
     @property
     def stream_id(self) -> str:
@@ -179,7 +180,7 @@ class LiveStreams:
                                             self.settings.max_buffered_events, first_alone=False)
         self.registry.add(outputs)  # overloaded beyond limits.max_open_streams; duplicate ids refused
         stream = LiveStream(outputs, sample_rate, dtype, fields, LiveSession(config), StreamingVad(),
-                            self.host.routing_id(call))
+                            self.host.routing_id(call), lane=self.opened)
         self.streams[request_id] = stream
         self._ended.pop(request_id, None)
         self.opened += 1
@@ -213,7 +214,7 @@ class LiveStreams:
             samples = decode_audio(fields, math.inf)
             return samples, vad.push(samples)
 
-        self.worker.submit(("audio", stream, call, now, seconds), work)
+        self.worker.submit(("audio", stream, call, now, seconds), work, stream.lane)
 
     def next_event(self, call: Any, message: dict[str, Any], request_id: str, now: float) -> None:
         stream = self._get(request_id, call, now)
@@ -231,7 +232,7 @@ class LiveStreams:
             raise BusError(INVALID_FIELD, f"stream {request_id!r} is already closing")
         stream.closing, stream.closer = True, call
         vad = stream.vad
-        self.worker.submit(("close", stream, call, now, 0.0), vad.flush)
+        self.worker.submit(("close", stream, call, now, 0.0), vad.flush, stream.lane)
 
     def cancel(self, call: Any, request_id: str) -> bool:
         """Cancel the live stream `request_id`; False when there is none."""
