@@ -48,6 +48,9 @@ class Endpoints:
     monitor_port: int = 5891
     #: The HTTP gateway (OpenAI audio API and REST, agents/gateway/), on `host`; 0 turns it off.
     http_port: int = 8880
+    #: Wyoming (Home Assistant's voice services), served by the gateway on `host`; 0 turns
+    #: it off (and so does http_port 0, which leaves the gateway out).
+    wyoming_port: int = 10300
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Bus:
     model_manager_port: int = 0  # for a test that attaches an agent of its own
     journal_dir: Path | None = None  # the agents' queue_for_batch journals
     http_url: str = ""  # the HTTP gateway
+    wyoming_port: int = 0  # Wyoming, served by the gateway
 
     def request(
         self,
@@ -80,7 +81,8 @@ def start_bus(
     tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0, wait: bool = True
 ) -> Bus:
     """Start the launcher on free ports; with `wait`, return once it says it is ready."""
-    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT", "HTTP_PORT")
+    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT", "HTTP_PORT",
+             "WYOMING_PORT")
     ports = {name: free_port() for name in names}
     env = {
         **os.environ,
@@ -105,6 +107,7 @@ def start_bus(
         model_manager_port=int(port["MODEL_MANAGER_PORT"]),
         journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
         http_url=f"http://127.0.0.1:{port['HTTP_PORT']}" if port["HTTP_PORT"] != "0" else "",
+        wyoming_port=int(port["WYOMING_PORT"]),
     )
     if not wait:
         return bus

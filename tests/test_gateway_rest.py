@@ -45,7 +45,7 @@ def gateway_process(bus, env: dict[str, str], wait_ready: bool = True) -> Iterat
     port = free_port()
     stt, tts = bus.stt_address.rsplit(":", 1)[1], bus.tts_address.rsplit(":", 1)[1]
     full_env = {**os.environ, "VOICEBUS__ENDPOINTS__STT_PORT": stt, "VOICEBUS__ENDPOINTS__TTS_PORT": tts,
-                "VOICEBUS__ENDPOINTS__HTTP_PORT": str(port), **env}
+                "VOICEBUS__ENDPOINTS__HTTP_PORT": str(port), "VOICEBUS__ENDPOINTS__WYOMING_PORT": "0", **env}
     process = subprocess.Popen([sys.executable, "-m", "agents.gateway"], cwd=ROOT, env=full_env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.gateway import openai_api, realtime, seed_api, transcripts
+from agents.gateway import openai_api, realtime, seed_api, transcripts, wyoming
 from agents.gateway.auth import ApiKeyCheck
 from agents.gateway.bus import BusClient
 from agents.gateway.errors import (
@@ -32,6 +33,8 @@ from agents.gateway.state import Gateway, gateway_of
 from model_manager.config import Config
 from model_manager.errors import BusError
 
+log = logging.getLogger("voicebus.gateway")
+
 
 def build_app(config: Config, bus: BusClient, api_keys: frozenset[str] = frozenset()) -> FastAPI:
     gateway = Gateway(config, bus, Names.from_config(config.gateway), GatewayMetrics())
@@ -42,9 +45,12 @@ def build_app(config: Config, bus: BusClient, api_keys: frozenset[str] = frozens
         # verbose_json's language table comes from a slow import: load it now, off the event
         # loop, rather than stall every HTTP client on the first verbose_json reply.
         warm = asyncio.ensure_future(asyncio.to_thread(transcripts.language_name, "en"))
+        wyoming_server = await _start_wyoming(gateway)
         try:
             yield
         finally:
+            if wyoming_server is not None:
+                await wyoming_server.stop()
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
@@ -68,6 +74,19 @@ def build_app(config: Config, bus: BusClient, api_keys: frozenset[str] = frozens
     app.add_middleware(ApiKeyCheck, keys=api_keys)
     app.add_middleware(RequestLog, metrics=gateway.metrics)
     return app
+
+
+async def _start_wyoming(gateway: Gateway) -> Any:
+    """The Wyoming server on endpoints.wyoming_port, or None: off, or its port taken (then the
+    HTTP side still serves, and the log says why Wyoming does not)."""
+    endpoints = gateway.config.endpoints
+    if not endpoints.wyoming_port:
+        return None
+    try:
+        return await wyoming.serve_wyoming(gateway, endpoints.host, endpoints.wyoming_port)
+    except OSError as exc:
+        log.error("Wyoming is off: cannot listen on %s:%d: %s", endpoints.host, endpoints.wyoming_port, exc)
+        return None
 
 
 async def health(request: Request) -> JSONResponse:

@@ -51,6 +51,13 @@ class BusReplyError(Exception):
         self.error = error
 
 
+def error_fields(exc: BusReplyError | BusError) -> tuple[str, str]:
+    """The code and message of a bus error, raised or replied."""
+    if isinstance(exc, BusReplyError):
+        return str(exc.error.get("code")), str(exc.error.get("message"))
+    return exc.code, exc.message
+
+
 @dataclass
 class AgentHealth:
     reply: dict[str, Any] = field(default_factory=dict)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from agents.gateway.bus import BusReplyError, LiveLink
+from agents.gateway.bus import BusReplyError, LiveLink, error_fields
 from agents.gateway.formats import STT_SAMPLE_RATE, PcmStreamDecoder
 from agents.gateway.realtime_events import (
     RealtimeError,
@@ -295,10 +295,3 @@ class LiveRun:
         self._sender.cancel()
         self._reader.cancel()
         self.link.release()
-
-
-def error_fields(exc: BusReplyError | BusError) -> tuple[str, str]:
-    """The code and message of a bus error, raised or replied."""
-    if isinstance(exc, BusReplyError):
-        return str(exc.error.get("code")), str(exc.error.get("message"))
-    return exc.code, exc.message

@@ -1,0 +1,147 @@
+"""The Wyoming protocol (Home Assistant's voice services) on the bus: one TCP server, run by
+the gateway on `endpoints.wyoming_port`, that offers speech-to-text and text-to-speech, so
+Home Assistant's Wyoming integration (and any Wyoming satellite or client) uses voicebus's
+models, batched with every other client's.
+
+- `describe` -> `info`: the STT models (with their languages) and the TTS voice packs.
+- `transcribe` (optional: `name` a model, `language`), `audio-start`, `audio-chunk`s,
+  `audio-stop` -> one `transcript`, from `transcribe` on the whole audio, as
+  wyoming-faster-whisper answers. Audio of any rate, width and channel count is converted
+  to 16 kHz 16-bit mono with the package's own converter.
+- `synthesize` (`voice.name` a voice pack, an OpenAI voice name or a mix) ->
+  `audio-start`, one `audio-chunk` per sentence as the bus's TTS `stream` makes it (the
+  first plays while the rest is synthesised), `audio-stop`; 24 kHz 16-bit mono.
+- Anything that fails gets an `error` event (`text`, and the bus's code in `code`), never
+  an empty transcript or silence; the connection stays open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from faster_whisper.tokenizer import _LANGUAGE_CODES as WHISPER_LANGUAGES
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
+from wyoming.tts import Synthesize
+
+from agents.gateway.bus import CONTROL_TIMEOUT_S, BusReplyError, error_fields
+from agents.gateway.formats import STT_SAMPLE_RATE, float32_samples
+from agents.gateway.state import Gateway
+from model_manager.errors import AUDIO_TOO_LONG, BAD_REQUEST, BusError
+
+log = logging.getLogger("voicebus.gateway.wyoming")
+
+VOICEBUS = Attribution(name="voicebus", url="")
+WIDTH = 2  # 16-bit samples, both ways
+#: What every voice pack speaks here: the Kokoro engine's G2P is American English for all.
+VOICE_LANGUAGE = "en-us"
+
+
+async def serve_wyoming(gateway: Gateway, host: str, port: int) -> AsyncTcpServer:
+    """Start the Wyoming server (it runs until `stop()`). OSError when the port is taken."""
+    server = AsyncTcpServer(host, port)
+    await server.start(lambda reader, writer: WyomingHandler(gateway, reader, writer))
+    log.info("Wyoming (speech-to-text and text-to-speech) on tcp://%s:%d", host, port)
+    return server
+
+
+class WyomingHandler(AsyncEventHandler):
+    """One Wyoming connection."""
+
+    def __init__(self, gateway: Gateway, *args: Any) -> None:
+        super().__init__(*args)
+        self.gateway = gateway
+        self.transcribe = Transcribe()
+        self.converter = AudioChunkConverter(rate=STT_SAMPLE_RATE, width=WIDTH, channels=1)
+        self.audio: list[bytes] | None = None  # between audio-start and audio-stop
+        self.audio_bytes = 0
+
+    async def handle_event(self, event: Event) -> bool:
+        try:
+            await self._handle(event)
+        except (BusReplyError, BusError) as exc:
+            code, message = error_fields(exc)
+            await self.write_event(Error(text=message, code=code).event())
+        return True
+
+    async def _handle(self, event: Event) -> None:
+        if Describe.is_type(event.type):
+            await self.write_event((await self._info()).event())
+        elif Transcribe.is_type(event.type):
+            self.transcribe = Transcribe.from_event(event)
+        elif AudioStart.is_type(event.type):
+            self.audio, self.audio_bytes = [], 0
+        elif AudioChunk.is_type(event.type):
+            if self.audio is None:
+                raise BusError(BAD_REQUEST, "audio-chunk before audio-start")
+            chunk = self.converter.convert(AudioChunk.from_event(event))
+            limit_s = self.gateway.config.limits.max_audio_seconds
+            if (self.audio_bytes + len(chunk.audio)) / (WIDTH * STT_SAMPLE_RATE) > limit_s:
+                self.audio = None  # the rest of this audio is refused too
+                raise BusError(AUDIO_TOO_LONG, f"the audio passes {limit_s:g} s (limits.max_audio_seconds)")
+            self.audio.append(chunk.audio)
+            self.audio_bytes += len(chunk.audio)
+        elif AudioStop.is_type(event.type):
+            if self.audio is None:
+                raise BusError(BAD_REQUEST, "audio-stop without audio-start (or after refused audio)")
+            audio, self.audio = b"".join(self.audio), None
+            await self.write_event((await self._transcript(audio)).event())
+            self.transcribe = Transcribe()
+        elif Synthesize.is_type(event.type):
+            await self._synthesize(Synthesize.from_event(event))
+
+    async def _transcript(self, pcm16: bytes) -> Transcript:
+        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        message: dict[str, Any] = {"action": "transcribe", "audio_data": samples.tobytes(),
+                                   "dtype": "float32", "sample_rate": STT_SAMPLE_RATE}
+        if self.transcribe.language:
+            message["language"] = self.transcribe.language
+        if self.transcribe.name:
+            message["model_pref"] = self.gateway.names.model_pref(self.transcribe.name)
+        self.gateway.bus.check_ready("stt")
+        reply = await self.gateway.bus.call("stt", message)
+        return Transcript(text=str(reply.get("text") or ""), language=reply.get("language"))
+
+    async def _synthesize(self, synthesize: Synthesize) -> None:
+        message: dict[str, Any] = {"text": synthesize.text, "format": "pcm"}
+        voice = self.gateway.names.voice(synthesize.voice.name if synthesize.voice else None)
+        if voice:
+            message["voice"] = voice
+        self.gateway.bus.check_ready("tts")
+        started = False
+        async for chunk in self.gateway.bus.stream(message):
+            if chunk.get("status") == "error":  # a later sentence failed: end with an error, not silence
+                raise BusReplyError(chunk.get("error") or {})
+            rate = int(chunk["sample_rate"])
+            if not started:
+                await self.write_event(AudioStart(rate=rate, width=WIDTH, channels=1).event())
+                started = True
+            samples = np.clip(float32_samples(chunk["audio"]), -1.0, 1.0)
+            audio = (samples * 32767).astype("<i2").tobytes()
+            await self.write_event(AudioChunk(rate=rate, width=WIDTH, channels=1, audio=audio).event())
+        if started:
+            await self.write_event(AudioStop().event())
+
+    async def _info(self) -> Info:
+        models = [AsrModel(name=str(spec.name), description=f"Whisper {spec.name} on voicebus",
+                           attribution=VOICEBUS, installed=True, version=None,
+                           languages=["en"] if str(spec.name).endswith(".en") else sorted(WHISPER_LANGUAGES))
+                  for spec in self.gateway.config.models("stt")]
+        voices: list[TtsVoice] = []
+        if "tts" in self.gateway.bus.addresses:
+            reply = await self.gateway.bus.request("tts", {"action": "voices"}, CONTROL_TIMEOUT_S)
+            packs = sorted({name for names in (reply.get("voices") or {}).values() for name in names})
+            voices = [TtsVoice(name=pack, description=f"Kokoro voice {pack}", attribution=VOICEBUS,
+                               installed=True, version=None, languages=[VOICE_LANGUAGE])
+                      for pack in packs]
+        asr = AsrProgram(name="voicebus-stt", description="Whisper on the voicebus bus",
+                         attribution=VOICEBUS, installed=True, version=None, models=models)
+        tts = TtsProgram(name="voicebus-tts", description="Kokoro on the voicebus bus",
+                         attribution=VOICEBUS, installed=True, version=None, voices=voices)
+        return Info(asr=[asr] if models else [], tts=[tts] if voices else [])
