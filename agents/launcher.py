@@ -308,6 +308,9 @@ def _launch() -> int:
             print(f"  Monitor: {monitor.url}", flush=True)
         if http is not None:
             print(f"  HTTP: {http} (OpenAI audio API under /v1, REST /tts)", flush=True)
+            if config.endpoints.wyoming_port:
+                print(f"  Wyoming: tcp://{local_host(config)}:{config.endpoints.wyoming_port} "
+                      "(Home Assistant STT and TTS)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         return supervise(children, stop)
     finally:
