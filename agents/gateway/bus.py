@@ -138,8 +138,7 @@ class BusClient:
         finally:
             sock.close(linger=0)
             if not finished:
-                cancel = {"action": "cancel", "request_id": request_id}
-                self._in_background(self.request("tts", cancel, CONTROL_TIMEOUT_S))
+                self.cancel_in_background("tts", request_id)
 
     async def open_live(self, fields: dict[str, Any]) -> LiveLink:
         """A live speech-to-text stream (`stream_open` with `fields`). An error reply raises
@@ -151,6 +150,11 @@ class BusClient:
             link.release()
             raise
         return link
+
+    def cancel_in_background(self, task: str, request_id: str) -> None:
+        """`cancel` the stream `request_id`, from cleanup code that cannot await."""
+        self._in_background(self.request(task, {"action": "cancel", "request_id": request_id},
+                                         CONTROL_TIMEOUT_S))
 
     def _in_background(self, coroutine: Any) -> None:
         # A cancelled caller cannot await in its cleanup; the task is kept until it is done.
@@ -233,5 +237,4 @@ class LiveLink:
         self.event_socket.close(linger=0)
         if not self.done:
             self.done = True
-            cancel = {"action": "cancel", "request_id": self.request_id}
-            self.bus._in_background(self.bus.request("stt", cancel, CONTROL_TIMEOUT_S))
+            self.bus.cancel_in_background("stt", self.request_id)

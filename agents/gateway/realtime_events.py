@@ -206,24 +206,41 @@ class TranscriptEvents:
         if kind == "partial":
             return self._delta(utterance, item, str(bus_event.get("committed") or ""))
         if kind == "final":
-            transcript = str(bus_event.get("text") or "")
-            out = self._delta(utterance, item, transcript)
             duration_s = max(0.0, float(bus_event.get("end_s") or 0) - float(bus_event.get("start_s") or 0))
-            return out + [self.event("conversation.item.input_audio_transcription.completed", item_id=item,
-                                     content_index=0, transcript=transcript,
-                                     usage={"type": "duration", "seconds": round(duration_s, 3)})]
+            return self.completed(item, str(bus_event.get("text") or ""), duration_s,
+                                  sent=self._sent_text.get(utterance, ""))
         if kind == "error":
-            return whole_item_events(self, item, {"status": "error", "error": bus_event.get("error")}, 0.0)
+            return [self.failed(item, bus_event.get("error") or {})]
         return []
+
+    def completed(self, item: str, transcript: str, duration_s: float, sent: str = ""
+                  ) -> list[dict[str, Any]]:
+        """An item's transcript: a delta with what the deltas `sent` so far did not say (a
+        final always starts with the committed words sent), then `completed`."""
+        out = []
+        if len(transcript) > len(sent) and transcript.startswith(sent):
+            out.append(self._delta_event(item, transcript[len(sent):]))
+        out.append(self.event("conversation.item.input_audio_transcription.completed", item_id=item,
+                              content_index=0, transcript=transcript,
+                              usage={"type": "duration", "seconds": round(duration_s, 3)}))
+        return out
+
+    def failed(self, item: str, error: dict[str, Any]) -> dict[str, Any]:
+        return self.event("conversation.item.input_audio_transcription.failed", item_id=item, content_index=0,
+                          error={"type": "server_error", "code": error.get("code"),
+                                 "message": error.get("message"), "param": None})
 
     def _delta(self, utterance: int, item: str, text: str) -> list[dict[str, Any]]:
         """A delta from what was sent of the utterance to `text`, when `text` extends it."""
         sent = self._sent_text.get(utterance, "")
         if not text.startswith(sent) or len(text) == len(sent):
-            return []  # nothing new (a final always starts with the committed words sent)
+            return []
         self._sent_text[utterance] = text
-        return [self.event("conversation.item.input_audio_transcription.delta", item_id=item,
-                           content_index=0, delta=text[len(sent):])]
+        return [self._delta_event(item, text[len(sent):])]
+
+    def _delta_event(self, item: str, delta: str) -> dict[str, Any]:
+        return self.event("conversation.item.input_audio_transcription.delta", item_id=item, content_index=0,
+                          delta=delta)
 
     def _ms(self, seconds: Any) -> int:
         return self.offset_ms + round(float(seconds or 0) * 1000)
@@ -234,16 +251,5 @@ def whole_item_events(events: TranscriptEvents, item: str, reply: dict[str, Any]
     """The events of a committed buffer transcribed whole (turn_detection null), from the
     bus's `transcribe` reply: its transcript, or its error."""
     if reply.get("status") == "error":
-        error = reply.get("error") or {}
-        return [events.event("conversation.item.input_audio_transcription.failed", item_id=item,
-                             content_index=0, error={"type": "server_error", "code": error.get("code"),
-                                                     "message": error.get("message"), "param": None})]
-    transcript = str(reply.get("text") or "")
-    out = []
-    if transcript:
-        out.append(events.event("conversation.item.input_audio_transcription.delta", item_id=item,
-                                content_index=0, delta=transcript))
-    out.append(events.event("conversation.item.input_audio_transcription.completed", item_id=item,
-                            content_index=0, transcript=transcript,
-                            usage={"type": "duration", "seconds": round(duration_s, 3)}))
-    return out
+        return [events.failed(item, reply.get("error") or {})]
+    return events.completed(item, str(reply.get("text") or ""), duration_s)
