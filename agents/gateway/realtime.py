@@ -81,6 +81,7 @@ class RealtimeConnection:
         self.decoder = PcmStreamDecoder(self.settings.format, self.settings.sample_rate)
         self.live: LiveRun | None = None  # server_vad: the bus stream the audio goes to
         self.buffer: list[np.ndarray] = []  # turn_detection null: the audio since the last commit
+        self.buffered_samples = 0  # in `buffer`, kept as it grows: a turn has thousands of pieces
         self.samples_in = 0  # 16 kHz samples of all the audio sent, for event times
         self._send_lock = asyncio.Lock()
 
@@ -138,6 +139,7 @@ class RealtimeConnection:
                 self.live.cancel()
                 self.live = None
             self.buffer.clear()
+            self.buffered_samples = 0
             self.decoder = PcmStreamDecoder(self.settings.format, self.settings.sample_rate)
             await self.send([self.events.event("input_audio_buffer.cleared")])
         else:
@@ -154,10 +156,11 @@ class RealtimeConnection:
         samples = self.decoder.decode(data)
         if not self.settings.server_vad:
             limit_s = self.gateway.config.limits.max_audio_seconds
-            if (sum(map(len, self.buffer)) + len(samples)) / STT_SAMPLE_RATE > limit_s:
+            if (self.buffered_samples + len(samples)) / STT_SAMPLE_RATE > limit_s:
                 raise RealtimeError("audio_too_long", f"the buffer would pass {limit_s:g} s of audio: "
                                     "commit or clear it first", "audio")
             self.buffer.append(samples)
+            self.buffered_samples += len(samples)
         else:
             if self.live is not None and self.live.gone:
                 self.live.cancel()
@@ -184,6 +187,7 @@ class RealtimeConnection:
             return
         audio = np.concatenate([*self.buffer, tail]) if self.buffer else tail
         self.buffer.clear()
+        self.buffered_samples = 0
         if not len(audio):
             if required:
                 raise RealtimeError("input_audio_buffer_commit_empty", "no audio since the last commit")

@@ -7,7 +7,7 @@ models, batched with every other client's.
 - `transcribe` (optional: `name` a model, `language`), `audio-start`, `audio-chunk`s,
   `audio-stop` -> one `transcript`, from `transcribe` on the whole audio, as
   wyoming-faster-whisper answers. Audio of any rate, width and channel count is converted
-  to 16 kHz 16-bit mono with the package's own converter.
+  to 16 kHz 16-bit mono with the package's own converter, and goes to the bus as int16.
 - `synthesize` (`voice.name` a voice pack, an OpenAI voice name or a mix) ->
   `audio-start`, one `audio-chunk` per sentence as the bus's TTS `stream` makes it (the
   first plays while the rest is synthesised), `audio-stop`; 24 kHz 16-bit mono.
@@ -59,8 +59,7 @@ class WyomingHandler(AsyncEventHandler):
         self.gateway = gateway
         self.transcribe = Transcribe()
         self.converter = AudioChunkConverter(rate=STT_SAMPLE_RATE, width=WIDTH, channels=1)
-        self.audio: list[bytes] | None = None  # between audio-start and audio-stop
-        self.audio_bytes = 0
+        self.audio: bytearray | None = None  # 16 kHz 16-bit mono, between audio-start and audio-stop
 
     async def handle_event(self, event: Event) -> bool:
         try:
@@ -76,30 +75,28 @@ class WyomingHandler(AsyncEventHandler):
         elif Transcribe.is_type(event.type):
             self.transcribe = Transcribe.from_event(event)
         elif AudioStart.is_type(event.type):
-            self.audio, self.audio_bytes = [], 0
+            self.audio = bytearray()
         elif AudioChunk.is_type(event.type):
             if self.audio is None:
                 raise BusError(BAD_REQUEST, "audio-chunk before audio-start")
             chunk = self.converter.convert(AudioChunk.from_event(event))
             limit_s = self.gateway.config.limits.max_audio_seconds
-            if (self.audio_bytes + len(chunk.audio)) / (WIDTH * STT_SAMPLE_RATE) > limit_s:
+            if (len(self.audio) + len(chunk.audio)) / (WIDTH * STT_SAMPLE_RATE) > limit_s:
                 self.audio = None  # the rest of this audio is refused too
                 raise BusError(AUDIO_TOO_LONG, f"the audio passes {limit_s:g} s (limits.max_audio_seconds)")
-            self.audio.append(chunk.audio)
-            self.audio_bytes += len(chunk.audio)
+            self.audio += chunk.audio
         elif AudioStop.is_type(event.type):
             if self.audio is None:
                 raise BusError(BAD_REQUEST, "audio-stop without audio-start (or after refused audio)")
-            audio, self.audio = b"".join(self.audio), None
+            audio, self.audio = bytes(self.audio), None
             await self.write_event((await self._transcript(audio)).event())
             self.transcribe = Transcribe()
         elif Synthesize.is_type(event.type):
             await self._synthesize(Synthesize.from_event(event))
 
     async def _transcript(self, pcm16: bytes) -> Transcript:
-        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
-        message: dict[str, Any] = {"action": "transcribe", "audio_data": samples.tobytes(),
-                                   "dtype": "float32", "sample_rate": STT_SAMPLE_RATE}
+        message: dict[str, Any] = {"action": "transcribe", "audio_data": pcm16, "dtype": "int16",
+                                   "sample_rate": STT_SAMPLE_RATE}
         if self.transcribe.language:
             message["language"] = self.transcribe.language
         if self.transcribe.name:
