@@ -7,11 +7,10 @@ hangs up, and the model's own counters show that they never ran.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import zmq
-from conftest import queue_held
+from conftest import queue_held, wait_until
 from speech import SENTENCES, speak, word_error_rate
 
 from agents.connections import ConnectionTracker
@@ -71,13 +70,6 @@ def _stt_model(bus) -> dict:
     return _model(bus, bus.stt_address, STT_MODEL)
 
 
-def _wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 #: A clip tiny.en reads word for word. (Not "Hello there.": at its 10 s window floor tiny.en
 #: hears that 0.9 s clip as "The lone air", and these tests are about cancelling, not accuracy.)
 SPOKEN = SENTENCES[1]
@@ -93,11 +85,11 @@ def test_a_cancelled_queue_for_batch_request_never_runs(bus):
         ran_before = _stt_model(bus)["requests"]
         queued = bus.request({"action": "queue_for_batch", "request_id": request_id, **_audio_fields()})
         assert queued["status"] == "queued"
-        _wait_for(lambda: _stt_model(bus)["queue_depth"] == 1)
+        wait_until(lambda: _stt_model(bus)["queue_depth"] == 1, 10, "queue depth 1")
         client = ModelClient(ClientConfig(stt_address=bus.stt_address, tts_address=bus.tts_address))
         reply = client.cancel(request_id)
         assert reply == {"status": "success", "request_id": request_id, "cancelled": True}
-        _wait_for(lambda: _stt_model(bus)["queue_depth"] == 0)
+        wait_until(lambda: _stt_model(bus)["queue_depth"] == 0, 10, "queue depth 0")
         assert _stt_model(bus)["requests"] == ran_before
     result = bus.request({"action": "get_result", "request_id": request_id})
     assert result["status"] == "error" and result["error"]["code"] == "cancelled"
@@ -111,7 +103,7 @@ def test_cancel_of_an_unknown_request_is_not_found(bus):
 def test_a_finished_result_is_not_cancelled_but_kept_for_get_result(bus):
     request_id = f"done-{uuid.uuid4().hex[:8]}"
     bus.request({"action": "queue_for_batch", "request_id": request_id, **_audio_fields()})
-    _wait_for(lambda: bus.request({"action": "stats"})["in_flight"] == 0, timeout_s=60)
+    wait_until(lambda: bus.request({"action": "stats"})["in_flight"] == 0, 60, "nothing in flight")
     reply = bus.request({"action": "cancel", "request_id": request_id})
     assert reply["status"] == "success" and reply["cancelled"] is False
     assert bus.request({"action": "get_result", "request_id": request_id})["status"] == "success"
@@ -124,9 +116,9 @@ def test_a_client_that_hangs_up_has_its_queued_request_dropped_unrun(bus):
         sock = zmq.Context.instance().socket(zmq.REQ)
         sock.connect(bus.stt_address)
         sock.send_json({"action": "transcribe", **_audio_fields()})
-        _wait_for(lambda: _stt_model(bus)["queue_depth"] == 1)
+        wait_until(lambda: _stt_model(bus)["queue_depth"] == 1, 10, "queue depth 1")
         sock.close(linger=0)  # gives up, as a retrying client does before its next attempt
-        _wait_for(lambda: _stt_model(bus)["queue_depth"] == 0)
+        wait_until(lambda: _stt_model(bus)["queue_depth"] == 0, 10, "queue depth 0")
         after = bus.request({"action": "stats"})
         assert after["dropped_for_gone_clients"] == before["dropped_for_gone_clients"] + 1
         assert after["in_flight"] == 0
