@@ -1,10 +1,11 @@
 """The live pipeline's accuracy, without the clock: finals' WER under several stream settings.
 
-    .venv/bin/python scripts/live_wer.py [--clips 24] [--utterances 3]
+    .venv/bin/python scripts/live_wer.py [--clips 24] [--utterances 3] [--held-out SEED]
         [--configs default,context_s=0,context_s=0:decode_pad_s=0.2]
 
 Each clip (the live benchmark's: the WER set's phrases in its espeak-ng voices, with 1 s
-pauses) goes through what a live stream does: Silero VAD frame by frame, the endpointer, a
+pauses; with --held-out, 96 phrases of numbers, times and names drawn with that seed, which
+no setting was tuned on) goes through what a live stream does: Silero VAD frame by frame, the endpointer, a
 `LiveSession` with the given settings, and the agent's CTranslate2 engine as configured in
 config/llm_config.yaml. Every decode is answered at once, in order (no skipped partials, no
 clock), so the result is deterministic and shows the pipeline's accuracy alone; the real-
@@ -18,6 +19,7 @@ A config is `default` or `key=value` pairs of `LiveConfig` fields joined by ":".
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from bench.live_clips import LiveClip, make_live_clips  # noqa: E402
-from wer_set import wer  # noqa: E402
+from wer_set import templated, wer  # noqa: E402
 
 from agents.live.session import FINAL, LiveConfig, LiveSession, Step  # noqa: E402
 from agents.live.vad import SAMPLE_RATE, StreamingVad  # noqa: E402
@@ -79,14 +81,17 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--utterances", type=int, default=3, help="utterances per clip")
     parser.add_argument("--configs", default="default,context_s=0,context_s=0:decode_pad_s=0.2")
+    parser.add_argument("--held-out", type=int, metavar="SEED",
+                        help="phrases drawn with this seed instead of the WER set's")
     args = parser.parse_args()
+    phrases = None if args.held_out is None else templated(random.Random(args.held_out), 96)
     configs = {text: parse_config(text) for text in args.configs.split(",")}
     engine = build_engine(load_config(ROOT / "config" / "llm_config.yaml").models("stt")[0])
 
     def transcribe(audio: np.ndarray) -> str:
         return engine.run_batch([engine.prepare({"audio": audio, "language": "en"})])[0].text
 
-    clips = make_live_clips(args.clips, args.utterances)
+    clips = make_live_clips(args.clips, args.utterances, phrases)
     references = [clip.text for clip in clips]
     print(f"{len(clips)} clips of {args.utterances} utterances, {engine.name}; WER %")
     print(f"  {'whole clips (transcribe)':<48} {wer(references, [transcribe(c.audio) for c in clips]):5.1f}")

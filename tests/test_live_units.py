@@ -92,7 +92,7 @@ def test_flush_ends_the_open_utterance_at_the_end_of_the_audio():
 
 
 def test_two_agreeing_decodes_commit_their_common_prefix():
-    agreement = LocalAgreement()
+    agreement = LocalAgreement(hold_back=0)  # LocalAgreement-2 as it stands
     assert agreement.update("the quick".split()) == ["the", "quick"]
     assert agreement.committed == []
     agreement.update("the quick brown fax".split())
@@ -101,8 +101,19 @@ def test_two_agreeing_decodes_commit_their_common_prefix():
     assert agreement.committed == ["the", "quick", "brown"]
 
 
+def test_the_last_agreed_word_is_committed_only_once_a_later_word_agrees_too():
+    agreement = LocalAgreement()  # hold_back=1
+    agreement.update("Play some chairs".split())  # "jazz", cut in half by the audio's end
+    assert agreement.update("Play some chairs".split()) == ["Play", "some", "chairs"]
+    assert agreement.committed == ["Play", "some"]
+    assert agreement.update("Play some jazz.".split()) == ["Play", "some", "jazz."]
+    assert agreement.finish("Play some jazz.".split()) == ["Play", "some", "jazz."]
+    with pytest.raises(ValueError):
+        LocalAgreement(hold_back=-1)
+
+
 def test_committed_words_are_never_revised_and_the_final_keeps_them():
-    agreement = LocalAgreement()
+    agreement = LocalAgreement(hold_back=0)
     agreement.update("I scream for".split())
     agreement.update("I scream for ice".split())
     assert agreement.committed == ["I", "scream", "for"]
@@ -113,7 +124,7 @@ def test_committed_words_are_never_revised_and_the_final_keeps_them():
 
 
 def test_words_agree_across_case_and_punctuation():
-    agreement = LocalAgreement()
+    agreement = LocalAgreement(hold_back=0)
     agreement.update(["Hello,", "world"])
     agreement.update(["hello", "World."])
     assert agreement.committed == ["hello", "World."]
@@ -208,7 +219,8 @@ def test_partials_every_interval_then_one_final_after_the_silence():
 
 
 def test_a_final_keeps_the_committed_words_of_the_partials():
-    session = LiveSession(LiveConfig(decode_pad_s=0.1))  # a partial in the silence holds it all
+    # A partial in the silence holds it all; every agreed word is committed at once.
+    session = LiveSession(LiveConfig(decode_pad_s=0.1, commit_hold_back_words=0))
     feeder = Feeder(session)
     (_, decodes, _) = collect(feeder.feed(1.0, 0.9))
     session.decoded(decodes[0].decode_id, "I scream", feeder.now)
@@ -222,6 +234,25 @@ def test_a_final_keeps_the_committed_words_of_the_partials():
     assert session.finals_from_partials == 1
     (event,) = session.decoded(last.decode_id, "Ice cream for you", feeder.now).events
     assert (event.type, event.text) == (FINAL, "I scream for you")
+
+
+def test_a_looping_partial_neither_commits_nor_becomes_the_final():
+    session = LiveSession(LiveConfig(decode_pad_s=0.1))  # a partial in the silence holds it all
+    feeder = Feeder(session)
+    looped = "Set a timer. Set a timer. Set a timer."
+    collect(feeder.feed(1.0, 0.9))
+    assert session.decoded(session.in_flight[0], looped, feeder.now).events == []
+    (_, decodes, _) = collect(feeder.feed(0.5, 0.9))
+    assert session.decoded(decodes[0].decode_id, looped, feeder.now).events == []
+    assert session.partials_looped == 2
+    # The partial started in the silence holds all the speech, but loops: the final is
+    # decoded on its own.
+    _, decodes, _ = collect(feeder.feed(0.3, 0.0))
+    assert session.decoded(decodes[0].decode_id, looped, feeder.now).events == []
+    events, decodes, _ = collect(feeder.feed(0.3, 0.0))
+    assert [e.type for e in events] == [SPEECH_ENDED] and [d.final for d in decodes] == [True]
+    (event,) = session.decoded(decodes[0].decode_id, "Set a timer.", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "Set a timer.")
 
 
 def test_a_partial_that_was_to_be_the_final_and_failed_is_decoded_again_as_a_final():

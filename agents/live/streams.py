@@ -78,6 +78,13 @@ PARTIAL_PRIORITY = 0
 REMEMBERED_CLOSED = 1024
 #: The recent latencies the percentiles in `stats` are computed over.
 LATENCY_WINDOW = 1000
+#: `stats` name -> the `LiveSession` counter it adds up over every stream, open or ended.
+SESSION_COUNTERS = {
+    "decodes_skipped": "skipped_decodes",
+    "finals_from_partials": "finals_from_partials",
+    "finals_retried_alone": "finals_retried_alone",
+    "partials_looped": "partials_looped",
+}
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,7 @@ class LiveStreams:
         self.ended_by: Counter[str] = Counter()
         self.events_sent: Counter[str] = Counter()
         self.decodes: Counter[str] = Counter()
-        # The session counters of streams that have ended.
-        self.ended_skipped = self.ended_finals_from_partials = self.ended_finals_retried_alone = 0
+        self.ended_counts: Counter[str] = Counter()  # SESSION_COUNTERS of the streams that ended
         self.decode_batch_sizes: Counter[int] = Counter()
         self.partial_budget = 2.0
         self._partial_jobs: dict[str, float] = {}  # partial decodes at the model manager: job_id -> sent at
@@ -296,18 +302,15 @@ class LiveStreams:
 
     def stats(self) -> dict[str, Any]:
         sessions = [s.session for s in self.streams.values()]
-        skipped = self.ended_skipped + sum(s.skipped_decodes for s in sessions)
-        from_partials = self.ended_finals_from_partials + sum(s.finals_from_partials for s in sessions)
-        retried_alone = self.ended_finals_retried_alone + sum(s.finals_retried_alone for s in sessions)
+        counts = {name: self.ended_counts[name] + sum(getattr(s, counter) for s in sessions)
+                  for name, counter in SESSION_COUNTERS.items()}
         return {
             "open_streams": len(self.streams),
             "opened": self.opened,
             "ended_by": dict(self.ended_by),
             "events": dict(self.events_sent),
             "decodes": dict(self.decodes),
-            "decodes_skipped": skipped,
-            "finals_from_partials": from_partials,
-            "finals_retried_alone": retried_alone,
+            **counts,
             "partial_budget": int(self.partial_budget),
             "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
             "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
@@ -458,9 +461,8 @@ class LiveStreams:
     def _forget(self, stream: LiveStream, why: str) -> None:
         del self.streams[stream.stream_id]
         self.registry.close(stream.stream_id)
-        self.ended_skipped += stream.session.skipped_decodes
-        self.ended_finals_from_partials += stream.session.finals_from_partials
-        self.ended_finals_retried_alone += stream.session.finals_retried_alone
+        for name, counter in SESSION_COUNTERS.items():
+            self.ended_counts[name] += getattr(stream.session, counter)
         self._ended[stream.stream_id] = why
         while len(self._ended) > REMEMBERED_CLOSED:
             self._ended.popitem(last=False)

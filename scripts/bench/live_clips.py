@@ -9,6 +9,7 @@ over the gateway's WebSocket).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +45,14 @@ class LiveClip:
         return len(self.audio) / STT_RATE
 
 
-def make_live_clips(count: int, per_clip: int = 6) -> list[LiveClip]:
-    """`count` clips of `per_clip` phrases each, with pauses, rotating through the WER set's
-    phrases; each clip in the next of its espeak-ng voices."""
+def make_live_clips(count: int, per_clip: int = 6, phrases: Sequence[str] | None = None
+                    ) -> list[LiveClip]:
+    """`count` clips of `per_clip` phrases each, with pauses, rotating through `phrases` (the
+    WER set's by default); each clip in the next of its espeak-ng voices."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from wer_set import ESPEAK_VOICES, PHRASES, espeak
+
+    phrases = phrases or PHRASES
 
     clips = []
     for c in range(count):
@@ -56,7 +60,7 @@ def make_live_clips(count: int, per_clip: int = 6) -> list[LiveClip]:
         pieces = [np.zeros(int(LEAD_SILENCE_S * STT_RATE), np.float32)]
         utterances, t = [], LEAD_SILENCE_S
         for u in range(per_clip):
-            sentence = PHRASES[(c * per_clip + u) % len(PHRASES)]
+            sentence = phrases[(c * per_clip + u) % len(phrases)]
             spoken = _trimmed(espeak(sentence, voice, 160))
             utterances.append(Utterance(sentence, t, t + len(spoken) / STT_RATE))
             pause = GAP_S if u < per_clip - 1 else TAIL_SILENCE_S
