@@ -15,7 +15,14 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeVoice
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +64,7 @@ def test_describe_lists_the_models_and_voices(bus):
         (tts,) = info.tts
         voices = {v.name: v for v in tts.voices}
         assert "jf_alpha" in voices and voices["jf_alpha"].languages == ["en-us"]
+        assert tts.supports_synthesize_streaming and not asr.supports_transcript_streaming
 
     run(bus, scenario)
 
@@ -87,6 +95,62 @@ def test_synthesize_streams_a_chunk_per_sentence_and_it_transcribes_back(bus):
         speech = np.frombuffer(b"".join(chunks), dtype="<i2").astype(np.float32) / 32768
         heard = await transcribe(client, resample_poly(speech, 2, 3), 16000)
         assert word_error_rate(text, Transcript.from_event(heard).text) < 0.35
+
+    run(bus, scenario)
+
+
+async def audio_until(client: AsyncTcpClient, end: str) -> tuple[list[bytes], Event]:
+    """The audio chunks read up to the first event that is neither a chunk nor a start."""
+    chunks = []
+    while True:
+        event = await read(client)
+        if AudioChunk.is_type(event.type):
+            chunks.append(AudioChunk.from_event(event).audio)
+        elif not AudioStart.is_type(event.type):
+            assert event.type == end, event
+            return chunks, event
+
+
+def test_streaming_synthesis_speaks_a_sentence_before_the_text_is_done(bus):
+    first, second = SENTENCES[1], SENTENCES[2]
+
+    async def scenario(client: AsyncTcpClient) -> None:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="alloy")).event())
+        for word in f"{first} {second.split()[0]}".split():  # as a language model writes
+            await client.write_event(SynthesizeChunk(text=word + " ").event())
+        # The second sentence has begun, so the first is complete: its audio comes now,
+        # while the rest of the text is still to be written.
+        start = AudioStart.from_event(await read(client))
+        assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+        opening = AudioChunk.from_event(await read(client)).audio
+        await client.write_event(SynthesizeChunk(text=" ".join(second.split()[1:])).event())
+        # Clients send the whole text too, for servers that do not stream: not spoken twice.
+        await client.write_event(Synthesize(text=f"{first} {second}").event())
+        await client.write_event(SynthesizeStop().event())
+        rest, _ = await audio_until(client, AudioStop().event().type)
+        assert len(rest) == 1  # the second sentence
+        assert SynthesizeStopped.is_type((await read(client)).type)
+        speech = np.frombuffer(opening + b"".join(rest), dtype="<i2").astype(np.float32) / 32768
+        heard = await transcribe(client, resample_poly(speech, 2, 3), 16000)
+        assert word_error_rate(f"{first} {second}", Transcript.from_event(heard).text) < 0.35
+
+    run(bus, scenario)
+
+
+def test_a_streaming_synthesis_that_fails_ends_with_an_error_and_stops(bus):
+    async def scenario(client: AsyncTcpClient) -> None:
+        await client.write_event(SynthesizeChunk(text="Hello.").event())
+        assert Error.from_event(await read(client)).code == "bad_request"  # before synthesize-start
+        await client.write_event(SynthesizeStop().event())
+        assert Error.from_event(await read(client)).code == "bad_request"
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="no_such_voice")).event())
+        await client.write_event(SynthesizeChunk(text="Hello there. How are you? Fine.").event())
+        await client.write_event(SynthesizeStop().event())
+        _, error = await audio_until(client, Error(text="").event().type)
+        assert Error.from_event(error).code == "unknown_voice"  # once, not once per sentence
+        assert SynthesizeStopped.is_type((await read(client)).type)
+        await client.write_event(Describe().event())
+        assert Info.is_type((await read(client)).type)
 
     run(bus, scenario)
 

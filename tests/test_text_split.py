@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from model_manager.engines.kokoro.text_split import (
     MAX_PAUSE_SECONDS,
     Pause,
+    SentenceStream,
     fit,
     format_pause,
     pack,
@@ -18,6 +19,7 @@ from model_manager.engines.kokoro.text_split import (
     parse_pauses,
     plan,
     split_clauses,
+    split_for_streaming,
     split_hard,
     split_sentences,
     spoken_text,
@@ -188,3 +190,33 @@ def test_plan_property_fits_and_loses_nothing(tokens, limit, target):
     pieces = [s for s in plan(text, len, limit, target) if isinstance(s, str)]
     assert all(0 < len(p) <= limit for p in pieces)
     assert _letters(pieces) == _letters([text])
+
+
+# --- text that arrives in pieces ------------------------------------------------------------
+
+_STREAM_WORDS = ["Hello", "there.", "Dr.", "Smith", "3.14", "e.g.", "ok?", "Yes!", "no", "wait...",
+                 "[pause:0.5]", "\n\n", "\n", "and", "so.", "«Quoted.»", "end"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_STREAM_WORDS), max_size=30), st.lists(st.integers(1, 12), min_size=1))
+def test_a_text_in_pieces_gives_the_sentences_of_the_whole_text(words: list[str], cuts: list[int]):
+    text = " ".join(words)
+    stream, got, start = SentenceStream(), [], 0
+    for i in range(len(text)):
+        size = cuts[i % len(cuts)]
+        if start < len(text):
+            got += stream.add(text[start:start + size])
+            start += size
+    got += stream.add(text[start:]) + stream.finish()
+    assert got == split_for_streaming(text)
+
+
+def test_a_sentence_is_handed_out_once_the_next_one_begins():
+    stream = SentenceStream()
+    assert stream.add("Call Dr.") == []
+    assert stream.add(" Smith at 3.") == []  # "3." may go on as "3.30"
+    assert stream.add("30. Then") == ["Call Dr. Smith at 3.30."]
+    assert stream.add(" book a table.") == []
+    assert stream.finish() == ["Then book a table."]
+    assert stream.finish() == []

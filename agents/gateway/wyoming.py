@@ -11,13 +11,22 @@ models, batched with every other client's.
 - `synthesize` (`voice.name` a voice pack, an OpenAI voice name or a mix) ->
   `audio-start`, one `audio-chunk` per sentence as the bus's TTS `stream` makes it (the
   first plays while the rest is synthesised), `audio-stop`; 24 kHz 16-bit mono.
+- Streaming synthesis, for text that is still being written (a language model's reply):
+  `synthesize-start` (the voice), `synthesize-chunk`s of text, `synthesize-stop` ->
+  `audio-start`, the `audio-chunk`s of each sentence, `audio-stop`, `synthesize-stopped`.
+  Each sentence goes to the bus as soon as the text that follows shows it complete, so the
+  first is spoken while the rest is still being written, and sentences batch with every
+  other client's. A `synthesize` of the whole text between start and stop (sent for
+  servers that do not stream) is ignored.
 - Anything that fails gets an `error` event (`text`, and the bus's code in `code`), never
   an empty transcript or silence; the connection stays open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -28,11 +37,12 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
-from wyoming.tts import Synthesize
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from agents.gateway.bus import CONTROL_TIMEOUT_S, BusReplyError, error_fields
 from agents.gateway.formats import STT_SAMPLE_RATE, float32_samples
 from agents.gateway.state import Gateway
+from model_manager.engines.kokoro.text_split import SentenceStream
 from model_manager.errors import AUDIO_TOO_LONG, BAD_REQUEST, BusError
 
 log = logging.getLogger("voicebus.gateway.wyoming")
@@ -60,6 +70,7 @@ class WyomingHandler(AsyncEventHandler):
         self.transcribe = Transcribe()
         self.converter = AudioChunkConverter(rate=STT_SAMPLE_RATE, width=WIDTH, channels=1)
         self.audio: bytearray | None = None  # 16 kHz 16-bit mono, between audio-start and audio-stop
+        self.text_stream: TextStream | None = None  # between synthesize-start and synthesize-stop
 
     async def handle_event(self, event: Event) -> bool:
         try:
@@ -92,7 +103,27 @@ class WyomingHandler(AsyncEventHandler):
             await self.write_event((await self._transcript(audio)).event())
             self.transcribe = Transcribe()
         elif Synthesize.is_type(event.type):
-            await self._synthesize(Synthesize.from_event(event))
+            if self.text_stream is None:  # else the whole text of the stream, for other servers
+                await self._synthesize(Synthesize.from_event(event))
+        elif SynthesizeStart.is_type(event.type):
+            if self.text_stream is not None:
+                await self.text_stream.abandon()
+            voice = SynthesizeStart.from_event(event).voice
+            self.text_stream = TextStream(self, voice.name if voice else None)
+        elif SynthesizeChunk.is_type(event.type):
+            if self.text_stream is None:
+                raise BusError(BAD_REQUEST, "synthesize-chunk before synthesize-start")
+            self.text_stream.add(SynthesizeChunk.from_event(event).text)
+        elif SynthesizeStop.is_type(event.type):
+            if self.text_stream is None:
+                raise BusError(BAD_REQUEST, "synthesize-stop without synthesize-start")
+            text_stream, self.text_stream = self.text_stream, None
+            await text_stream.finish()
+            await self.write_event(SynthesizeStopped().event())
+
+    async def disconnect(self) -> None:
+        if self.text_stream is not None:
+            await self.text_stream.abandon()
 
     async def _transcript(self, pcm16: bytes) -> Transcript:
         message: dict[str, Any] = {"action": "transcribe", "audio_data": pcm16, "dtype": "int16",
@@ -106,24 +137,35 @@ class WyomingHandler(AsyncEventHandler):
         return Transcript(text=str(reply.get("text") or ""), language=reply.get("language"))
 
     async def _synthesize(self, synthesize: Synthesize) -> None:
-        message: dict[str, Any] = {"text": synthesize.text, "format": "pcm"}
-        voice = self.gateway.names.voice(synthesize.voice.name if synthesize.voice else None)
+        voice = synthesize.voice.name if synthesize.voice else None
+        started = False
+        async for chunk in self.gateway.bus.stream(self.speech_message(synthesize.text, voice)):
+            await self.write_audio(chunk, started)
+            started = True
+        if started:
+            await self.write_event(AudioStop().event())
+
+    def speech_message(self, text: str, voice_name: str | None) -> dict[str, Any]:
+        """The bus TTS `stream` message for `text` in the Wyoming voice `voice_name`."""
+        message: dict[str, Any] = {"text": text, "format": "pcm"}
+        voice = self.gateway.names.voice(voice_name)
         if voice:
             message["voice"] = voice
         self.gateway.bus.check_ready("tts")
-        started = False
-        async for chunk in self.gateway.bus.stream(message):
-            if chunk.get("status") == "error":  # a later sentence failed: end with an error, not silence
-                raise BusReplyError(chunk.get("error") or {})
-            rate = int(chunk["sample_rate"])
-            if not started:
-                await self.write_event(AudioStart(rate=rate, width=WIDTH, channels=1).event())
-                started = True
-            samples = np.clip(float32_samples(chunk["audio"]), -1.0, 1.0)
-            audio = (samples * 32767).astype("<i2").tobytes()
-            await self.write_event(AudioChunk(rate=rate, width=WIDTH, channels=1, audio=audio).event())
-        if started:
-            await self.write_event(AudioStop().event())
+        return message
+
+    async def write_audio(self, chunk: dict[str, Any], started: bool) -> None:
+        """Write one chunk of the bus's TTS audio, after an `audio-start` unless `started`.
+        A chunk that failed raises BusReplyError: the audio ends with an error, never
+        silence."""
+        if chunk.get("status") == "error":
+            raise BusReplyError(chunk.get("error") or {})
+        rate = int(chunk["sample_rate"])
+        if not started:
+            await self.write_event(AudioStart(rate=rate, width=WIDTH, channels=1).event())
+        samples = np.clip(float32_samples(chunk["audio"]), -1.0, 1.0)
+        audio = (samples * 32767).astype("<i2").tobytes()
+        await self.write_event(AudioChunk(rate=rate, width=WIDTH, channels=1, audio=audio).event())
 
     async def _info(self) -> Info:
         models = [AsrModel(name=str(spec.name), description=f"Whisper {spec.name} on voicebus",
@@ -140,5 +182,79 @@ class WyomingHandler(AsyncEventHandler):
         asr = AsrProgram(name="voicebus-stt", description="Whisper on the voicebus bus",
                          attribution=VOICEBUS, installed=True, version=None, models=models)
         tts = TtsProgram(name="voicebus-tts", description="Kokoro on the voicebus bus",
-                         attribution=VOICEBUS, installed=True, version=None, voices=voices)
+                         attribution=VOICEBUS, installed=True, version=None, voices=voices,
+                         supports_synthesize_streaming=True)
         return Info(asr=[asr] if models else [], tts=[tts] if voices else [])
+
+
+class TextStream:
+    """One streaming synthesis: each sentence goes to the bus as soon as it is complete, and
+    one task writes their audio in order, as one `audio-start` ... `audio-stop`.
+
+    A sentence's synthesis runs while the earlier ones are written. A failure ends the
+    audio with an `error` event (never silence): the sentences after it are cancelled, and
+    no more are sent.
+    """
+
+    def __init__(self, handler: WyomingHandler, voice_name: str | None) -> None:
+        self.handler = handler
+        self.voice_name = voice_name
+        self.sentences = SentenceStream()
+        self.pending: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | None] = asyncio.Queue()
+        self.failed = False
+        self.writer = asyncio.create_task(self._write())
+
+    def add(self, text: str) -> None:
+        for sentence in self.sentences.add(text):
+            self._send(sentence)
+
+    async def finish(self) -> None:
+        """Send the rest of the text and wait until all its audio is written."""
+        for sentence in self.sentences.finish():
+            self._send(sentence)
+        self.pending.put_nowait(None)
+        await self.writer
+
+    async def abandon(self) -> None:
+        """The client left, or started another stream: cancel what it has not heard."""
+        self.failed = True
+        self.writer.cancel()
+        sentences = [self.writer]
+        while not self.pending.empty():
+            if (sentence := self.pending.get_nowait()) is not None:
+                sentence.cancel()
+                sentences.append(sentence)
+        await asyncio.gather(*sentences, return_exceptions=True)
+
+    def _send(self, sentence: str) -> None:
+        if self.failed:
+            return
+        try:
+            message = self.handler.speech_message(sentence, self.voice_name)
+        except BusError:
+            self.failed = True
+            raise
+        chunks = self.handler.gateway.bus.stream(message)
+        self.pending.put_nowait(asyncio.create_task(_collect(chunks)))
+
+    async def _write(self) -> None:
+        started = False
+        while (sentence := await self.pending.get()) is not None:
+            if self.failed:
+                sentence.cancel()
+                await asyncio.gather(sentence, return_exceptions=True)
+                continue
+            try:
+                for chunk in await sentence:
+                    await self.handler.write_audio(chunk, started)
+                    started = True
+            except (BusReplyError, BusError) as exc:
+                self.failed = True
+                code, message = error_fields(exc)
+                await self.handler.write_event(Error(text=message, code=code).event())
+        if started and not self.failed:
+            await self.handler.write_event(AudioStop().event())
+
+
+async def _collect(chunks: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [chunk async for chunk in chunks]

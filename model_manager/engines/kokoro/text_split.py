@@ -50,6 +50,7 @@ class Pause:
 Segment = str | Pause
 
 _PAUSE_MARKER = re.compile(r"\[\s*pause\s*:([^\]]*)\]", re.IGNORECASE)
+_INCOMPLETE_MARKER = re.compile(r"\[[^\]]*$")  # the start of a marker, its "]" yet to come
 _PAUSE_VALUE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*$", re.IGNORECASE)
 # Sentence-final punctuation, optional closing quotes/brackets, then whitespace or the end.
 _SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’»)\]]*(?=\s|$)")
@@ -270,3 +271,38 @@ def split_for_streaming(text: str) -> list[str]:
         else:
             chunks.append(pending.strip())
     return chunks
+
+
+class SentenceStream:
+    """The sentences of a text that arrives in pieces (a language model's reply, a few words
+    at a time), each handed out as soon as it is known to be complete, in the chunks that
+    `split_for_streaming` makes of the whole text.
+
+    `add(piece)` returns the sentences that the text so far completes; `finish()` returns
+    the rest, once no more text comes. A sentence is known to be complete only once the
+    next one has begun: until then, "Dr." may still go on with "Smith" and "3." with "14".
+    """
+
+    def __init__(self) -> None:
+        self._text = ""  # from the start of the sentence not handed out yet
+
+    def add(self, piece: str) -> list[str]:
+        self._text += piece
+        chunks = split_for_streaming(self._text)
+        if len(chunks) < 2 or not _has_words(chunks[-1]):
+            return []
+        # The last chunk goes on, with the whitespace after it, which split_for_streaming
+        # drops: it may part two words or, with the next piece's, two paragraphs.
+        self._text = chunks[-1] + self._text[len(self._text.rstrip()):]
+        return chunks[:-1]
+
+    def finish(self) -> list[str]:
+        rest, self._text = self._text, ""
+        return split_for_streaming(rest)
+
+
+def _has_words(chunk: str) -> bool:
+    """Whether `chunk` has begun a sentence: pause markers, whole or still arriving, do not
+    (a pause at the end of the text belongs to the sentence before it)."""
+    text = _INCOMPLETE_MARKER.sub("", _PAUSE_MARKER.sub(" ", chunk))
+    return any(c.isalnum() for c in text)
