@@ -3,11 +3,15 @@ benchmark report's HTTP section."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import types
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
+from agents.gateway import wyoming
 from agents.gateway.auth import authorized, load_api_keys
 from agents.gateway.errors import ApiError
 from agents.gateway.names import Names
@@ -106,3 +110,44 @@ def test_a_taken_http_port_leaves_the_gateway_out():
         assert left_out.endpoints.http_port == 0
         assert [c.name for c in plan_children(left_out)] == ["model-manager", "stt-agent"]
     assert without_taken_http_port(config) is config  # free again
+
+
+# --- Wyoming streaming synthesis: how many sentences it keeps at the bus ---------------------
+
+
+def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_order():
+    in_flight, most = 0, 0
+    written: list[str] = []
+
+    class Bus:
+        def check_ready(self, task: str) -> None:
+            pass
+
+        async def stream(self, message):
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.01 if message["text"] != "One." else 0.05)  # the first is slowest
+            in_flight -= 1
+            yield {"status": "success", "sample_rate": 24000, "audio": np.zeros(4, np.float32),
+                   "text": message["text"]}
+
+    class Handler:
+        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name))
+        speech_message = wyoming.WyomingHandler.speech_message
+
+        async def write_audio(self, chunk, started: bool) -> None:
+            written.append(chunk["text"])
+
+        async def write_event(self, event) -> None:
+            written.append(event.type)
+
+    async def scenario() -> None:
+        stream = wyoming.TextStream(Handler(), None)  # type: ignore[arg-type]
+        words = "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten."
+        stream.add(words)
+        await stream.finish()
+
+    asyncio.run(scenario())
+    assert most == wyoming.SENTENCES_AHEAD
+    assert written == "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten.".split() + ["audio-stop"]

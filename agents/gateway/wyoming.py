@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,6 +50,8 @@ log = logging.getLogger("voicebus.gateway.wyoming")
 
 VOICEBUS = Attribution(name="voicebus", url="")
 WIDTH = 2  # 16-bit samples, both ways
+#: Sentences of one streaming synthesis being synthesised at once, ahead of the one written.
+SENTENCES_AHEAD = 4
 #: What every voice pack speaks here: the Kokoro engine's G2P is American English for all.
 VOICE_LANGUAGE = "en-us"
 
@@ -191,60 +194,75 @@ class TextStream:
     """One streaming synthesis: each sentence goes to the bus as soon as it is complete, and
     one task writes their audio in order, as one `audio-start` ... `audio-stop`.
 
-    A sentence's synthesis runs while the earlier ones are written. A failure ends the
-    audio with an `error` event (never silence): the sentences after it are cancelled, and
-    no more are sent.
+    Up to `SENTENCES_AHEAD` sentences are synthesised while the earlier ones are written
+    (and batch with every other client's); more wait their turn, so a long text cannot
+    flood the bus. A failure ends the audio with one `error` event, never silence: the
+    sentences after it are cancelled, and no more are sent.
     """
 
     def __init__(self, handler: WyomingHandler, voice_name: str | None) -> None:
         self.handler = handler
         self.voice_name = voice_name
         self.sentences = SentenceStream()
-        self.pending: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | None] = asyncio.Queue()
-        self.failed = False
+        #: The sentences sent to the bus, in order; None after the last.
+        self.requested: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | None] = asyncio.Queue()
+        self.unsent: deque[dict[str, Any]] = deque()  # bus messages waiting for room
+        self.ahead = 0  # sentences sent and not written yet
+        self.text_done = self.end_queued = self.failed = False
         self.writer = asyncio.create_task(self._write())
 
     def add(self, text: str) -> None:
         for sentence in self.sentences.add(text):
-            self._send(sentence)
+            self._queue(sentence)
 
     async def finish(self) -> None:
         """Send the rest of the text and wait until all its audio is written."""
         for sentence in self.sentences.finish():
-            self._send(sentence)
-        self.pending.put_nowait(None)
+            self._queue(sentence)
+        self.text_done = True
+        self._send_more()
         await self.writer
 
     async def abandon(self) -> None:
         """The client left, or started another stream: cancel what it has not heard."""
         self.failed = True
         self.writer.cancel()
-        sentences = [self.writer]
-        while not self.pending.empty():
-            if (sentence := self.pending.get_nowait()) is not None:
+        tasks = [self.writer]
+        while not self.requested.empty():
+            if (sentence := self.requested.get_nowait()) is not None:
                 sentence.cancel()
-                sentences.append(sentence)
-        await asyncio.gather(*sentences, return_exceptions=True)
+                tasks.append(sentence)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _send(self, sentence: str) -> None:
+    def _queue(self, sentence: str) -> None:
         if self.failed:
             return
         try:
-            message = self.handler.speech_message(sentence, self.voice_name)
+            self.unsent.append(self.handler.speech_message(sentence, self.voice_name))
         except BusError:
             self.failed = True
             raise
-        chunks = self.handler.gateway.bus.stream(message)
-        self.pending.put_nowait(asyncio.create_task(_collect(chunks)))
+        self._send_more()
+
+    def _send_more(self) -> None:
+        if self.failed:
+            self.unsent.clear()
+        while self.unsent and self.ahead < SENTENCES_AHEAD:
+            self.ahead += 1
+            chunks = self.handler.gateway.bus.stream(self.unsent.popleft())
+            self.requested.put_nowait(asyncio.create_task(_collect(chunks)))
+        if self.text_done and not self.unsent and not self.end_queued:
+            self.end_queued = True
+            self.requested.put_nowait(None)
 
     async def _write(self) -> None:
         started = False
-        while (sentence := await self.pending.get()) is not None:
-            if self.failed:
-                sentence.cancel()
-                await asyncio.gather(sentence, return_exceptions=True)
-                continue
+        while (sentence := await self.requested.get()) is not None:
             try:
+                if self.failed:
+                    sentence.cancel()
+                    await asyncio.gather(sentence, return_exceptions=True)
+                    continue
                 for chunk in await sentence:
                     await self.handler.write_audio(chunk, started)
                     started = True
@@ -252,6 +270,9 @@ class TextStream:
                 self.failed = True
                 code, message = error_fields(exc)
                 await self.handler.write_event(Error(text=message, code=code).event())
+            finally:
+                self.ahead -= 1
+                self._send_more()
         if started and not self.failed:
             await self.handler.write_event(AudioStop().event())
 
