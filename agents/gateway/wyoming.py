@@ -221,7 +221,11 @@ class TextStream:
             self._queue(sentence)
         self.text_done = True
         self._send_more()
-        await self.writer
+        try:
+            await self.writer
+        except BaseException:  # the client left while its audio was written
+            await self.abandon()
+            raise
 
     async def abandon(self) -> None:
         """The client left, or started another stream: cancel what it has not heard."""
