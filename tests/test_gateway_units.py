@@ -16,7 +16,7 @@ from agents.gateway.auth import authorized, load_api_keys
 from agents.gateway.errors import ApiError
 from agents.gateway.names import Names
 from agents.gateway.transcripts import clock, render, text_deltas
-from model_manager.config import ConfigError, GatewayConfig
+from model_manager.config import ConfigError, GatewayConfig, Limits
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench import report as bench_report  # noqa: E402
@@ -133,7 +133,8 @@ def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_or
                    "text": message["text"]}
 
     class Handler:
-        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name))
+        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name),
+                                        config=types.SimpleNamespace(limits=Limits()))
         speech_message = wyoming.WyomingHandler.speech_message
 
         async def write_audio(self, chunk, started: bool) -> None:

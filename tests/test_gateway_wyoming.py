@@ -149,6 +149,13 @@ def test_a_streaming_synthesis_that_fails_ends_with_an_error_and_stops(bus):
         _, error = await audio_until(client, Error(text="").event().type)
         assert Error.from_event(error).code == "unknown_voice"  # once, not once per sentence
         assert SynthesizeStopped.is_type((await read(client)).type)
+        # A streamed text is held to limits.max_text_chars, as one TTS request is.
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="Hello there. " * 1600).event())  # 20,800
+        assert Error.from_event(await read(client)).code == "text_too_long"
+        await client.write_event(SynthesizeChunk(text="More text.").event())  # refused too, silently
+        await client.write_event(SynthesizeStop().event())
+        assert SynthesizeStopped.is_type((await read(client)).type)
         await client.write_event(Describe().event())
         assert Info.is_type((await read(client)).type)
 

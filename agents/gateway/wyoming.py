@@ -44,7 +44,7 @@ from agents.gateway.bus import CONTROL_TIMEOUT_S, BusReplyError, error_fields
 from agents.gateway.formats import STT_SAMPLE_RATE, float32_samples
 from agents.gateway.state import Gateway
 from model_manager.engines.kokoro.text_split import SentenceStream
-from model_manager.errors import AUDIO_TOO_LONG, BAD_REQUEST, BusError
+from model_manager.errors import AUDIO_TOO_LONG, BAD_REQUEST, TEXT_TOO_LONG, BusError
 
 log = logging.getLogger("voicebus.gateway.wyoming")
 
@@ -196,8 +196,9 @@ class TextStream:
 
     Up to `SENTENCES_AHEAD` sentences are synthesised while the earlier ones are written
     (and batch with every other client's); more wait their turn, so a long text cannot
-    flood the bus. A failure ends the audio with one `error` event, never silence: the
-    sentences after it are cancelled, and no more are sent.
+    flood the bus. The whole text is held to `limits.max_text_chars`, as one TTS request's.
+    A failure ends the audio with one `error` event, never silence: no audio is written
+    after it, the sentences still at the bus are cancelled, and no more are sent.
     """
 
     def __init__(self, handler: WyomingHandler, voice_name: str | None) -> None:
@@ -208,10 +209,19 @@ class TextStream:
         self.requested: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | None] = asyncio.Queue()
         self.unsent: deque[dict[str, Any]] = deque()  # bus messages waiting for room
         self.ahead = 0  # sentences sent and not written yet
+        self.chars = 0  # of text received
         self.text_done = self.end_queued = self.failed = False
         self.writer = asyncio.create_task(self._write())
 
     def add(self, text: str) -> None:
+        if self.failed:
+            return
+        self.chars += len(text)
+        limit = self.handler.gateway.config.limits.max_text_chars
+        if self.chars > limit:
+            self.failed = True
+            raise BusError(TEXT_TOO_LONG, f"the streamed text passes {limit} characters "
+                                          "(limits.max_text_chars)")
         for sentence in self.sentences.add(text):
             self._queue(sentence)
 
@@ -263,17 +273,19 @@ class TextStream:
         started = False
         while (sentence := await self.requested.get()) is not None:
             try:
-                if self.failed:
+                chunks = None if self.failed else await sentence
+                if chunks is None or self.failed:  # it failed before or while this was made
                     sentence.cancel()
                     await asyncio.gather(sentence, return_exceptions=True)
                     continue
-                for chunk in await sentence:
+                for chunk in chunks:
                     await self.handler.write_audio(chunk, started)
                     started = True
             except (BusReplyError, BusError) as exc:
-                self.failed = True
-                code, message = error_fields(exc)
-                await self.handler.write_event(Error(text=message, code=code).event())
+                if not self.failed:  # else its error is out already
+                    self.failed = True
+                    code, message = error_fields(exc)
+                    await self.handler.write_event(Error(text=message, code=code).event())
             finally:
                 self.ahead -= 1
                 self._send_more()
