@@ -140,9 +140,11 @@ def test_after_prefix_aligns_a_changed_word():
 def test_cut_context_finds_the_context_heard_again_differently_or_not_at_all():
     assert cut_context(["Yes,", "please."], "Yes, please... No thanks.".split()) == ["No", "thanks."]
     assert cut_context(["Console", "mat."], "Council that. Go back!".split()) == ["Go", "back!"]
-    assert cut_context(["Yes,", "please."], ["No", "thanks."]) == ["No", "thanks."]  # left out
     assert cut_context(["go", "back"], "go back go back".split()) == ["go", "back"]
-    assert cut_context(["a"], []) == []
+    # Left out, or heard as something else altogether: the new audio's words are unknown.
+    assert cut_context(["How", "did", "it", "go?"], "Soundboard. What time is it?".split()) is None
+    assert cut_context(["Yes,", "please."], ["No", "thanks."]) is None
+    assert cut_context(["a"], []) is None
 
 
 # --- the session ------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def test_a_looping_partial_neither_commits_nor_becomes_the_final():
     assert session.decoded(session.in_flight[0], looped, feeder.now).events == []
     (_, decodes, _) = collect(feeder.feed(0.5, 0.9))
     assert session.decoded(decodes[0].decode_id, looped, feeder.now).events == []
-    assert session.partials_looped == 2
+    assert session.partials_set_aside == 2
     # The partial started in the silence holds all the speech, but loops: the final is
     # decoded on its own.
     _, decodes, _ = collect(feeder.feed(0.3, 0.0))
@@ -488,6 +490,25 @@ def test_a_final_with_context_that_lost_its_own_words_is_decoded_again_alone():
     assert alone.start_s > final.start_s  # the utterance's own audio only
     (event,) = session.decoded(alone.decode_id, "Stop.", feeder.now).events
     assert (event.type, event.text) == (FINAL, "Stop.")
+
+
+def test_a_decode_whose_answer_holds_no_reading_of_the_context_is_not_trusted():
+    session = LiveSession(LiveConfig(context_s=4.0))
+    feeder = Feeder(session)
+    _utterance(feeder, session, "How did it go?")  # Whisper's mishearing of "Sounds good."
+    _, decodes, _ = collect(feeder.feed(1.0, 0.9))
+    (partial,) = decodes
+    assert partial.context_words == ("How", "did", "it", "go?")
+    # The context heard as something else altogether: which words are new cannot be told.
+    assert session.decoded(partial.decode_id, "Soundboard. What time is it?", feeder.now).events == []
+    assert session.partials_set_aside == 1
+    _, decodes, _ = collect(feeder.feed(0.6, 0.0))
+    (final,) = [d for d in decodes if d.final]
+    step = session.decoded(final.decode_id, "Soundboard. What time is it?", feeder.now)
+    (alone,) = step.decodes
+    assert step.events == [] and alone.context_words == () and session.finals_retried_alone == 1
+    (event,) = session.decoded(alone.decode_id, "What time is it?", feeder.now).events
+    assert (event.type, event.text) == (FINAL, "What time is it?")
 
 
 def test_a_final_with_context_that_loops_on_its_own_words_is_decoded_again_alone():

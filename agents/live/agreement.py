@@ -79,18 +79,21 @@ class LocalAgreement:
         return self.committed + after_prefix(self.committed, words)
 
 
-#: Below this similarity the decode is taken to have left the context out.
+#: Below this similarity no prefix of a decode's words is taken for the context.
 MIN_CONTEXT_SIMILARITY = 0.5
 
 
-def cut_context(context: Sequence[str], words: Sequence[str]) -> list[str]:
+def cut_context(context: Sequence[str], words: Sequence[str]) -> list[str] | None:
     """The words of `words` (a decode of context audio, then new audio) that come after its
-    transcription of the context, whose words were `context`.
+    transcription of the context, whose words were `context`; None when no prefix of
+    `words` reads like the context.
 
     Whisper may hear the context a little differently this time ("Council that" for
-    "Console mat") or leave it out altogether, so the cut is where the words so far are
-    most like the context, compared character by character; when no prefix is at least
-    `MIN_CONTEXT_SIMILARITY` alike, nothing is cut.
+    "Console mat"), so the cut is where the words so far are most like the context,
+    compared character by character. When no prefix is at least `MIN_CONTEXT_SIMILARITY`
+    alike, Whisper either left the context out or heard it as something else altogether
+    ("Soundboard." for "How did it go?"), and which of the words are the new audio's
+    cannot be told: the caller decodes again without context, or sets the decode aside.
     """
     want = " ".join(_keys(context))
     have = _keys(words)
@@ -102,7 +105,7 @@ def cut_context(context: Sequence[str], words: Sequence[str]) -> list[str]:
         ratio = matcher.ratio()
         if ratio > best_ratio:
             best_cut, best_ratio = cut, ratio
-    return list(words[best_cut:])
+    return list(words[best_cut:]) if best_cut else None
 
 
 def repeats_itself(words: Sequence[str], shortest: int = 2) -> bool:

@@ -25,10 +25,12 @@ Contract:
   when their finals are out and the whole span fits in `context_s`: Whisper transcribes a
   short utterance better with the speech before it. Their final words are then cut from
   the decode's answer, so a decode's words are always its own utterance's. A final decode
-  with context whose own words are none (Whisper stopped after the context it re-heard)
-  or repeat themselves (a decoder loop: `agreement.repeats_itself`) is sent again without
-  context (`finals_retried_alone` counts them). A partial decode that loops is set aside
-  (`partials_looped` counts them): it neither commits words nor becomes the final.
+  with context whose own words are none (Whisper stopped after the context it re-heard),
+  cannot be told from the context's (no prefix of the answer reads like the context), or
+  repeat themselves (a decoder loop: `agreement.repeats_itself`) is sent again without
+  context (`finals_retried_alone` counts them). A partial decode that loops or loses the
+  context so is set aside (`partials_set_aside` counts them): it neither commits words nor
+  becomes the final.
 - When an utterance ends, its final comes from the newest partial decode that holds all
   its speech and `decode_pad_s` after it, answered (the final is then ready at once) or
   in flight (its answer becomes the final); only when there is none is a final decode
@@ -99,8 +101,9 @@ class DecodeRequest:
     #: The final words of the earlier utterances the audio holds: cut from the answer.
     context_words: tuple[str, ...] = ()
 
-    def own_words(self, text: str) -> list[str]:
-        """The words of the answer `text` that are this decode's utterance's."""
+    def own_words(self, text: str) -> list[str] | None:
+        """The words of the answer `text` that are this decode's utterance's; None when the
+        answer holds no reading of the context, so they cannot be told apart."""
         words = text.split()
         return cut_context(self.context_words, words) if self.context_words else words
 
@@ -188,7 +191,7 @@ class LiveSession:
         self.skipped_decodes = 0
         self.finals_from_partials = 0  # finals that needed no decode of their own
         self.finals_retried_alone = 0  # final decodes with context that lost or looped on the utterance
-        self.partials_looped = 0  # partial decodes set aside as decoder loops
+        self.partials_set_aside = 0  # partial decodes that looped or lost the context
         self.closed = False
         self._chunks: list[_Chunk] = []
         self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
@@ -257,17 +260,17 @@ class LiveSession:
         words = request.own_words(text)
         if request.final:
             if request.context_words and (not words or repeats_itself(words)):
-                # Whisper sometimes stops after the context it re-heard, or loops on the
-                # utterance after it: hear the utterance alone.
+                # Whisper sometimes stops after the context it re-heard, hears it as something
+                # else altogether, or loops on the utterance after it: hear the utterance alone.
                 self.finals_retried_alone += 1
                 return Step(decodes=[self._request(utterance, final=True, end_s=request.end_s,
                                                    with_context=False)])
-            return self._final_event(utterance, words, now)
+            return self._final_event(utterance, words or [], now)
         utterance.partial_in_flight = None
-        if repeats_itself(words):
-            # Two looping decodes in a row would commit the loop for good; the next partial
+        if words is None or repeats_itself(words):
+            # Two such decodes in a row would commit their words for good; the next partial
             # decode falls due soon, and the final without this one makes a decode of its own.
-            self.partials_looped += 1
+            self.partials_set_aside += 1
             return Step()
         if request.end_s >= utterance.last_words_end_s:
             utterance.last_words, utterance.last_words_end_s = words, request.end_s

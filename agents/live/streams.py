@@ -83,7 +83,7 @@ SESSION_COUNTERS = {
     "decodes_skipped": "skipped_decodes",
     "finals_from_partials": "finals_from_partials",
     "finals_retried_alone": "finals_retried_alone",
-    "partials_looped": "partials_looped",
+    "partials_set_aside": "partials_set_aside",
 }
 
 
