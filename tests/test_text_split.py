@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_manager.engines.kokoro.text_split import (
+    LONG_SENTENCE_CHARS,
     MAX_PAUSE_SECONDS,
     Pause,
     SentenceStream,
@@ -199,7 +200,7 @@ _STREAM_WORDS = ["Hello", "there.", "Dr.", "Smith", "3.14", "e.g.", "ok?", "Yes!
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(_STREAM_WORDS), max_size=30), st.lists(st.integers(1, 12), min_size=1))
+@given(st.lists(st.sampled_from(_STREAM_WORDS), max_size=25), st.lists(st.integers(1, 12), min_size=1))
 def test_a_text_in_pieces_gives_the_sentences_of_the_whole_text(words: list[str], cuts: list[int]):
     text = " ".join(words)
     stream, got, start = SentenceStream(), [], 0
@@ -220,3 +221,19 @@ def test_a_sentence_is_handed_out_once_the_next_one_begins():
     assert stream.add(" book a table.") == []
     assert stream.finish() == ["Then book a table."]
     assert stream.finish() == []
+
+
+def test_a_long_sentence_without_a_full_stop_is_handed_out_at_its_clause_breaks():
+    clauses = [f"then the {n}th item on the list, which is long enough" for n in range(20)]
+    text = ", ".join(clauses) + " and that is all."
+    stream, pieces = SentenceStream(), []
+    for word in text.split():
+        pieces += stream.add(word + " ")
+    assert len(pieces) == 3  # about 1,000 characters: spoken before the text ends
+    assert all(p.endswith(",") and len(p) < LONG_SENTENCE_CHARS + 60 for p in pieces)
+    pieces += stream.finish()
+    assert " ".join(pieces).split() == text.split()
+    # Never inside a pause marker still arriving, whose colon may be followed by a space.
+    stream = SentenceStream()
+    assert stream.add("a" * LONG_SENTENCE_CHARS + " [pause: ") == []
+    assert stream.add("1] b") == ["a" * LONG_SENTENCE_CHARS]  # the marker starts the next chunk

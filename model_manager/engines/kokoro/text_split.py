@@ -273,6 +273,11 @@ def split_for_streaming(text: str) -> list[str]:
     return chunks
 
 
+#: A streamed sentence still going past this many characters is handed out up to its last
+#: clause break, so that a long reply without full stops starts to be heard.
+LONG_SENTENCE_CHARS = 300
+
+
 class SentenceStream:
     """The sentences of a text that arrives in pieces (a language model's reply, a few words
     at a time), each handed out as soon as it is known to be complete, in the chunks that
@@ -281,6 +286,8 @@ class SentenceStream:
     `add(piece)` returns the sentences that the text so far completes; `finish()` returns
     the rest, once no more text comes. A sentence is known to be complete only once the
     next one has begun: until then, "Dr." may still go on with "Smith" and "3." with "14".
+    A sentence longer than `LONG_SENTENCE_CHARS` is handed out in pieces, each up to a
+    clause break (after , ; : or a dash).
     """
 
     def __init__(self) -> None:
@@ -290,11 +297,21 @@ class SentenceStream:
         self._text += piece
         chunks = split_for_streaming(self._text)
         if len(chunks) < 2 or not _has_words(chunks[-1]):
-            return []
+            return self._long_sentence_piece()
         # The last chunk goes on, with the whitespace after it, which split_for_streaming
         # drops: it may part two words or, with the next piece's, two paragraphs.
         self._text = chunks[-1] + self._text[len(self._text.rstrip()):]
-        return chunks[:-1]
+        return chunks[:-1] + self._long_sentence_piece()
+
+    def _long_sentence_piece(self) -> list[str]:
+        if len(self._text) <= LONG_SENTENCE_CHARS:
+            return []
+        breaks = [m.start() for m in _CLAUSE_BREAK.finditer(self._text)
+                  if self._text.count("[", 0, m.start()) == self._text.count("]", 0, m.start())]
+        if not breaks:
+            return []  # no clause break outside a pause marker yet
+        piece, self._text = self._text[:breaks[-1]].strip(), self._text[breaks[-1]:].lstrip()
+        return [piece]
 
     def finish(self) -> list[str]:
         rest, self._text = self._text, ""
