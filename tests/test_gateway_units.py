@@ -144,7 +144,8 @@ def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_or
             written.append(event.type)
 
     async def scenario() -> None:
-        stream = wyoming.TextStream(Handler(), None)  # type: ignore[arg-type]
+        stream = wyoming.TextStream(Handler())  # type: ignore[arg-type]
+        stream.start(None)
         words = "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten."
         stream.add(words)
         await stream.finish()
@@ -152,3 +153,35 @@ def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_or
     asyncio.run(scenario())
     assert most == wyoming.SENTENCES_AHEAD
     assert written == "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten.".split() + ["audio-stop"]
+
+
+def test_a_streaming_synthesis_refused_at_its_start_sends_nothing_and_still_finishes():
+    from model_manager.errors import MODEL_UNAVAILABLE, BusError
+
+    calls: list[str] = []
+
+    class Bus:
+        def check_ready(self, task: str) -> None:
+            raise BusError(MODEL_UNAVAILABLE, "tts is loading")
+
+        async def stream(self, message):  # pragma: no cover - must not be called
+            calls.append(message["text"])
+            yield {}
+
+    class Handler:
+        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name),
+                                        config=types.SimpleNamespace(limits=Limits()))
+        speech_message = wyoming.WyomingHandler.speech_message
+
+        async def write_event(self, event) -> None:
+            calls.append(event.type)
+
+    async def scenario() -> None:
+        stream = wyoming.TextStream(Handler())  # type: ignore[arg-type]
+        with pytest.raises(BusError):
+            stream.start("alloy")  # the caller sends its error event
+        stream.add("Hello there. How are you? ")
+        await asyncio.wait_for(stream.finish(), 5)
+
+    asyncio.run(scenario())
+    assert calls == []

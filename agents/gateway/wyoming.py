@@ -112,7 +112,8 @@ class WyomingHandler(AsyncEventHandler):
             if self.text_stream is not None:
                 await self.text_stream.abandon()
             voice = SynthesizeStart.from_event(event).voice
-            self.text_stream = TextStream(self, voice.name if voice else None)
+            self.text_stream = TextStream(self)
+            self.text_stream.start(voice.name if voice else None)
         elif SynthesizeChunk.is_type(event.type):
             if self.text_stream is None:
                 raise BusError(BAD_REQUEST, "synthesize-chunk before synthesize-start")
@@ -201,9 +202,9 @@ class TextStream:
     after it, the sentences still at the bus are cancelled, and no more are sent.
     """
 
-    def __init__(self, handler: WyomingHandler, voice_name: str | None) -> None:
+    def __init__(self, handler: WyomingHandler) -> None:
         self.handler = handler
-        self.voice_name = voice_name
+        self.message: dict[str, Any] = {}  # every sentence's bus message, but for its text
         self.sentences = SentenceStream()
         #: The sentences sent to the bus, in order; None after the last.
         self.requested: asyncio.Queue[asyncio.Task[list[dict[str, Any]]] | None] = asyncio.Queue()
@@ -212,6 +213,15 @@ class TextStream:
         self.chars = 0  # of text received
         self.text_done = self.end_queued = self.failed = False
         self.writer = asyncio.create_task(self._write())
+
+    def start(self, voice_name: str | None) -> None:
+        """Check the voice and the bus's TTS once for all sentences; when that raises
+        BusError, the rest of the stream is refused (its `error` event is the caller's)."""
+        try:
+            self.message = self.handler.speech_message("", voice_name)
+        except BusError:
+            self.failed = True
+            raise
 
     def add(self, text: str) -> None:
         if self.failed:
@@ -249,14 +259,9 @@ class TextStream:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _queue(self, sentence: str) -> None:
-        if self.failed:
-            return
-        try:
-            self.unsent.append(self.handler.speech_message(sentence, self.voice_name))
-        except BusError:
-            self.failed = True
-            raise
-        self._send_more()
+        if not self.failed:
+            self.unsent.append({**self.message, "text": sentence})
+            self._send_more()
 
     def _send_more(self) -> None:
         if self.failed:
