@@ -27,6 +27,8 @@ so one process, a test for instance, can hold several. Names follow the Triton/R
 | voicebus_live_events_total | counter | type (speech_started, partial, speech_ended, final, error) |
 | voicebus_live_decodes_total | counter | kind (partial, final) |
 | voicebus_live_decodes_skipped_total | counter | – |
+| voicebus_live_finals_retried_total | counter | – (final decodes sent again without context) |
+| voicebus_live_partials_set_aside_total | counter | – (a loop, or no reading of the context) |
 | voicebus_live_latency_seconds | gauge | kind (partial, final), quantile (0.5, 0.95, 0.99; last 1000) |
 | voicebus_live_decode_batch_size | histogram | – (the batch each stream decode ran in) |
 
@@ -184,6 +186,18 @@ class _LevelsCollector(Collector):
         yield from _live_metrics(stats.get("live") or [])
 
 
+#: (metric, the key in the agents' live stats, help) of the live counters without labels.
+_LIVE_COUNTERS = (
+    ("voicebus_live_decodes_skipped", "decodes_skipped",
+     "Partial decodes skipped because the stream's previous one was not back."),
+    ("voicebus_live_finals_retried", "finals_retried_alone",
+     "Final decodes with context sent again without it: no words of their own, no reading of "
+     "the context, or a decoder loop."),
+    ("voicebus_live_partials_set_aside", "partials_set_aside",
+     "Partial decodes set aside: a decoder loop, or no reading of the context."),
+)
+
+
 def _live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
     open_streams = GaugeMetricFamily("voicebus_live_streams_open", "Live STT streams open.")
     open_streams.add_metric([], sum(a.get("open_streams", 0) for a in agents))
@@ -196,9 +210,11 @@ def _live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
                 totals[label] = totals.get(label, 0) + n
         for label, n in sorted(totals.items()):
             family.add_metric([label], n)
-    skipped = CounterMetricFamily("voicebus_live_decodes_skipped",
-                                  "Partial decodes skipped because the stream's previous one was not back.")
-    skipped.add_metric([], sum(a.get("decodes_skipped", 0) for a in agents))
+    counters = []
+    for name, key, description in _LIVE_COUNTERS:
+        counter = CounterMetricFamily(name, description)
+        counter.add_metric([], sum(a.get(key, 0) for a in agents))
+        counters.append(counter)
     latency = GaugeMetricFamily(
         "voicebus_live_latency_seconds",
         "From the audio's arrival to its partial or final event (the worst agent's), over the last 1000.",
@@ -217,4 +233,4 @@ def _live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
     sizes = HistogramMetricFamily("voicebus_live_decode_batch_size",
                                   "The batch size each live STT decode ran in.", labels=[])
     sizes.add_metric([], *_buckets(by_size))
-    yield from (open_streams, events, decodes, skipped, latency, sizes)
+    yield from (open_streams, events, decodes, *counters, latency, sizes)

@@ -275,7 +275,8 @@ def test_live_figures_reach_prometheus():
     from model_manager.metrics import BusMetrics
 
     figures = {"open_streams": 3, "events": {"final": 4, "partial": 9}, "decodes": {"partial": 7, "final": 2},
-               "decodes_skipped": 5, "decode_batch_size_histogram": {"1": 2, "4": 3},
+               "decodes_skipped": 5, "finals_retried_alone": 2, "partials_set_aside": 6,
+               "decode_batch_size_histogram": {"1": 2, "4": 3},
                "partial_latency_ms": {"p50": 400.0, "p95": 900.0, "p99": 950.0}, "final_latency_ms": {}}
     metrics = BusMetrics(read_stats=lambda: {"models": [], "live": [figures]})
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -285,6 +286,8 @@ def test_live_figures_reach_prometheus():
     assert got[("voicebus_live_events_total", (("type", "final"),))] == 4
     assert got[("voicebus_live_decodes_total", (("kind", "partial"),))] == 7
     assert got[("voicebus_live_decodes_skipped_total", ())] == 5
+    assert got[("voicebus_live_finals_retried_total", ())] == 2
+    assert got[("voicebus_live_partials_set_aside_total", ())] == 6
     assert got[("voicebus_live_latency_seconds", (("kind", "partial"), ("quantile", "0.95")))] == 0.9
     assert got[("voicebus_live_decode_batch_size_count", ())] == 5
     assert got[("voicebus_live_decode_batch_size_bucket", (("le", "1.0"),))] == 2
