@@ -256,8 +256,10 @@ class LiveRun:
         ending = False
         while not ending:
             pieces = [await self.audio.get()]
-            while not self.audio.empty() and sum(len(p) for p in pieces if p is not None) < max_samples:
+            gathered = 0 if pieces[0] is None else len(pieces[0])  # kept, not summed again per piece
+            while pieces[-1] is not None and not self.audio.empty() and gathered < max_samples:
                 pieces.append(self.audio.get_nowait())
+                gathered += 0 if pieces[-1] is None else len(pieces[-1])
             ending = pieces[-1] is None
             samples = [p for p in pieces if p is not None and len(p)]
             if not samples:
