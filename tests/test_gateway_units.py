@@ -115,6 +115,24 @@ def test_a_taken_http_port_leaves_the_gateway_out():
 # --- Wyoming streaming synthesis: how many sentences it keeps at the bus ---------------------
 
 
+class Connection:
+    """A Wyoming connection as TextStream sees it, on a stand-in `bus`: what it would write
+    (each chunk's text, each event's type) goes to `written`."""
+
+    speech_message = wyoming.WyomingHandler.speech_message
+
+    def __init__(self, bus: object, written: list[str]) -> None:
+        self.gateway = types.SimpleNamespace(bus=bus, names=types.SimpleNamespace(voice=lambda name: name),
+                                             config=types.SimpleNamespace(limits=Limits()))
+        self.written = written
+
+    async def write_audio(self, chunk: dict, started: bool) -> None:
+        self.written.append(chunk["text"])
+
+    async def write_event(self, event) -> None:
+        self.written.append(event.type)
+
+
 def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_order():
     in_flight, most = 0, 0
     written: list[str] = []
@@ -132,19 +150,8 @@ def test_a_streaming_synthesis_keeps_a_few_sentences_ahead_and_writes_them_in_or
             yield {"status": "success", "sample_rate": 24000, "audio": np.zeros(4, np.float32),
                    "text": message["text"]}
 
-    class Handler:
-        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name),
-                                        config=types.SimpleNamespace(limits=Limits()))
-        speech_message = wyoming.WyomingHandler.speech_message
-
-        async def write_audio(self, chunk, started: bool) -> None:
-            written.append(chunk["text"])
-
-        async def write_event(self, event) -> None:
-            written.append(event.type)
-
     async def scenario() -> None:
-        stream = wyoming.TextStream(Handler())  # type: ignore[arg-type]
+        stream = wyoming.TextStream(Connection(Bus(), written))  # type: ignore[arg-type]
         stream.start(None)
         words = "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten."
         stream.add(words)
@@ -168,16 +175,8 @@ def test_a_streaming_synthesis_refused_at_its_start_sends_nothing_and_still_fini
             calls.append(message["text"])
             yield {}
 
-    class Handler:
-        gateway = types.SimpleNamespace(bus=Bus(), names=types.SimpleNamespace(voice=lambda name: name),
-                                        config=types.SimpleNamespace(limits=Limits()))
-        speech_message = wyoming.WyomingHandler.speech_message
-
-        async def write_event(self, event) -> None:
-            calls.append(event.type)
-
     async def scenario() -> None:
-        stream = wyoming.TextStream(Handler())  # type: ignore[arg-type]
+        stream = wyoming.TextStream(Connection(Bus(), calls))  # type: ignore[arg-type]
         with pytest.raises(BusError):
             stream.start("alloy")  # the caller sends its error event
         stream.add("Hello there. How are you? ")
