@@ -10,7 +10,7 @@ from typing import Any
 
 from agents.options import required
 from agents.sinks import ClientCall
-from model_manager.errors import INTERNAL, INVALID_FIELD, MODEL_UNAVAILABLE, BusError
+from model_manager.errors import INTERNAL, INVALID_FIELD, MODEL_UNAVAILABLE, UNKNOWN_MODEL, BusError
 from model_manager.protocol import PROTOCOL_VERSION
 
 
@@ -26,16 +26,20 @@ class AgentCounters:
 
 @dataclass
 class ControlCall:
-    """A `stats` or `configure` call waiting for the model manager's answer."""
+    """A `stats` or `configure` call waiting for the model managers' answers."""
 
     call: ClientCall
     kind: str  # "stats" | "configure"
     deadline: float
+    #: The managers asked that have not answered yet.
+    waiting: set[bytes] = field(default_factory=set)
+    answers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class ModelManagerView:
-    """The model manager as the agent last heard of it (its last pong)."""
+    """The model managers as the agent knows them: `alive` when one is, and `pong` the
+    summary agents/backend.py makes of them (ready, models, each with `ready`)."""
 
     alive: bool
     pong: dict[str, Any]
@@ -92,19 +96,24 @@ def configure_message(task: str, job_id: str, message: dict[str, Any]) -> dict[s
     return {"type": "configure", "job_id": job_id, "task": task, "model": model, "settings": settings}
 
 
-def control_reply(task: str, pending: ControlCall, answer: dict[str, Any] | None,
-                  stats: dict[str, Any]) -> dict[str, Any]:
-    """The client reply to a control call: from the model manager's `answer`, or from what
-    the agent knows when none came in time (`answer` None)."""
+def control_reply(task: str, pending: ControlCall, stats: dict[str, Any]) -> dict[str, Any]:
+    """The client reply to a control call, from the managers' answers (none when none was
+    alive or none answered in time) and what the agent knows (`stats`)."""
+    answers = [a for a in pending.answers if a.get("ok") is not False]
     if pending.kind == "stats":
-        if answer is None or answer.get("ok") is False:
+        if not answers:
             return {"status": "success", **stats, "models": [], "model_manager": "unavailable"}
-        models = [m for m in answer.get("models", []) if m.get("task") == task]
-        return {"status": "success", **stats, "models": models, "memory": answer.get("memory"),
-                "workers": answer.get("workers")}
-    if answer is None:
-        raise BusError(MODEL_UNAVAILABLE, "the model manager did not confirm the new settings")
-    if answer.get("ok"):
-        return {"status": "success", "models": answer.get("models", [])}
-    error = answer.get("error") or {}
-    raise BusError(error.get("code", INTERNAL), error.get("message", ""))
+        models = [{**m, "instance": a.get("instance")} for a in answers for m in a.get("models", [])
+                  if m.get("task") == task]
+        workers = {k: sum((a.get("workers") or {}).get(k, 0) for a in answers)
+                   for k in ("total", "ready", "busy")}
+        return {"status": "success", **stats, "models": models, "memory": answers[0].get("memory"),
+                "workers": workers}
+    failed = [a.get("error") or {} for a in pending.answers if a.get("ok") is False]
+    # A manager that does not hold the named model says unknown_model: fine if another does.
+    serious = [e for e in failed if e.get("code") != UNKNOWN_MODEL or not answers]
+    if serious:
+        raise BusError(serious[0].get("code", INTERNAL), serious[0].get("message", ""))
+    if not answers:
+        raise BusError(MODEL_UNAVAILABLE, "no model manager confirmed the new settings")
+    return {"status": "success", "models": [m for a in answers for m in a.get("models", [])]}

@@ -48,6 +48,9 @@ class InFlight:
     def add(self, job: InFlightJob) -> None:
         self._jobs[job.job_id] = job
 
+    def get(self, job_id: str) -> InFlightJob | None:
+        return self._jobs.get(job_id)
+
     def pop(self, job_id: str) -> InFlightJob | None:
         return self._jobs.pop(job_id, None)
 

@@ -1,7 +1,9 @@
 """`python -m agents.launcher`: start the whole bus and keep it up.
 
-Starts the processes of `process_specs` (the ModelManagerAgent and one service agent per
-task that has models configured), each in its own process; waits until every agent's
+Starts the processes of `process_specs` for its `--role`: `all` (the default: one host),
+`agents` (one service agent per task that has models configured, and the HTTP gateway) or
+`model-manager` (`model_manager.replicas` ModelManagerAgents, which connect out to the
+agents), each in its own process; waits until every agent's
 `health` says ready; prints the endpoints. Serves the live monitoring page
 (agents/monitor.py) on 127.0.0.1 from the start, so loading can be watched too.
 
@@ -11,15 +13,19 @@ step repeating; a process that ran `STABLE_RUN_S` starts the backoff over). Only
 configuration error (exit code `CONFIG_ERROR_EXIT`, with a message naming the key) stops
 the bus, since no restart can fix it. On Ctrl-C or SIGTERM every process gets SIGTERM:
 running batches finish, queued work gets a shutting_down error reply, and whatever is still
-alive after the grace period is killed.
+alive after the grace period is killed. The children die with the launcher even when it is
+killed with SIGKILL (they get SIGTERM from the kernel: PR_SET_PDEATHSIG), so no orphan keeps
+holding the bus's ports.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -54,19 +60,44 @@ class ProcessSpec:
     name: str
     module: str
     args: tuple[str, ...] = ()
+    #: Environment variables of its own, beside the launcher's.
+    env: tuple[tuple[str, str], ...] = ()
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
 
 
-def process_specs(config: Config) -> list[ProcessSpec]:
-    """Every process the bus runs, in start order. A new kind of process is one more row."""
-    specs = [ProcessSpec("model-manager", "model_manager")]
-    for task in ("stt", "tts"):
-        if config.models(task):
-            specs.append(ProcessSpec(f"{task}-agent", "agents.service_agent", (task,)))
-    if config.endpoints.http_port:
-        specs.append(ProcessSpec("gateway", "agents.gateway"))
+ROLES = ("all", "agents", "model-manager")
+
+
+def process_specs(config: Config, role: str = "all") -> list[ProcessSpec]:
+    """Every process the bus runs for `role`, in start order. A new kind of process is one
+    more row."""
+    specs = []
+    if role in ("all", "agents"):
+        for task in ("stt", "tts"):
+            if config.models(task):
+                specs.append(ProcessSpec(f"{task}-agent", "agents.service_agent", (task,)))
+        if config.endpoints.http_port:
+            specs.append(ProcessSpec("gateway", "agents.gateway"))
+    if role in ("all", "model-manager"):
+        specs.extend(model_manager_specs(config))
+    return specs
+
+
+def model_manager_specs(config: Config) -> list[ProcessSpec]:
+    """`model_manager.replicas` model managers; replica i gets GPU i when there are several,
+    and its own metrics port (metrics_port + i)."""
+    replicas = config.model_manager.replicas
+    specs = []
+    for i in range(replicas):
+        env: list[tuple[str, str]] = []
+        if replicas > 1:
+            env.append(("CUDA_VISIBLE_DEVICES", str(i)))
+            if config.endpoints.metrics_port:
+                env.append(("VOICEBUS__ENDPOINTS__METRICS_PORT", str(config.endpoints.metrics_port + i)))
+        specs.append(ProcessSpec("model-manager" if i == 0 else f"model-manager-{i}", "model_manager",
+                                 env=tuple(env)))
     return specs
 
 
@@ -78,6 +109,7 @@ class ConfigurationFailed(Exception):
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
@@ -85,7 +117,8 @@ class Child:
     restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=os.environ.copy())
+        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env},
+                                        preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -94,8 +127,16 @@ class Child:
         return None if self.process is None else self.process.poll()
 
 
-def plan_children(config: Config) -> list[Child]:
-    return [Child(spec.name, spec.argv()) for spec in process_specs(config)]
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own shutdown still stops them
+        pass
+
+
+def plan_children(config: Config, role: str = "all") -> list[Child]:
+    return [Child(spec.name, spec.argv(), dict(spec.env)) for spec in process_specs(config, role)]
 
 
 def restart_delay(restarts: int) -> float:
@@ -270,20 +311,28 @@ def probe_client(config: Config) -> ModelClient:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Start the voicebus model manager and service agents.")
-    parser.parse_args(argv)
-    return exit_on_config_error(_launch)
+    parser = argparse.ArgumentParser(description="Start voicebus: its agents, gateway and model managers.")
+    parser.add_argument("--role", choices=ROLES, default="all",
+                        help="all (one host, the default), agents (agents and gateway) or model-manager")
+    args = parser.parse_args(argv)
+    return exit_on_config_error(lambda: _launch(args.role))
 
 
-def _launch() -> int:
+def _launch(role: str) -> int:
     config = load_config()
     setup_logging("launcher", config.logging.level)
     config = without_taken_http_port(config)
     client = probe_client(config)
     stop = stop_on_signals()
-    children = plan_children(config)
+    children = plan_children(config, role)
     for child in children:
         child.start()
+    if role == "model-manager":  # they serve agents elsewhere: nothing here to wait for
+        print(f"voicebus model managers started: {len(children)}", flush=True)
+        try:
+            return supervise(children, stop)
+        finally:
+            shutdown(children)
     addresses = agent_addresses(config)
     monitor = open_monitor(config, addresses, client)
     try:
@@ -300,10 +349,11 @@ def _launch() -> int:
         print("voicebus is ready:", flush=True)
         for task, address in addresses.items():
             print(f"  {task.upper()}: {address}", flush=True)
-        if config.endpoints.metrics_port:
-            print(
-                f"  Metrics: http://{local_host(config)}:{config.endpoints.metrics_port}/metrics", flush=True
-            )
+        for task, port in (("STT agent", config.endpoints.stt_metrics_port if config.stt_models else 0),
+                           ("TTS agent", config.endpoints.tts_metrics_port if config.tts_models else 0),
+                           ("model manager", config.endpoints.metrics_port if role == "all" else 0)):
+            if port:
+                print(f"  Metrics ({task}): http://{local_host(config)}:{port}/metrics", flush=True)
         if monitor is not None:
             print(f"  Monitor: {monitor.url}", flush=True)
         if http is not None:

@@ -122,3 +122,42 @@ def secure_client_socket(
     sock.curve_serverkey = server_public
     sock.curve_publickey = client_public
     sock.curve_secretkey = client_secret
+
+
+def secure_backend_socket(
+    sock: zmq.Socket, context: zmq.Context, settings: Security
+) -> ThreadAuthenticator | None:
+    """Make an agent's backend ROUTER (not yet bound) a CURVE server that admits only the
+    model managers whose public keys are in `authorized_model_managers_dir`; None when
+    `backend_curve_enabled` is off. A manager with another key gets no work: its handshake
+    fails and it never reaches the agent."""
+    if not settings.backend_curve_enabled:
+        return None
+    public, secret = load_server_keys(settings)
+    directory = Path(settings.authorized_model_managers_dir).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"security.authorized_model_managers_dir: {directory} is not a directory")
+    allow = AllowList(directory)
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve_callback("*", credentials_provider=allow)
+    sock.curve_server = True
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    log.info("backend CURVE on: %d authorized model manager keys in %s", len(allow.keys), directory)
+    return authenticator
+
+
+def secure_model_manager_socket(sock: zmq.Socket, settings: Security) -> None:
+    """Make a model manager's DEALER (not yet connected) a CURVE client of the agents, when
+    `backend_curve_enabled`; ConfigError when its keys cannot be read."""
+    if not settings.backend_curve_enabled:
+        return
+    try:
+        server_public, _ = zmq.auth.load_certificate(Path(settings.server_public_key_file).expanduser())
+        public, secret = zmq.auth.load_certificate(Path(settings.model_manager_secret_key_file).expanduser())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"security.server_public_key_file / model_manager_secret_key_file: {exc}") from None
+    if not secret:
+        raise ConfigError("security.model_manager_secret_key_file: holds no secret key (use *.key_secret)")
+    secure_client_socket(sock, server_public, public, secret)

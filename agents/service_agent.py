@@ -3,8 +3,9 @@
 Clients connect plain zmq REQ (or DEALER) sockets to the agent's ROUTER socket. ROUTER,
 unlike REP, lets the agent keep many clients' requests in flight at once, which is what lets
 the model manager batch across clients. Each request is checked (agents/intake.py: off this
-thread when big), forwarded over a DEALER socket to the model manager (agents/link.py), and
-answered when the result comes back through its reply sink (agents/sinks.py).
+thread when big), handed to a model manager through the agent's backend (agents/backend.py:
+model managers connect out to it, and each job goes to a live one holding its model, within
+its credit), and answered when the result comes back through its reply sink (agents/sinks.py).
 
 This module only moves messages; the parts it drives each do one job:
 - agents/intake.py      decoding and checking client frames, off the socket thread when big
@@ -21,7 +22,8 @@ Guarantees (see docs/protocol.md):
   exception while handling one is an `internal_error` reply with its cause, logged with its
   traceback, and the agent serves on;
 - nothing waits forever: a request unanswered after its timeout gets a "timeout" error, and
-  a job the model manager link cannot take is answered (or, queued, retried) at once;
+  a job waits for a model manager holding its model, within its deadline and the model
+  wait bound (then model_unavailable); a lost manager's jobs go to another;
 - a `queue_for_batch` job is journaled before "queued" goes out, so a restarted agent
   resubmits it, and its result stays fetchable across restarts.
 
@@ -43,6 +45,7 @@ from typing import Any
 import zmq
 
 from agents import security
+from agents.backend import Backend
 from agents.connections import MONITOR_EVENTS, ConnectionTracker, drain_monitor, message_fd
 from agents.control import (
     AgentCounters,
@@ -56,9 +59,9 @@ from agents.control import (
 )
 from agents.inflight import InFlight
 from agents.intake import Intake, Prepared
-from agents.link import ModelManagerLink
 from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
 from agents.live.worker import DEFAULT_LANES, OffThread
+from agents.metrics import AgentMetrics
 from agents.options import (
     _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
     _echoable,
@@ -71,7 +74,7 @@ from agents.services import SERVICES, Service
 from agents.sinks import CallbackReply, ClientCall, ReplySink
 from agents.stream_driver import StreamDriver, StreamJob
 from agents.streams import Stream, StreamRegistry
-from agents.work import QUEUED_RETRY_S, Work, internal_error
+from agents.work import Work, internal_error
 from model_manager import protocol
 from model_manager.batcher import INTERACTIVE
 from model_manager.config import Config, load_config
@@ -81,11 +84,10 @@ from model_manager.errors import (
     INVALID_FIELD,
     MESSAGE_TOO_LARGE,
     MISSING_FIELD,
-    OVERLOADED,
+    MODEL_UNAVAILABLE,
     SHUTTING_DOWN,
     TIMEOUT,
     UNKNOWN_ACTION,
-    UNKNOWN_MODEL,
     BusError,
 )
 from model_manager.protocol import Encoding
@@ -145,20 +147,23 @@ class ServiceAgent:
         authenticator = security.secure_server_socket(self.front, self.context, self.config.security)
         self.front_monitor = self.front.get_monitor_socket(MONITOR_EVENTS)
         self.front.bind(f"tcp://{self.config.endpoints.host}:{self.port}")
-        self.link = ModelManagerLink(self.context, self.config.endpoints.model_manager_port)
+        self.backend = Backend(self.config, self.service.task, self.inflight,
+                               lambda job, outcome: self.work.answer(job, outcome), self._answer_control)
         self.intake = Intake(self.context, self.service, self.limits)
         poller = zmq.Poller()
-        for sock in (self.front, self.link.socket, self.front_monitor, self.intake.wake):
+        for sock in (self.front, self.backend.socket, self.front_monitor, self.intake.wake):
             poller.register(sock, zmq.POLLIN)
         if self.service.task == "stt":
             worker = OffThread(self.context, lanes=self.config.limits.stream_vad_threads or DEFAULT_LANES)
             self.live = LiveStreams(self, worker, live_settings(self.config))
             poller.register(self.live.worker.wake, zmq.POLLIN)
-        self.work = Work(self.service, self.limits, self.inflight, self.link, self.results, self._send,
+        self.work = Work(self.service, self.limits, self.inflight, self.backend, self.results, self._send,
                          self.stream_driver, self.live)
-        log.info("%s agent listening on %s:%d", self.service.task, self.config.endpoints.host, self.port)
+        log.info("%s agent listening on %s:%d; model managers connect to %s", self.service.task,
+                 self.config.endpoints.host, self.port, self.backend.address)
+        self.metrics = AgentMetrics(self.service.task, self.backend.configured)
+        exporter = self.metrics.start(self.config, self.service.task)
         self.work.recover_journal()
-        next_ping = 0.0
         shutdown_by = float("inf")
         try:
             while True:
@@ -169,17 +174,11 @@ class ServiceAgent:
                     log.info("shutting down: %d requests in flight will finish", len(self.inflight))
                 if self.stopping and (not self._clients_waiting() or now >= shutdown_by):
                     break
-                if now >= next_ping:
-                    # The live streams' figures ride on the ping: Prometheus is served by
-                    # the model manager (model_manager/metrics.py).
-                    live = {"live": self.live.stats()} if self.live is not None else {}
-                    self.link.send({"type": "ping", **live})
-                    next_ping = now + PING_INTERVAL_S
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is self.front:
                         self._guarded(self._receive_client)
-                    elif sock is self.link.socket:
-                        self._guarded(self._on_model_manager)
+                    elif sock is self.backend.socket:
+                        self._guarded(self.backend.receive)
                     elif sock is self.intake.wake:
                         self._guarded(lambda: self.intake.drain(self._on_prepared))
                     elif self.live is not None and sock is self.live.worker.wake:
@@ -196,7 +195,9 @@ class ServiceAgent:
             self.front.disable_monitor()
             self.front_monitor.close()
             self.front.close()
-            self.link.close()
+            self.backend.close()
+            if exporter is not None:
+                exporter.close()
             self.results.close()
             if authenticator is not None:
                 authenticator.stop()
@@ -345,45 +346,56 @@ class ServiceAgent:
     # --- control actions ------------------------------------------------------------------
 
     def _view(self) -> ModelManagerView:
-        return ModelManagerView(self.link.alive, self.link.last_pong)
+        return self.backend.view()
 
     def _health(self, call: ClientCall, _prepared: Prepared) -> None:
         self._send(call, health_reply(self.service.task, self._view(), self.stopping))
 
     def _voices(self, call: ClientCall, _prepared: Prepared) -> None:
-        self.link.require_alive()
-        self._send(call, voices_reply(self.service.task, self._view()))
+        view = self._view()
+        if not view.models(self.service.task):
+            raise BusError(MODEL_UNAVAILABLE, "no model manager has registered yet; retry shortly")
+        self._send(call, voices_reply(self.service.task, view))
 
     def _stats(self, call: ClientCall, _prepared: Prepared) -> None:
-        pending = ControlCall(call, "stats", time.monotonic() + STATS_TIMEOUT_S)
-        if not self.link.alive:  # known to be away: the agent's own figures, without waiting
-            self._reply_control(pending, None)
-            return
-        job_id = uuid.uuid4().hex
-        self.control[job_id] = pending
-        self.link.send({"type": "stats", "job_id": job_id})
+        self._ask_managers(ControlCall(call, "stats", time.monotonic() + STATS_TIMEOUT_S),
+                           {"type": "stats"})
 
     def _configure(self, call: ClientCall, prepared: Prepared) -> None:
+        message = configure_message(self.service.task, "", prepared.message)
+        if not self.backend.alive:
+            raise BusError(MODEL_UNAVAILABLE, "no model manager is alive to take the new settings")
+        self._ask_managers(ControlCall(call, "configure", time.monotonic() + STATS_TIMEOUT_S), message)
+
+    def _ask_managers(self, pending: ControlCall, message: dict[str, Any]) -> None:
+        """Send a control message to every live model manager; the reply goes out once all
+        have answered (or at the deadline, with what came)."""
         job_id = uuid.uuid4().hex
-        message = configure_message(self.service.task, job_id, prepared.message)
-        self.link.require_alive()
-        self.control[job_id] = ControlCall(call, "configure", time.monotonic() + STATS_TIMEOUT_S)
-        if not self.link.send(message):
+        pending.waiting = set(self.backend.broadcast({**message, "job_id": job_id}))
+        if not pending.waiting:  # none alive: the agent's own figures, without waiting
+            self._reply_control(pending)
+            return
+        self.control[job_id] = pending
+
+    def _answer_control(self, identity: bytes, answer: dict[str, Any]) -> None:
+        job_id = answer.get("job_id", "")
+        pending = self.control.get(job_id)
+        if pending is None or identity not in pending.waiting:
+            return
+        pending.waiting.discard(identity)
+        pending.answers.append(answer)
+        if not pending.waiting:
             del self.control[job_id]
-            raise BusError(OVERLOADED, "the link to the model manager is full; retry shortly", 1000)
+            self._reply_control(pending)
 
-    def _answer_control(self, job_id: str, answer: dict[str, Any] | None) -> None:
-        pending = self.control.pop(job_id, None)
-        if pending is not None:
-            self._reply_control(pending, answer)
-
-    def _reply_control(self, pending: ControlCall, answer: dict[str, Any] | None) -> None:
+    def _reply_control(self, pending: ControlCall) -> None:
         stats = agent_stats(self.service.task, self.counters, len(self.inflight), len(self.results),
                             len(self.streams))
+        stats.update(self.backend.stats())
         if self.live is not None:
             stats["live"] = self.live.stats()
         try:
-            reply = control_reply(self.service.task, pending, answer, stats)
+            reply = control_reply(self.service.task, pending, stats)
         except BusError as exc:
             reply = protocol.error_reply(exc)
         self._send(pending.call, reply)
@@ -395,7 +407,6 @@ class ServiceAgent:
         if item.fields.get("output_path") is not None:
             # One file per request: a stream's chunks go back to the client, never to a file.
             raise BusError(INVALID_FIELD, "stream does not take output_path; use synthesize for a file")
-        self.link.require_alive()
         request_id = request_key(item.fields.get("request_id") or uuid.uuid4().hex)
         fields = {**item.fields, "request_id": request_id}
         stream: Stream[StreamJob] = Stream.open(
@@ -421,13 +432,8 @@ class ServiceAgent:
     def _live_open(self, call: ClientCall, prepared: Prepared) -> None:
         assert self.live is not None
         check_options(prepared.message)
-        self.link.require_alive()
         # Checked now, not at the first decode: a stream's partials fail silently.
-        model_pref = prepared.message.get("model_pref")
-        names = [m.get("name") for m in self._view().models(self.service.task)]
-        if model_pref not in (None, "", "default", "fast", "quality", *names):
-            raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: "
-                                          f"{', '.join(map(str, names))}")
+        self.backend.model_for(prepared.message.get("model_pref"))
         request_id = request_key(prepared.message.get("request_id") or uuid.uuid4().hex)
         self.live.open(call, prepared.message, request_id, time.monotonic())
 
@@ -461,40 +467,6 @@ class ServiceAgent:
         gone = set(job_ids)
         self.work.cancel_at_model_manager(self.inflight.drop(lambda job: job.job_id in gone))
 
-    # --- model manager side ---------------------------------------------------------------
-
-    def _on_model_manager(self) -> None:
-        message = self.link.receive()
-        if message is None:
-            return
-        kind = message.get("type")
-        if kind == "pong":
-            if self.link.on_pong(message):
-                self._resend_all()
-        elif kind in ("stats", "configured"):
-            self._answer_control(message.get("job_id", ""), message)
-        elif kind == "result":
-            job = self.inflight.pop(message.get("job_id", ""))
-            if job is None:
-                return  # already answered (timed out, cancelled, or a resent copy)
-            if message.get("ok"):
-                self.work.answer(job, message["result"])
-            else:
-                error = message.get("error") or {}
-                self.work.answer(job, BusError(error.get("code", INTERNAL), error.get("message", ""),
-                                           error.get("retry_after_ms")))
-
-    def _resend_all(self) -> None:
-        """A new model manager instance never saw the jobs in flight: send them again.
-        Inference is idempotent, and a late answer from the old instance is ignored."""
-        jobs = list(self.inflight)
-        if jobs:
-            log.warning("model manager (re)connected; resending %d requests in flight", len(jobs))
-        for job in jobs:
-            job.body = None
-            if not self.link.send(job.message):
-                job.retry_at = time.monotonic() + QUEUED_RETRY_S
-
     def _tick(self, now: float) -> None:
         if self.live is not None:
             self.live.tick(now)
@@ -502,15 +474,16 @@ class ServiceAgent:
         self.work.cancel_at_model_manager([job.job_id for job in expired])
         for job in expired:
             job.sink.deliver(self.work.render(job, BusError(TIMEOUT, "no result within the request timeout")))
-        for job in self.inflight.due(now):
-            if not self.link.send(job.message):
-                job.retry_at = now + QUEUED_RETRY_S
+        for job in self.inflight.due(now):  # turned away for now earlier: another try
+            self.work.submit(job)
+        self.backend.tick(now)
         self.stream_driver.expire(now)
         for job_id in [j for j, c in self.control.items() if c.deadline <= now]:
-            self._answer_control(job_id, None)
+            self._reply_control(self.control.pop(job_id))
         if now >= self.next_purge:
             self.results.purge(time.time())
             self.next_purge = now + PURGE_INTERVAL_S
+        self.metrics.update(self.backend, self.live.stats() if self.live is not None else None)
 
 
 class _NoSink(ReplySink):

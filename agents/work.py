@@ -4,13 +4,14 @@ journal and get_result, cancel, and delivering each job's outcome to its reply s
 Contract:
 - `Work` never touches the client socket: every reply goes out through the `send` callback,
   and every job through `submit`, which keeps it in the in-flight table until `answer`;
-- a job the model manager link cannot take is answered (or, queued, retried) at once;
+- a job no model manager can ever take (unknown model, too many waiting) is answered at
+  once; the others wait at the backend (agents/backend.py) for a manager with credit;
 - a queue_for_batch job is journaled before "queued" goes out, and `recover_journal` takes
   up the jobs a previous run left there;
 - `answer` delivers exactly one rendered reply per job, except that a refusal for now of a
   job whose client cannot resend it is kept for another try.
 The socket loop (agents/service_agent.py) routes frames here and model manager results to
-`answer`; it owns the in-flight table, the link, the journal and the streams.
+`answer`; it owns the in-flight table, the backend, the journal and the streams.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import time
 import uuid
 from typing import Any
 
+from agents.backend import Backend
 from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.intake import Item, Prepared
 from agents.journal import journal_entry, recover
-from agents.link import ModelManagerLink
 from agents.live.streams import LiveStreams
 from agents.options import _echoable, effective_timeout_ms, priority, request_key, required
 from agents.results import ResultStore
@@ -39,7 +40,6 @@ from model_manager.errors import (
     INTERNAL,
     INVALID_FIELD,
     NOT_FOUND,
-    OVERLOADED,
     RETRYABLE,
     BusError,
 )
@@ -51,13 +51,13 @@ QUEUED_RETRY_S = 1.0
 
 
 class Work:
-    def __init__(self, service: Service, limits: Limits, inflight: InFlight, link: ModelManagerLink,
+    def __init__(self, service: Service, limits: Limits, inflight: InFlight, backend: Backend,
                  results: ResultStore, send: Send, stream_driver: StreamDriver,
                  live: LiveStreams | None) -> None:
         self.service = service
         self.limits = limits
         self.inflight = inflight
-        self.link = link
+        self.backend = backend
         self.results = results
         self.send = send
         self.stream_driver = stream_driver
@@ -98,17 +98,17 @@ class Work:
         return InFlightJob(job_id, message, deadline, sink, fields, body)
 
     def submit(self, job: InFlightJob) -> None:
-        # The message is kept until answered: if the model manager restarts, it is sent again.
+        # The message is kept until answered: if its model manager is lost, it is sent again.
         self.inflight.add(job)
-        body, job.body = job.body, None
-        if not self.link.send(job.message, body):
+        try:
+            self.backend.submit(job)
+        except BusError as exc:  # unknown model, or too many waiting for one
             self.inflight.pop(job.job_id)
-            full = BusError(OVERLOADED, "the link to the model manager is full; retry shortly", 1000)
-            self.answer(job, full)
+            self.answer(job, exc)
 
     def cancel_at_model_manager(self, job_ids: list[str]) -> None:
         if job_ids:
-            self.link.send({"type": "cancel", "job_ids": job_ids})
+            self.backend.cancel(job_ids)
 
     def answer(self, job: InFlightJob, outcome: dict[str, Any] | BusError) -> None:
         """Deliver `job`'s outcome to its sink, or keep it for another try: a refusal for now
@@ -139,12 +139,10 @@ class Work:
 
     def single(self, call: ClientCall, prepared: Prepared) -> None:
         item = prepared.items[0]
-        self.link.require_alive()
         sink = ClientReply(call, self.send)
         self.submit(self.new_job(uuid.uuid4().hex, item.fields, _request(item), sink, INTERACTIVE))
 
     def batch(self, call: ClientCall, prepared: Prepared) -> None:
-        self.link.require_alive()
         # One count for the loop itself: the reply goes out once it is done and every item is.
         batch = BatchCall(call, self.send, [None] * len(prepared.items), pending=1)
         for index, item in enumerate(prepared.items):
@@ -164,7 +162,6 @@ class Work:
 
     def queue_for_batch(self, call: ClientCall, prepared: Prepared) -> None:
         item = prepared.items[0]
-        self.link.require_alive()
         fields = item.fields
         request_id = request_key(fields.get("request_id") or uuid.uuid4().hex)
         sink = QueuedReply(request_id, self.results)
@@ -177,11 +174,11 @@ class Work:
         self.send(call, {"status": "queued", "request_id": request_id})
 
     def recover_journal(self) -> None:
-        """Take up the journaled jobs of a previous run. They go to the model manager with
-        the first pong, like every job in flight when a model manager appears."""
+        """Take up the journaled jobs of a previous run: they wait for a model manager like
+        any new job."""
         jobs, expired = recover(self.results)
         for job in jobs:
-            self.inflight.add(job)
+            self.submit(job)
         if jobs or expired:
             log.warning("journal: resuming %d queued requests; %d timed out while down", len(jobs), expired)
 

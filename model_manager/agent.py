@@ -1,14 +1,18 @@
-"""ModelManagerAgent: loads every configured model once and serves batched inference.
+"""ModelManagerAgent: loads its models once and serves batched inference to the agents.
 
-Agents talk to it over one ROUTER socket (127.0.0.1 only) with the internal protocol in
-docs/protocol.md: each message is [INTERNAL_VERSION, msgpack body]. Message types:
+It connects out to every agent it serves (model_manager/agent_links.py; docs/protocol.md
+§6), says READY once its models are loaded, and heartbeats. Message types from an agent:
 - "infer"  {job_id, task, model_pref, request, priority, timeout_ms, target_ms} -> one "result"
 - "cancel" {job_ids}: the client has gone; queued jobs are dropped unanswered
-- "ping"   -> "pong" {ready, loading, models, error}; an agent that pinged and then falls
-  silent for LIVENESS_INTERVALS ping intervals is taken for dead, and its queued jobs are
-  dropped, so that they do not run for nobody
-- "stats"  {job_id} -> "stats" {job_id, models: [...], memory, workers}
+- "stats"  {job_id} -> "stats" {job_id, instance, host, models: [...], memory, workers}
 - "configure" {job_id, task, model?, settings} -> "configured" {job_id, ok, models | error}
+An agent silent for three heartbeats, or that says it does not know this manager, is taken
+for dead: its queued jobs are dropped, so that they do not run for nobody (the agent sends
+them again, here or elsewhere).
+
+On SIGTERM it drains: it tells the agents (no new work comes), answers new jobs with
+shutting_down (the agent sends them elsewhere), finishes what it holds within
+`model_manager.drain_timeout_s`, says DISCONNECT and exits.
 
 An "infer" is prepared by its engine (checks; Whisper's speech detection, which sets its
 window length and so its batch key) on `PreparePool` threads, not on the socket thread, so
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -37,7 +42,8 @@ from typing import Any
 
 import zmq
 
-from model_manager import protocol
+from model_manager import link_protocol as link
+from model_manager.agent_links import AgentLinks
 from model_manager.config import Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
@@ -110,12 +116,10 @@ class ModelManagerAgent:
         self._workers_lock = threading.Lock()
         # Tells agents that a restarted model manager is a new instance with no jobs in flight.
         self.instance = uuid.uuid4().hex
-        # Agents that ping, by identity -> when last heard from (monotonic); and every agent's
-        # jobs not answered yet, to drop a dead agent's jobs and to ignore resent ones.
-        self._peers: dict[bytes, float] = {}
-        # The live-stream figures each STT agent last sent with its ping, for the metrics.
-        self._live_figures: dict[bytes, dict[str, Any]] = {}
+        # Every agent's jobs not answered yet, to drop a dead agent's jobs and to ignore
+        # resent ones.
         self._peer_jobs: dict[bytes, set[str]] = {}
+        self.draining = False
         self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
         # Engines' `prepare` (Whisper's speech detection) runs here, off the socket thread.
         self._preparing = PreparePool(self._hand_off)
@@ -127,8 +131,7 @@ class ModelManagerAgent:
         from model_manager.engines.registry import build_engine, weights_installed
 
         try:
-            specs: list[ModelSpec] = [*self.config.stt_models, *self.config.tts_models]
-            for spec in specs:
+            for spec in self.served_specs():
                 if spec.optional and not weights_installed(spec):
                     log.info("skipping optional model %s: weights %s not installed", spec.name, spec.weights)
                     continue
@@ -142,6 +145,12 @@ class ModelManagerAgent:
             self.load_error = f"{type(exc).__name__}: {exc}"
         finally:
             self._loaded.set()
+
+    def served_specs(self) -> list[ModelSpec]:
+        """The configured models this manager serves: `model_manager.models`, or all."""
+        wanted = self.config.model_manager.models
+        specs = [*self.config.stt_models, *self.config.tts_models]
+        return [spec for spec in specs if not wanted or spec.name in wanted]
 
     def _start_workers(self, warm_up: bool = False) -> None:
         policy = self.config.batch_processing_config
@@ -173,6 +182,9 @@ class ModelManagerAgent:
     def _worker(self, name: str) -> ModelWorker | None:
         with self._workers_lock:
             return self.workers.get(name)
+
+    def _configured_names(self) -> set[str]:
+        return {spec.name for spec in (*self.config.stt_models, *self.config.tts_models)}
 
     @property
     def held_limit(self) -> int:
@@ -217,10 +229,18 @@ class ModelManagerAgent:
 
     # --- the socket loop ----------------------------------------------------------------
 
+    def agent_addresses(self) -> list[str]:
+        """The agents to serve: `model_manager.agents`, or this host's agents."""
+        if self.config.model_manager.agents:
+            return list(self.config.model_manager.agents)
+        endpoints = self.config.endpoints
+        host = "127.0.0.1" if endpoints.backend_host in ("0.0.0.0", "*") else endpoints.backend_host
+        ports = [endpoints.stt_backend_port if task == "stt" else endpoints.tts_backend_port
+                 for task in ("stt", "tts") if self.config.models(task)]
+        return [f"tcp://{host}:{port}" for port in ports]
+
     def serve(self, stop: threading.Event) -> None:
-        router = self.context.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 2000)
-        router.bind(f"tcp://127.0.0.1:{self.config.endpoints.model_manager_port}")
+        self.links = AgentLinks(self.context, self.agent_addresses(), self.instance, self.config.security)
         results = self.context.socket(zmq.PULL)
         results.bind(RESULTS_ENDPOINT)
         exporter = self._start_exporter()
@@ -230,89 +250,119 @@ class ModelManagerAgent:
         else:
             threading.Thread(target=self.load_models, name="model-loader", daemon=True).start()
         poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(results, zmq.POLLIN)
-        log.info("model manager listening on 127.0.0.1:%d", self.config.endpoints.model_manager_port)
+        for sock in (*self.links.sockets(), results):
+            poller.register(sock, zmq.POLLIN)
+        log.info("model manager %s serving the agents at %s", self.instance[:12],
+                 ", ".join(self.agent_addresses()))
         stopping = False
-        next_reap = 0.0
+        announced = False
+        drain_by = float("inf")
         try:
             while True:
+                now = time.monotonic()
                 if stop.is_set() and not stopping:
-                    stopping = True
-                    log.info("shutting down: queued work gets shutting_down, running batches finish")
-                    for worker in self.worker_list():
-                        threading.Thread(target=worker.stop, daemon=True).start()
-                if stopping and not self._preparing.busy and not any(w.alive for w in self.worker_list()):
-                    break  # every worker has finished; the final forward below flushes their replies
+                    stopping = self.draining = True
+                    drain_by = now + self.config.model_manager.drain_timeout_s
+                    log.info("draining: no new work; what is held finishes within %.0f s",
+                             self.config.model_manager.drain_timeout_s)
+                    self.links.tick(float("inf"), self.heartbeat())  # tell the agents at once
+                if stopping and (self._drained() or now >= drain_by):
+                    break
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is results:
-                        self._forward_results(results, router)
+                        self._forward_results(results)
                     else:
-                        self._handle(router, router.recv_multipart(), stopping)
+                        for key, message in self.links.receive(sock):
+                            self._handle(key, message, stopping)
                 if self._held and (self._loaded.is_set() or stopping):
-                    self._release_held(router, stopping)
-                # Not while messages wait: after a stall of this loop (e.g. SIGSTOP) the pings
-                # still queued would show that the agents are alive.
-                if time.monotonic() >= next_reap and not router.get(zmq.EVENTS) & zmq.POLLIN:
-                    self._reap_silent_peers(time.monotonic())
-                    next_reap = time.monotonic() + protocol.PING_INTERVAL_S
-            self._release_held(router, stopping=True)
+                    self._release_held(stopping)
+                if not announced and self.ready:
+                    self.links.announce(self.ready_message())
+                    announced = True
+                for key in self.links.tick(time.monotonic(), self.heartbeat()):
+                    self._drop_agent_jobs(key, "is silent")
+            for worker in self.worker_list():
+                worker.stop()  # anything still queued past the drain gets shutting_down
+            self._release_held(stopping=True)
             self._preparing.close()
-            self._forward_results(results, router)
+            self._forward_results(results)
+            self.links.say_goodbye("drained" if self._drained() else "stopped at the drain timeout")
         finally:
             if exporter is not None:
                 exporter.close()
             results.close(linger=0)
-            router.close()
+            self.links.close()
+
+    def _drained(self) -> bool:
+        return not self._preparing.busy and not any(w.queue_depth() or w.busy for w in self.worker_list())
+
+    def ready_message(self) -> link.Ready:
+        offers = tuple(link.ModelOffer(e.name, e.task, self.credit, e.describe()) for e in self.engines)
+        return link.Ready(link.LINK_PROTOCOL, self.instance, socket.gethostname(), offers,
+                          self._free_memory())
+
+    def heartbeat(self) -> link.Heartbeat:
+        return link.Heartbeat(draining=self.draining, free_memory_bytes=self._free_memory())
+
+    @property
+    def credit(self) -> int:
+        """Jobs per model this manager takes at once: enough to fill the next batch while one
+        runs, and never more than its queue holds."""
+        policy = self.config.batch_processing_config
+        wanted = self.config.model_manager.credit or 2 * policy.max_batch_size
+        return max(1, min(wanted, policy.max_queue_size))
+
+    def _free_memory(self) -> int:
+        device = next((e.device for e in self.engines), "cpu")
+        try:
+            return int(read_memory(device).free_bytes or 0)
+        except Exception:  # a reading is a hint for the agents, never a reason to fail
+            return 0
 
     def _start_exporter(self) -> Exporter | None:
-        """The Prometheus exporter, or None when metrics_port is 0 or taken: metrics are for
-        watching the bus, so a port clash must not stop it from serving."""
+        """The HTTP server (metrics and probes), or None when metrics_port is 0 or taken:
+        it is for watching the bus, so a port clash must not stop it from serving."""
         port = self.config.endpoints.metrics_port
         if not port:
             return None
         # Beside the agents, on endpoints.host; "*" is ZeroMQ's spelling of every interface.
         host = "0.0.0.0" if self.config.endpoints.host == "*" else self.config.endpoints.host
         try:
-            return self.metrics.serve(host, port)
+            return self.metrics.serve(host, port, ready=self.serving)
         except OSError as exc:
             log.error("metrics exporter disabled: cannot listen on %s:%d: %s", host, port, exc)
             return None
 
-    def _forward_results(self, results: zmq.Socket, router: zmq.Socket) -> None:
+    def serving(self) -> bool:
+        """The readiness probe: models loaded, an agent took the READY, and not draining."""
+        links = getattr(self, "links", None)
+        return self.ready and not self.draining and links is not None and links.accepted
+
+    def _forward_results(self, results: zmq.Socket) -> None:
         while True:
             try:
                 identity, job_id, body = results.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._peer_jobs.get(identity, set()).discard(job_id.decode())
-            self._send(router, identity, body)
+            self.links.send(identity, {}, body)
 
-    def _reap_silent_peers(self, now: float) -> None:
-        """Drop the queued and held jobs of agents silent for LIVENESS_INTERVALS pings: a
-        killed agent's jobs would otherwise run for nobody. A running batch still finishes
-        (its results go nowhere). An agent that was only slow resends its jobs when it
-        hears from us again, so nothing is lost either way."""
-        limit = protocol.PING_INTERVAL_S * protocol.LIVENESS_INTERVALS
-        for peer in [p for p, seen in self._peers.items() if now - seen >= limit]:
-            del self._peers[peer]
-            self._live_figures.pop(peer, None)
-            jobs = self._peer_jobs.pop(peer, set())
-            dropped = self._preparing.cancel(peer, jobs) if jobs else 0  # before the queues: see PreparePool
-            dropped += sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
-            held = len(self._held)
-            self._held = [h for h in self._held if h.identity != peer]
-            dropped += held - len(self._held)
-            log.warning("agent %s stopped pinging; dropped %d of its queued jobs", peer.hex(), dropped)
+    def _drop_agent_jobs(self, peer: bytes, why: str) -> None:
+        """Drop the queued and held jobs of an agent that is silent or forgot us: they would
+        run for nobody. A running batch still finishes (its results go nowhere). The agent
+        sends its jobs again, to us or another manager, so nothing is lost either way."""
+        jobs = self._peer_jobs.pop(peer, set())
+        dropped = self._preparing.cancel(peer, jobs) if jobs else 0  # before the queues: see PreparePool
+        dropped += sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
+        held = len(self._held)
+        self._held = [h for h in self._held if h.identity != peer]
+        dropped += held - len(self._held)
+        if dropped:
+            log.warning("agent %s %s; dropped %d of its queued jobs", peer.decode(errors="replace"), why,
+                        dropped)
 
-    def _send(self, router: zmq.Socket, identity: bytes, body: bytes) -> None:
-        try:
-            router.send_multipart([identity, protocol.INTERNAL_VERSION, body])
-        except zmq.ZMQError as exc:  # the agent went away; it will time the request out
-            log.warning("cannot reply to agent %r: %s", identity, exc)
-
-    def _reply(self, router: zmq.Socket, identity: bytes, message: dict[str, Any]) -> None:
-        self._send(router, identity, protocol.pack(message))
+    def _reply(self, identity: bytes, message: dict[str, Any]) -> None:
+        self.links.send(identity, message)
 
     def _deliver(self, job: Job, outcome: Outcome) -> None:
         """Called on worker threads: hand the answer to the socket thread (sockets are not thread-safe)."""
@@ -323,50 +373,38 @@ class ModelManagerAgent:
         if push is None:
             push = self._local.push = self.context.socket(zmq.PUSH)
             push.connect(RESULTS_ENDPOINT)
-        push.send_multipart([identity, str(job_id).encode(), protocol.pack(message)])
+        push.send_multipart([identity, str(job_id).encode(), link.encode(message)[1]])
 
-    def _handle(self, router: zmq.Socket, frames: list[bytes], stopping: bool) -> None:
-        """Handle one internal message. Anyone on 127.0.0.1 can connect, and a bug must cost
-        one message, not this process: an unexpected exception is logged with its traceback
-        and, when the message names a job_id, answered with internal_error and the cause."""
-        identity = frames[0]
-        if len(frames) != 3 or frames[1] != protocol.INTERNAL_VERSION:
-            log.warning("dropping malformed internal message from %r (%d frames)", identity, len(frames))
+    def _handle(self, identity: bytes, message: Any, stopping: bool) -> None:
+        """Handle one message from an agent. A bug must cost one message, not this process:
+        an unexpected exception is logged with its traceback and, when the message names a
+        job_id, answered with internal_error and the cause."""
+        if isinstance(message, link.Disconnect):
+            self._drop_agent_jobs(identity, "does not know this manager any more")
             return
-        try:
-            message = protocol.unpack(frames[2])
-            kind = message["type"]
-        except Exception:
-            log.warning("dropping undecodable internal message from %r", identity)
+        if not isinstance(message, dict):
             return
+        kind = message.get("type")
         try:
-            self._dispatch(router, identity, kind, message, stopping)
+            self._dispatch(identity, kind, message, stopping)
         except Exception as exc:
             log.exception("internal message %r failed", kind)
             reply_type, job_id = REPLY_TYPES.get(kind), message.get("job_id")
             if reply_type is not None and isinstance(job_id, str):
                 failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
-                self._reply(router, identity, {"type": reply_type, "job_id": job_id, "ok": False,
-                                               "error": failure.to_wire()})
+                self._reply(identity, {"type": reply_type, "job_id": job_id, "ok": False,
+                                       "error": failure.to_wire()})
 
-    def _dispatch(
-        self, router: zmq.Socket, identity: bytes, kind: Any, message: dict[str, Any], stopping: bool
-    ) -> None:
-        if kind == "ping" or identity in self._peers:
-            self._peers[identity] = time.monotonic()
-        if kind == "ping":
-            if isinstance(message.get("live"), dict):
-                self._live_figures[identity] = message["live"]
-            self._reply(router, identity, self.pong())
-        elif kind == "stats":
-            self._reply(router, identity, {"type": "stats", "job_id": message.get("job_id"), **self.stats()})
+    def _dispatch(self, identity: bytes, kind: Any, message: dict[str, Any], stopping: bool) -> None:
+        if kind == "stats":
+            self._reply(identity, {"type": "stats", "job_id": message.get("job_id"), **self.stats()})
         elif kind == "configure":
             reply: dict[str, Any] = {"type": "configured", "job_id": message.get("job_id")}
             try:
                 reply.update(ok=True, **self.configure(message))
             except BusError as exc:
                 reply.update(ok=False, error=exc.to_wire())
-            self._reply(router, identity, reply)
+            self._reply(identity, reply)
         elif kind == "cancel":
             ids = {i for i in message.get("job_ids", []) if isinstance(i, str)}
             self._peer_jobs.get(identity, set()).difference_update(ids)
@@ -378,20 +416,20 @@ class ModelManagerAgent:
                 h for h in self._held if h.identity != identity or h.message.get("job_id") not in ids
             ]
         elif kind == "infer":
-            self._accept(router, HeldJob(identity, message, time.monotonic()), stopping)
+            self._accept(HeldJob(identity, message, time.monotonic()), stopping)
         else:
             log.warning("unknown internal message type %r", kind)
 
-    def _accept(self, router: zmq.Socket, held: HeldJob, stopping: bool) -> None:
+    def _accept(self, held: HeldJob, stopping: bool) -> None:
         identity, message = held.identity, held.message
         job_id = message.get("job_id", "")
         if not stopping and not self._loaded.is_set():
-            # Jobs that arrive while models load (e.g. resent after a restart) wait for them,
-            # as many as the queues could take; beyond that they are turned away for now.
+            # Jobs that arrive while models load wait for them, as many as the queues could
+            # take; beyond that they are turned away for now.
             if len(self._held) >= self.held_limit:
                 busy = BusError(OVERLOADED, "models are still loading and enough jobs wait for them",
                                 retry_after_ms=1000)
-                self._reply(router, identity, result_message(job_id, busy))
+                self._reply(identity, result_message(job_id, busy))
             else:
                 self._held.append(held)
             return
@@ -399,20 +437,20 @@ class ModelManagerAgent:
             return  # resent while the first copy is queued or running: its result answers both
         try:
             if stopping:
-                raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
+                raise BusError(SHUTTING_DOWN, "the model manager is draining")
             self._submit(identity, message, held.received_at)
             self._peer_jobs.setdefault(identity, set()).add(job_id)
         except BusError as exc:
-            self._reply(router, identity, result_message(job_id, exc))
+            self._reply(identity, result_message(job_id, exc))
         except Exception as exc:
             log.exception("cannot submit job %s", job_id)
             failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
-            self._reply(router, identity, result_message(job_id, failure))
+            self._reply(identity, result_message(job_id, failure))
 
-    def _release_held(self, router: zmq.Socket, stopping: bool) -> None:
+    def _release_held(self, stopping: bool) -> None:
         held, self._held = self._held, []
         for job in held:
-            self._accept(router, job, stopping)
+            self._accept(job, stopping)
 
     def _submit(self, identity: bytes, message: dict[str, Any], received_at: float) -> None:
         limit_ms = self.config.limits.request_timeout_ms
@@ -429,7 +467,12 @@ class ModelManagerAgent:
             job_id, task, request = message["job_id"], message["task"], message["request"]
         except KeyError as exc:
             raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
-        engine = select_engine(self.engines, task, message.get("model_pref"))
+        model_pref = message.get("model_pref")
+        if model_pref not in {e.name for e in self.engines} and model_pref in self._configured_names():
+            # The agent chose a model another manager holds (it changed its mind meanwhile):
+            # not run here, so the agent sends it to one that holds it.
+            raise BusError(MODEL_UNAVAILABLE, f"this model manager does not hold {model_pref}")
+        engine = select_engine(self.engines, task, model_pref)
         worker = self._worker(engine.name)
         if worker is None:
             raise BusError(MODEL_UNAVAILABLE, f"{engine.name} has no worker yet")
@@ -467,16 +510,6 @@ class ModelManagerAgent:
             failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
             self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, failure))
 
-    def pong(self) -> dict[str, Any]:
-        return {
-            "type": "pong",
-            "instance": self.instance,
-            "ready": self.ready,
-            "loading": not self._loaded.is_set(),
-            "error": self.load_error,
-            "models": [{**e.describe(), "ready": self._model_ready(e.name)} for e in self.engines],
-        }
-
     def _model_ready(self, name: str) -> bool:
         worker = self._worker(name)
         return worker is not None and worker.alive
@@ -498,8 +531,8 @@ class ModelManagerAgent:
         # A copy: the metrics exporter calls this on its own thread while models may still load.
         models = [w.snapshot() for w in self.worker_list()]
         workers = {k: sum(m["workers"][k] for m in models) for k in ("total", "ready", "busy")}
-        live = list(dict(self._live_figures).values())  # a copy: read on the exporter's thread
-        return {"models": models, "memory": memory, "workers": workers, "live": live}
+        return {"instance": self.instance, "host": socket.gethostname(), "draining": self.draining,
+                "models": models, "memory": memory, "workers": workers}
 
 
 def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:

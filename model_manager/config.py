@@ -41,9 +41,18 @@ class Endpoints:
     host: str = "127.0.0.1"
     stt_port: int = 5800
     tts_port: int = 5801
-    model_manager_port: int = 5810
-    #: Prometheus exporter of the model manager (on `host`); 0 turns it off.
+    #: Where each agent binds the backend ROUTER that model managers connect out to
+    #: (docs/protocol.md section 6). Other interfaces are an explicit choice, with
+    #: security.backend_curve_enabled across hosts.
+    backend_host: str = "127.0.0.1"
+    stt_backend_port: int = 5810
+    tts_backend_port: int = 5811
+    #: A model manager's HTTP server (/metrics, /livez, /readyz, on `host`); replica i of one
+    #: host uses metrics_port + i; 0 turns it off.
     metrics_port: int = 5890
+    #: Each agent's Prometheus exporter (demand, model managers, live streams); 0: off.
+    stt_metrics_port: int = 5892
+    tts_metrics_port: int = 5893
     #: The launcher's monitoring page, always on 127.0.0.1; 0 turns it off.
     monitor_port: int = 5891
     #: The HTTP gateway (OpenAI audio API and REST, agents/gateway/), on `host`; 0 turns it off.
@@ -78,6 +87,9 @@ class Limits:
     #: Live STT: threads that run the streams' VAD side by side (each carries about 100
     #: streams); 0: one per core, up to 4.
     stream_vad_threads: int = 0
+    #: A job for a model no live model manager holds waits this long (within its own
+    #: timeout) for one to join, then gets model_unavailable.
+    model_wait_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,33 @@ class Security:
     server_secret_key_file: str = ""
     #: Public keys (*.key) of the clients allowed in; re-read when an unknown key knocks.
     authorized_clients_dir: str = ""
+    #: CurveZMQ on the agents' backend: only model managers whose keys are listed get work.
+    backend_curve_enabled: bool = False
+    #: Public keys (*.key) of the model managers allowed on the backend.
+    authorized_model_managers_dir: str = ""
+    #: A model manager's own key pair (a *.key_secret file).
+    model_manager_secret_key_file: str = ""
+    #: The agents' public key (server.key), for model managers on other hosts.
+    server_public_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class ModelManagerConfig:
+    """Where a model manager connects and what it serves (docs/deploy.md)."""
+
+    #: The agents' backend addresses ("tcp://host:port") to connect out to; empty: this
+    #: host's agents (endpoints.backend_host, stt_backend_port and tts_backend_port).
+    agents: tuple[str, ...] = ()
+    #: Names of the configured models to load and serve; empty: every configured model.
+    models: tuple[str, ...] = ()
+    #: Model managers the launcher starts on this host (one per GPU: replica i sees
+    #: CUDA_VISIBLE_DEVICES=i when the host has GPUs).
+    replicas: int = 1
+    #: Jobs per model one model manager holds at once, queued and running; 0: twice
+    #: batch_processing_config.max_batch_size, capped by max_queue_size.
+    credit: int = 0
+    #: On SIGTERM: no new work, and what it holds is finished within this, then DISCONNECT.
+    drain_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +179,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     security: Security = Security()
     gateway: GatewayConfig = GatewayConfig()
+    model_manager: ModelManagerConfig = ModelManagerConfig()
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
@@ -188,7 +228,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    known = {"batch_processing_config", "endpoints", "limits", "models", "logging", "security", "gateway"}
+    known = {"batch_processing_config", "endpoints", "limits", "models", "logging", "security", "gateway",
+             "model_manager"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
@@ -199,20 +240,13 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
     security = _build(Security, raw.get("security", {}), "security")
     gateway = _build(GatewayConfig, raw.get("gateway", {}), "gateway")
+    manager = _build(ModelManagerConfig, raw.get("model_manager", {}) or {}, "model_manager")
     models = raw.get("models", {}) or {}
     if not isinstance(models, dict):
         raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
     stt = _build_models(models.get("stt") or [], "models.stt", STT_ENGINES)
     tts = _build_models(models.get("tts") or [], "models.tts", TTS_ENGINES)
-    for key in ("stt_port", "tts_port", "model_manager_port"):
-        port = getattr(endpoints, key)
-        _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
-    for key in ("metrics_port", "monitor_port", "http_port"):
-        port = getattr(endpoints, key)
-        _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
-    port_keys = ("stt_port", "tts_port", "model_manager_port", "metrics_port", "monitor_port", "http_port")
-    ports = {key: getattr(endpoints, key) for key in port_keys if getattr(endpoints, key)}
-    _check(len(set(ports.values())) == len(ports), "endpoints", "the ports must all differ", ports)
+    _check_ports(endpoints)
     _check(
         logging_config.level.upper() in LOG_LEVELS,
         "logging.level",
@@ -231,6 +265,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         "stream_buffer",
         "stream_max_chunk_s",
         "stream_hangup_grace_s",
+        "model_wait_ms",
     ):
         _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
     _check(limits.stream_vad_threads >= 0, "limits.stream_vad_threads", "must be >= 0",
@@ -245,7 +280,40 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         names = getattr(gateway, key)
         _check(all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()),
                f"gateway.{key}", "must map names to strings", names)
-    return Config(batch, endpoints, limits, stt, tts, logging_config, security, gateway)
+    if security.backend_curve_enabled:
+        for key in ("server_secret_key_file", "authorized_model_managers_dir"):
+            _check(bool(getattr(security, key)), f"security.{key}", "is required with backend_curve_enabled",
+                   "")
+    _check(1 <= manager.replicas <= 64, "model_manager.replicas", "must be between 1 and 64",
+           manager.replicas)
+    _check(manager.credit >= 0, "model_manager.credit", "must be >= 0", manager.credit)
+    _check(manager.drain_timeout_s > 0, "model_manager.drain_timeout_s", "must be > 0",
+           manager.drain_timeout_s)
+    names = {spec.name for spec in (*stt, *tts)}
+    for i, name in enumerate(manager.models):
+        _check(name in names, f"model_manager.models.{i}", f"must name a configured model {sorted(names)}",
+               name)
+    for i, address in enumerate(manager.agents):
+        _check(isinstance(address, str) and address.startswith("tcp://"), f"model_manager.agents.{i}",
+               "must be a tcp://host:port address", address)
+    return Config(batch, endpoints, limits, stt, tts, logging_config, security, gateway, manager)
+
+
+#: Ports that must be set; every other `*_port` of Endpoints may be 0 (off).
+REQUIRED_PORTS = ("stt_port", "tts_port", "stt_backend_port", "tts_backend_port")
+
+
+def _check_ports(endpoints: Endpoints) -> None:
+    """Every field named `*_port` is a port, so a new one cannot be left out of the checks."""
+    ports = {f.name: getattr(endpoints, f.name) for f in dataclasses.fields(endpoints)
+             if f.name.endswith("_port")}
+    for key, port in ports.items():
+        if key in REQUIRED_PORTS:
+            _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
+        else:
+            _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
+    used = {key: port for key, port in ports.items() if port}
+    _check(len(set(used.values())) == len(used), "endpoints", "the ports must all differ", used)
 
 
 def _check_batch(batch: Any) -> None:
@@ -334,6 +402,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         ok = isinstance(value, str)
     elif expected is dict:
         ok = isinstance(value, dict)
+    elif expected is tuple:
+        # A list in YAML; one string (from an environment variable) is a list of one.
+        value = [value] if isinstance(value, str) else value
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        value = tuple(value) if ok else value
     else:  # pragma: no cover - every field type is listed above
         raise TypeError(annotation)
     if not ok:

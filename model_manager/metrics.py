@@ -32,8 +32,10 @@ so one process, a test for instance, can hold several. Names follow the Triton/R
 | voicebus_live_latency_seconds | gauge | kind (partial, final), quantile (0.5, 0.95, 0.99; last 1000) |
 | voicebus_live_decode_batch_size | histogram | – (the batch each stream decode ran in) |
 
-The live-stream figures are the STT agent's (agents/live/streams.py `stats`), sent with
-its pings and summed over the agents that sent them.
+The live-stream figures are the STT agent's (agents/live/streams.py `stats`); the agent
+serves them on its own exporter (agents/metrics.py), with the demand the autoscaler reads.
+The same HTTP server answers the orchestrator's probes: GET /livez (200 while the process
+serves) and GET /readyz (200 once `ready()` holds: models loaded, an agent took the READY).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from model_manager.scheduler import BATCH_SIZE_BUCKETS, Histogram, WorkerStats
@@ -69,11 +73,35 @@ class BusMetrics:
         self.registry.register(_EventsCollector(read_records))
         self.registry.register(_LevelsCollector(read_stats))
 
-    def serve(self, host: str, port: int) -> Exporter:
-        """Serve `/metrics` on host:port in a daemon thread. Raises OSError if the port is taken."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics exporter listening on http://%s:%d/metrics", host, port)
-        return Exporter(server, thread)
+    def serve(self, host: str, port: int, ready: Callable[[], bool] | None = None) -> Exporter:
+        """Serve `/metrics` (and the probes) on host:port in a daemon thread. Raises OSError if
+        the port is taken."""
+        return serve_registry(self.registry, host, port, ready)
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int,
+                   ready: Callable[[], bool] | None = None) -> Exporter:
+    """Serve `registry` at /metrics, /livez and, with `ready`, /readyz, in a daemon thread."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/livez", "/readyz"):
+            ok = path == "/livez" or ready is None or ready()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"not ready\n"]
+        return metrics_app(environ, start_response)
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    log.info("metrics exporter listening on http://%s:%d/metrics", host, port)
+    return Exporter(server, thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes and probes come every few seconds: not worth a log line each."""
 
 
 class Exporter:
@@ -183,7 +211,6 @@ class _LevelsCollector(Collector):
                 gpu_used.add_metric([device], reading["gpu_used_bytes"])
                 gpu_total.add_metric([device], reading["gpu_total_bytes"])
         yield from (gpu_used, gpu_total)
-        yield from _live_metrics(stats.get("live") or [])
 
 
 #: (metric, the key in the agents' live stats, help) of the live counters without labels.
@@ -198,7 +225,7 @@ _LIVE_COUNTERS = (
 )
 
 
-def _live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
+def live_metrics(agents: list[dict[str, Any]]) -> Iterator[Metric]:
     open_streams = GaugeMetricFamily("voicebus_live_streams_open", "Live STT streams open.")
     open_streams.add_metric([], sum(a.get("open_streams", 0) for a in agents))
     events = CounterMetricFamily("voicebus_live_events", "Live STT events sent, by type.", labels=["type"])

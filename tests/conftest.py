@@ -46,8 +46,11 @@ class Bus:
     tts_address: str
     log_path: Path
     metrics_url: str = ""  # the model manager's Prometheus exporter
+    stt_metrics_url: str = ""  # the STT agent's exporter (demand, model managers, live streams)
+    tts_metrics_url: str = ""
     monitor_url: str = ""  # the launcher's monitoring page
-    model_manager_port: int = 0  # for a test that attaches an agent of its own
+    stt_backend_port: int = 0  # where model managers connect: for a test that attaches one of its own
+    tts_backend_port: int = 0
     journal_dir: Path | None = None  # the agents' queue_for_batch journals
     http_url: str = ""  # the HTTP gateway
     wyoming_port: int = 0  # Wyoming, served by the gateway
@@ -81,8 +84,8 @@ def start_bus(
     tmp_dir: Path, extra_env: dict[str, str] | None = None, ready_timeout_s: float = 300.0, wait: bool = True
 ) -> Bus:
     """Start the launcher on free ports; with `wait`, return once it says it is ready."""
-    names = ("STT_PORT", "TTS_PORT", "MODEL_MANAGER_PORT", "METRICS_PORT", "MONITOR_PORT", "HTTP_PORT",
-             "WYOMING_PORT")
+    names = ("STT_PORT", "TTS_PORT", "STT_BACKEND_PORT", "TTS_BACKEND_PORT", "METRICS_PORT",
+             "STT_METRICS_PORT", "TTS_METRICS_PORT", "MONITOR_PORT", "HTTP_PORT", "WYOMING_PORT")
     ports = {name: free_port() for name in names}
     env = {
         **os.environ,
@@ -104,7 +107,10 @@ def start_bus(
         log_path,
         metrics_url=f"http://127.0.0.1:{port['METRICS_PORT']}/metrics",
         monitor_url=f"http://127.0.0.1:{port['MONITOR_PORT']}/",
-        model_manager_port=int(port["MODEL_MANAGER_PORT"]),
+        stt_metrics_url=f"http://127.0.0.1:{port['STT_METRICS_PORT']}/metrics",
+        tts_metrics_url=f"http://127.0.0.1:{port['TTS_METRICS_PORT']}/metrics",
+        stt_backend_port=int(port["STT_BACKEND_PORT"]),
+        tts_backend_port=int(port["TTS_BACKEND_PORT"]),
         journal_dir=Path(env["VOICEBUS__LIMITS__JOURNAL_DIR"]),
         http_url=f"http://127.0.0.1:{port['HTTP_PORT']}" if port["HTTP_PORT"] != "0" else "",
         wyoming_port=int(port["WYOMING_PORT"]),

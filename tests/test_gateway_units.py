@@ -105,10 +105,10 @@ def test_a_taken_http_port_leaves_the_gateway_out():
         port = taken.getsockname()[1]
         config = parse_config({"endpoints": {"http_port": port}, "models": {"stt": [
             {"name": "m", "engine": "ctranslate2"}]}})
-        assert [c.name for c in plan_children(config)] == ["model-manager", "stt-agent", "gateway"]
+        assert [c.name for c in plan_children(config)] == ["stt-agent", "gateway", "model-manager"]
         left_out = without_taken_http_port(config)
         assert left_out.endpoints.http_port == 0
-        assert [c.name for c in plan_children(left_out)] == ["model-manager", "stt-agent"]
+        assert [c.name for c in plan_children(left_out)] == ["stt-agent", "model-manager"]
     assert without_taken_http_port(config) is config  # free again
 
 
