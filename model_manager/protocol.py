@@ -20,7 +20,9 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
+from model_manager import client_json
 from model_manager.errors import BAD_REQUEST, BusError
 
 PROTOCOL_VERSION = 1
@@ -50,7 +52,7 @@ def decode_request(frame: bytes) -> tuple[dict[str, Any], Encoding]:
     BusError(BAD_REQUEST)."""
     if sniff_encoding(frame) is Encoding.JSON:
         try:
-            message = json.loads(frame)
+            message = client_json.loads(frame)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BusError(BAD_REQUEST, f"malformed JSON: {exc}") from None
         except RecursionError:  # "[[[[..." nested deeper than the parser goes
@@ -71,7 +73,14 @@ def decode_request(frame: bytes) -> tuple[dict[str, Any], Encoding]:
 
 def encode_reply(reply: dict[str, Any], encoding: Encoding) -> bytes:
     if encoding is Encoding.JSON:
-        return json.dumps(_json_safe(reply), separators=(",", ":")).encode()
+        try:
+            # Passed through to `default`, and so refused: the standard library writes neither.
+            as_stdlib = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+            return orjson.dumps(reply, default=_json_safe, option=as_stdlib)
+        except orjson.JSONEncodeError:
+            # What orjson leaves out (keys that are not strings, integers beyond 64 bits, lone
+            # surrogates, values _json_safe cannot make plain) goes the standard library's way.
+            return json.dumps(_json_safe(reply), separators=(",", ":")).encode()
     return msgpack.packb(reply, use_bin_type=True, default=_msgpack_default)
 
 
@@ -85,6 +94,7 @@ def error_reply(error: BusError, request_id: Any = None) -> dict[str, Any]:
 def _json_safe(value: Any) -> Any:
     # JSON has no NaN/inf and no bytes. Binary fields (TTS audio) travel as base64 strings;
     # replies never carry NaN, but a stray one must not produce invalid JSON for the client.
+    # Also orjson's `default`, for what it does not take itself (bytes, numpy scalars).
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
