@@ -142,7 +142,8 @@ def test_streamed_speech_arrives_sentence_by_sentence(client):
     started = time.monotonic()
     arrivals: list[tuple[float, int]] = []
     with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice="nova", input=text, response_format="pcm") as response:
+            model="tts-1", voice="nova", input=text, response_format="pcm",
+            stream_format="audio") as response:
         for piece in response.iter_bytes(4096):
             arrivals.append((time.monotonic() - started, len(piece)))
     first, last = arrivals[0][0], arrivals[-1][0]

@@ -267,7 +267,8 @@ def test_a_stream_whose_client_leaves_is_cancelled(bus):
     cancels = stats()["requests_by_action"].get("cancel", 0)
     text = " ".join(f"Sentence number {n} of a long speech." for n in range(1, 13))
     with httpx.stream("POST", f"{bus.http_url}/v1/audio/speech", timeout=120,
-                      json={"input": text, "voice": "alloy", "response_format": "pcm"}) as response:
+                      json={"input": text, "voice": "alloy", "response_format": "pcm",
+                            "stream_format": "audio"}) as response:
         assert response.status_code == 200
         next(response.iter_bytes())  # the first sentence, then the client hangs up
     deadline = time.monotonic() + 30

@@ -1,7 +1,8 @@
 """Audio in and out of the gateway, with PyAV (FFmpeg): uploads in any format FFmpeg reads
 become 16 kHz mono float32 samples for Whisper, and Kokoro's 24 kHz float32 samples become
-mp3, opus, aac, flac, wav or pcm (24 kHz 16-bit little-endian, as OpenAI's), encoded piece by
-piece so that a stream's first bytes leave before its last sentence is synthesised."""
+mp3, opus, aac, flac, wav or pcm (24 kHz 16-bit little-endian, as OpenAI's): a whole file whose
+header states its length, or a stream encoded piece by piece so that its first bytes leave
+before its last sentence is synthesised."""
 
 from __future__ import annotations
 
@@ -79,10 +80,18 @@ class _Sink:
         return out
 
 
+def _frame(samples: np.ndarray, sample_rate: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    return frame
+
+
 class SpeechEncoder:
     """Encodes float32 mono samples into one `OUTPUT_FORMATS` stream, piece by piece:
     `encode` returns the bytes ready so far, `finish` the rest. The output is unseekable, so a
-    streamed wav says "length unknown" in its header (as OpenAI's does)."""
+    streamed wav or flac says "length unknown" in its header (as OpenAI's does): a file that
+    must state its length comes from `encode_speech`."""
 
     def __init__(self, response_format: str, sample_rate: int) -> None:
         spec = OUTPUT_FORMATS[response_format]
@@ -95,10 +104,7 @@ class SpeechEncoder:
 
     def encode(self, samples: np.ndarray) -> bytes:
         if samples.size:
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout="mono")
-            frame.sample_rate = self.sample_rate
-            for packet in self._stream.encode(frame):
+            for packet in self._stream.encode(_frame(samples, self.sample_rate)):
                 self._container.mux(packet)
         return self._sink.take()
 
@@ -118,22 +124,15 @@ class SpeechEncoder:
 
 
 def encode_speech(samples: np.ndarray, response_format: str, sample_rate: int) -> bytes:
-    """A whole file in one call; a wav's header states its length."""
-    if response_format == "wav":
-        return wav_file(samples, sample_rate)
-    encoder = SpeechEncoder(response_format, sample_rate)
-    return encoder.encode(samples) + encoder.finish()
-
-
-def wav_file(samples: np.ndarray, sample_rate: int) -> bytes:
-    """A 16-bit WAV file whose header states its length (written to a seekable buffer)."""
+    """A whole file in one call, written to a seekable buffer so that the muxer goes back to
+    the header at the end: a wav's sizes, a flac's sample count (libsndfile cannot read a flac
+    without it) and an mp3's Xing/LAME frame count and encoder delay are the real ones."""
+    spec = OUTPUT_FORMATS[response_format]
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=sample_rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
+    with av.open(buffer, mode="w", format=spec.container) as container:
+        stream = container.add_stream(spec.codec, rate=sample_rate, layout="mono")
+        packets = stream.encode(_frame(samples, sample_rate)) if samples.size else []
+        for packet in [*packets, *stream.encode(None)]:
             container.mux(packet)
     return buffer.getvalue()
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from agents.gateway.bus import CONTROL_TIMEOUT_S
 from agents.gateway.errors import ApiError
 from agents.gateway.formats import OUTPUT_FORMATS, STT_SAMPLE_RATE, decode_upload
-from agents.gateway.speech import SpeechJob, open_speech
+from agents.gateway.speech import SpeechJob, open_speech, speech_file
 from agents.gateway.state import Gateway, gateway_of, raise_for_reply, timing_headers, unless_client_leaves
 from agents.gateway.transcripts import RESPONSE_FORMATS, TIMED_FORMATS, render, text_deltas
 from model_manager.errors import INVALID_FIELD, TEXT_TOO_LONG
@@ -102,7 +102,9 @@ class SpeechRequest(BaseModel):
     instructions: str | None = None  # accepted for compatibility; Kokoro takes no instructions
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
-    stream_format: Literal["audio", "sse"] = "audio"
+    # Absent: one whole file whose header states its length (what soundfile and other readers of
+    # a file need); "audio": encoded bytes streamed sentence by sentence; "sse": events.
+    stream_format: Literal["audio", "sse"] | None = None
 
 
 def check_input(gateway: Gateway, text: str, field: str) -> None:
@@ -121,10 +123,12 @@ async def speech(request: Request, body: SpeechRequest) -> Response:
     voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
     job = SpeechJob(body.input, gateway.names.voice(voice), body.speed, gateway.names.model_pref(body.model),
                     body.response_format, "/v1/audio/speech")
+    media_type = OUTPUT_FORMATS[body.response_format].media_type
+    if body.stream_format is None:
+        return Response(await unless_client_leaves(request, speech_file(gateway, job)), media_type=media_type)
     sse = body.stream_format == "sse"
     audio = await unless_client_leaves(request, open_speech(gateway, job, sse=sse))
-    media_type = "text/event-stream" if sse else OUTPUT_FORMATS[body.response_format].media_type
-    return StreamingResponse(audio, media_type=media_type)
+    return StreamingResponse(audio, media_type="text/event-stream" if sse else media_type)
 
 
 def _bus_models(gateway: Gateway) -> list[dict[str, Any]]:

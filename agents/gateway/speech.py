@@ -1,5 +1,5 @@
-"""Speech out of the bus's TTS `stream`, sentence by sentence, encoded as it comes: shared by
-/v1/audio/speech and seed 001's /tts/stream.
+"""Speech out of the bus's TTS `stream`, sentence by sentence: encoded as it comes (shared by
+/v1/audio/speech and seed 001's /tts/stream), or gathered into one file (`speech_file`).
 
 `open_speech` waits for the first sentence before it returns, so that anything wrong with the
 request (an unknown voice, a bad speed) is an HTTP error with its status, not a broken
@@ -10,6 +10,7 @@ incomplete body, never silence in its place), and a client that leaves cancels w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -18,9 +19,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from agents.gateway.bus import BusReplyError
 from agents.gateway.errors import ApiError
-from agents.gateway.formats import SpeechEncoder, float32_samples
+from agents.gateway.formats import SpeechEncoder, encode_speech, float32_samples
 from agents.gateway.state import Gateway, api_error
 
 log = logging.getLogger("voicebus.gateway.speech")
@@ -48,10 +51,9 @@ class SpeechJob:
         return message
 
 
-async def open_speech(gateway: Gateway, job: SpeechJob, sse: bool = False) -> AsyncIterator[bytes]:
-    """The body of a speech response: encoded audio bytes, or server-sent events
-    (`speech.audio.delta` with base64 audio, then `speech.audio.done`) with `sse`."""
-    started = time.monotonic()
+async def _first_sentence(gateway: Gateway, job: SpeechJob
+                          ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+    """The bus's first chunk (a success) and the rest of its stream, or the request's ApiError."""
     gateway.bus.check_ready("tts")
     chunks = gateway.bus.stream(job.bus_message())
     try:
@@ -67,7 +69,34 @@ async def open_speech(gateway: Gateway, job: SpeechJob, sse: bool = False) -> As
     if first.get("status") == "error":
         await chunks.aclose()
         raise ApiError.from_bus(first.get("error") or {})
+    return first, chunks
+
+
+async def open_speech(gateway: Gateway, job: SpeechJob, sse: bool = False) -> AsyncIterator[bytes]:
+    """The body of a speech response: encoded audio bytes, or server-sent events
+    (`speech.audio.delta` with base64 audio, then `speech.audio.done`) with `sse`."""
+    started = time.monotonic()
+    first, chunks = await _first_sentence(gateway, job)
     return _encoded(gateway, job, first, chunks, started, sse)
+
+
+async def speech_file(gateway: Gateway, job: SpeechJob) -> bytes:
+    """The whole speech as one file whose header states its length: every sentence is
+    gathered before a byte is sent, so a sentence that fails is an HTTP error too."""
+    started = time.monotonic()
+    first, chunks = await _first_sentence(gateway, job)
+    pieces = [float32_samples(first["audio"])]
+    try:
+        async for chunk in chunks:
+            if chunk.get("status") == "error":
+                raise ApiError.from_bus(chunk.get("error") or {})
+            pieces.append(float32_samples(chunk["audio"]))
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    audio = await asyncio.to_thread(encode_speech, np.concatenate(pieces), job.response_format,
+                                    int(first["sample_rate"]))
+    gateway.metrics.first_audio.labels(job.route).observe(time.monotonic() - started)
+    return audio
 
 
 async def _encoded(gateway: Gateway, job: SpeechJob, first: dict[str, Any],

@@ -67,7 +67,7 @@ class HttpConnection:
                        engine_s=_engine_s(reply))
 
     def _stream(self, item: dict[str, Any]) -> Outcome:
-        body = {"model": "tts-1", "input": item["text"], "response_format": "pcm"}
+        body = {"model": "tts-1", "input": item["text"], "response_format": "pcm", "stream_format": "audio"}
         first: float | None = None
         received = 0
         with self.client.stream("POST", "/v1/audio/speech", json=body) as reply:
