@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,9 @@ OVERLAYS = ("cpu", "gpu")
 COMPONENTS = ("backend-curve",)
 K8S_VERSION = "1.32"
 KEDA_SCHEMA = Path(__file__).parent / "data" / "keda_scaledobject_v1alpha1.yaml"
+#: The Compose Specification's schema, as `docker compose` checks a file: vendored from
+#: github.com/compose-spec/compose-spec, schema/compose-spec.json at commit 170098ba07d9.
+COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 #: The prometheus scaler's metadata keys (kedacore/keda v2.20.2, pkg/scalers/prometheus_scaler.go):
 #: the CRD takes any string map, so a misspelt key would pass its schema and be ignored.
 PROMETHEUS_SCALER_KEYS = frozenset({
@@ -73,6 +77,7 @@ class Settings:
     drain_timeout_s: float
     credit: int
     max_batch_size: int
+    max_queue_size: int
     first_models: dict[str, str]
 
     def backend_port(self, task: str) -> int:
@@ -80,8 +85,9 @@ class Settings:
 
     @property
     def capacity(self) -> int:
-        """Jobs one model manager holds per model: its credit, 0 meaning 2 x max_batch_size."""
-        return self.credit or 2 * self.max_batch_size
+        """Jobs one model manager holds per model (ModelManagerAgent.credit): model_manager.credit,
+        0 meaning 2 x max_batch_size, within max_queue_size."""
+        return max(1, min(self.credit or 2 * self.max_batch_size, self.max_queue_size))
 
     def client_ports(self) -> dict[str, int]:
         return {"stt": self.stt_port, "tts": self.tts_port, "http": self.http_port,
@@ -99,7 +105,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   "stt_backend_port": 5810, "tts_backend_port": 5811, "metrics_port": 5890,
                   "stt_metrics_port": 5892, "tts_metrics_port": 5893},
     "model_manager": {"credit": 0, "drain_timeout_s": 60},
-    "batch_processing_config": {"max_batch_size": 8},
+    "batch_processing_config": {"max_batch_size": 8, "max_queue_size": 256},
 }
 
 
@@ -116,6 +122,7 @@ def settings() -> Settings:
         drain_timeout_s=float(value("model_manager", "drain_timeout_s")),
         credit=int(value("model_manager", "credit")),
         max_batch_size=int(value("batch_processing_config", "max_batch_size")),
+        max_queue_size=int(value("batch_processing_config", "max_queue_size")),
         first_models={task: models[task][0]["name"] for task in ("stt", "tts") if models.get(task)},
     )
 
@@ -314,10 +321,12 @@ def test_agents_ports_services_and_probes_agree_with_config(overlay):
 
     headless = find(docs, "Service", AGENTS)["spec"]
     assert sts["spec"]["serviceName"] == AGENTS and headless["clusterIP"] == "None"
-    # Model managers must resolve the pod before it is ready: its readiness may wait for them.
+    # Model managers must resolve the pod before it is ready: its readiness waits for them.
     assert headless["publishNotReadyAddresses"] is True
     assert {p["port"] for p in headless["ports"]} >= {s.stt_backend_port, s.tts_backend_port}
     client = find(docs, "Service", "voicebus")["spec"]
+    # One pool without a model manager must not cut the other task's clients off.
+    assert client["publishNotReadyAddresses"] is True
     assert {p["name"]: p["port"] for p in client["ports"]} == s.client_ports()
     for service in (headless, client):
         assert service["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
@@ -416,6 +425,13 @@ def health_url(service: dict[str, Any]) -> tuple[int, str]:
 def seconds(duration: str) -> float:
     value, unit = re.fullmatch(r"(\d+)(s|m)", duration).groups()
     return float(value) * (60 if unit == "m" else 1)
+
+
+def test_compose_passes_the_compose_schema():
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extra")
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose())]
+    assert not errors
 
 
 def test_compose_names_the_configured_ports():
