@@ -125,9 +125,6 @@ class Stream(Generic[P]):
         self._fill(slot, output)
         return True
 
-    def pending_jobs(self) -> list[str]:
-        return list(self._pending)
-
     # --- output -----------------------------------------------------------------------
 
     def take(self, now: float) -> tuple[int, Output, bool] | None:

@@ -221,6 +221,3 @@ class DynamicBatcher(Generic[T]):
 
     def queued(self) -> list[T]:
         return [e.item for g in self._groups.values() for e in g.entries]
-
-    def depth_by_key(self) -> dict[Hashable, int]:
-        return {key: len(g.entries) for key, g in self._groups.items()}

@@ -29,8 +29,6 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from model_manager.batcher import Batch, BatchPolicy, DynamicBatcher, QueueFull
 from model_manager.cost_model import CostModel, SizeChoice
 from model_manager.engines.base import Engine, Result
@@ -43,6 +41,7 @@ from model_manager.errors import (
     BusError,
 )
 from model_manager.memory import MemoryBudget
+from model_manager.percentiles import percentiles_ms
 
 log = logging.getLogger(__name__)
 
@@ -553,13 +552,6 @@ class ModelWorker:
             "choice_reason": choice.reason,
             "throughput_by_size": throughput,
             "buckets": buckets,
-            "queue_wait_ms": percentiles(s.queue_wait_s),
-            "compute_ms": percentiles(s.compute_s),
+            "queue_wait_ms": percentiles_ms(s.queue_wait_s),
+            "compute_ms": percentiles_ms(s.compute_s),
         }
-
-
-def percentiles(values: deque[float] | list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ms = np.asarray(values) * 1000.0
-    return {f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}

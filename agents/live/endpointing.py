@@ -88,10 +88,6 @@ class Endpointer:
         return self._start_s is not None
 
     @property
-    def utterance_start_s(self) -> float | None:
-        return self._start_s
-
-    @property
     def now_s(self) -> float:
         return self._frames * self.config.frame_s
 

@@ -70,6 +70,7 @@ from model_manager.errors import (
     OVERLOADED,
     BusError,
 )
+from model_manager.percentiles import percentiles_ms
 
 #: Decode priorities on the model manager's scale (lower runs first; 0 is interactive).
 FINAL_PRIORITY = -1
@@ -313,8 +314,8 @@ class LiveStreams:
             **counts,
             "partial_budget": int(self.partial_budget),
             "decode_batch_size_histogram": {str(k): v for k, v in sorted(self.decode_batch_sizes.items())},
-            "partial_latency_ms": _percentiles(self.latency_s[PARTIAL]),
-            "final_latency_ms": _percentiles(self.latency_s[FINAL]),
+            "partial_latency_ms": percentiles_ms(self.latency_s[PARTIAL], decimals=1),
+            "final_latency_ms": percentiles_ms(self.latency_s[FINAL], decimals=1),
         }
 
     # --- inside ------------------------------------------------------------------------
@@ -470,10 +471,3 @@ class LiveStreams:
 
 def _error_reply(error: BusError, request_id: str) -> dict[str, Any]:
     return {"status": "error", "request_id": request_id, "error": error.to_wire()}
-
-
-def _percentiles(values: deque[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ms = np.asarray(values) * 1000.0
-    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}

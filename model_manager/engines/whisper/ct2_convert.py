@@ -272,7 +272,7 @@ def build_model(src: str | Path, dtype: str = "float32"
     tokenizer = transformers.WhisperTokenizerFast(
         tokenizer_file=str(src / "tokenizer.json"), unk_token=eot, bos_token=eot, eos_token=eot,
         pad_token=eot, model_max_length=config.max_target_positions)
-    # padding_value 0.0 mirrors the engines' log-mel padding (whisper_common.log_mel); the
+    # padding_value 0.0 mirrors the engines' log-mel padding (whisper/features.py, log_mel); the
     # engines compute their own features, this is for users of the directory alone.
     features = transformers.WhisperFeatureExtractor(
         feature_size=config.num_mel_bins, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
