@@ -26,7 +26,7 @@ import zmq
 from agents import security
 from agents.control import ModelManagerView
 from agents.dispatch import Dispatcher, resolve_model
-from agents.inflight import InFlight, InFlightJob
+from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.managers import ManagerRegistry, Refused
 from model_manager import link_protocol as link
 from model_manager.config import Config
@@ -91,7 +91,10 @@ class Backend:
         model = self.model_for(job.message.get("model_pref"))
         job.message["model_pref"] = model
         job.body = None
-        self.dispatcher.enqueue(job.job_id, model, int(job.message.get("priority", 0)), job.deadline)
+        # Given up at the request's own timeout, before the in-flight table's grace runs out:
+        # a job that never reached a manager is model_unavailable, not a timeout.
+        timeout_at = job.deadline - DEADLINE_GRACE_S
+        self.dispatcher.enqueue(job.job_id, model, int(job.message.get("priority", 0)), timeout_at)
         self.pump(time.monotonic())
 
     def cancel(self, job_ids: list[str]) -> None:
