@@ -85,7 +85,8 @@ def fetch(ids: list[str], timeout_s: float = 180.0) -> None:
             pending.remove(request_id)
             again = call({"action": "get_result", "request_id": request_id}, timeout_s=10)
             # A final result is handed out once: a second fetch must find nothing.
-            emit({"request_id": request_id, **brief(reply), "second_fetch": (again.get("error") or {}).get("code")})
+            second = (again.get("error") or {}).get("code")
+            emit({"request_id": request_id, **brief(reply), "second_fetch": second})
         time.sleep(0.3)
     for request_id in pending:
         emit({"request_id": request_id, "status": "never_final"})

@@ -116,7 +116,8 @@ def test_a_model_manager_cut_off_for_10_s_is_replaced_and_rejoins(hosts):
     assert_all_right(results_of(load), {f"t{i}" for i in range(32)})
     wait_for(lambda: managers_of(hosts) == 2, 30, "the manager back")
     before = served_by(hosts)
-    assert_all_right(hosts.client({"do": "transcribe", "count": 16, "clients": 8}), {f"t{i}" for i in range(16)})
+    results = hosts.client({"do": "transcribe", "count": 16, "clients": 8})
+    assert_all_right(results, {f"t{i}" for i in range(16)})
     after = served_by(hosts)
     assert all(after[i] > before.get(i, 0) for i in after), (before, after)
 
