@@ -5,6 +5,8 @@ Writes, with zmq.auth.create_certificates:
     DIR/server.key, DIR/server.key_secret        the agents' key pair
     DIR/clients/NAME.key, NAME.key_secret        one key pair per client (default: "client")
     DIR/authorized_clients/NAME.key              the allow-list: client public keys only
+    DIR/model_managers/NAME.key, NAME.key_secret one key pair per model manager (--model-manager)
+    DIR/authorized_model_managers/NAME.key       the backend's allow-list of model managers
 
 and prints the configuration that uses them. Existing key files are never overwritten (a
 new server key would lock out every client that has the old public one); run it again
@@ -34,17 +36,20 @@ def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
     return public, secret
 
 
-def make_keys(root: Path, clients: list[str]) -> list[str]:
-    """Make the server key pair (unless present) and one pair per client; returns what was made."""
+def make_keys(root: Path, clients: list[str], model_managers: list[str] | None = None) -> list[str]:
+    """Make the server key pair (unless present), one pair per client and per model manager,
+    each public key also in its allow-list; returns what was made."""
     made = []
     if not (root / f"{SERVER}.key_secret").exists():
         made += [str(p) for p in make_pair(root, SERVER)]
-    allowed = root / "authorized_clients"
-    allowed.mkdir(parents=True, exist_ok=True)
-    for name in clients:
-        public, secret = make_pair(root / "clients", name)
-        shutil.copyfile(public, allowed / public.name)
-        made += [str(public), str(secret), str(allowed / public.name)]
+    for names, kind, allow_list in ((clients, "clients", "authorized_clients"),
+                                    (model_managers or [], "model_managers", "authorized_model_managers")):
+        allowed = root / allow_list
+        allowed.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            public, secret = make_pair(root / kind, name)
+            shutil.copyfile(public, allowed / public.name)
+            made += [str(public), str(secret), str(allowed / public.name)]
     return made
 
 
@@ -54,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client", action="append", dest="clients", help="a client key pair to make (repeatable)"
     )
+    parser.add_argument("--model-manager", action="append", dest="model_managers", default=[],
+                        help="a model manager key pair to make, for the backend's CurveZMQ (repeatable)")
     args = parser.parse_args(argv)
     root: Path = args.dir.expanduser().resolve()
     try:
-        made = make_keys(root, args.clients or ["client"])
+        clients = args.clients or ([] if args.model_managers else ["client"])
+        made = make_keys(root, clients, args.model_managers)
     except (FileExistsError, OSError) as exc:
         print(f"voicebus: {exc}", file=sys.stderr)
         return 1
@@ -72,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         "\nA client needs the server's public key and its own key pair:\n"
         f"  ClientConfig(server_public_key='{root / (SERVER + '.key')}',\n"
         f"               client_secret_key_file='{root / 'clients' / 'NAME.key_secret'}')"
+        "\n\nModel managers on other hosts (the backend's CurveZMQ):\n"
+        "security:\n"
+        "  backend_curve_enabled: true\n"
+        f"  authorized_model_managers_dir: {root / 'authorized_model_managers'}   # the agents\n"
+        f"  server_public_key_file: {root / (SERVER + '.key')}               # each model manager\n"
+        f"  model_manager_secret_key_file: {root / 'model_managers' / 'NAME.key_secret'}"
     )
     return 0
 
