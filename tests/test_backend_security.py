@@ -64,9 +64,8 @@ def test_a_model_manager_without_an_allowed_key_gets_no_work(tmp_path: Path):
         wait_until(lambda: "loaded whisper-tiny.en" in stranger_log.read_text(), 120, "the stranger loaded")
         wait_until(lambda: model_managers(metrics) == 0, 60, "the agent's exporter up")
         assert "registered" not in agents_log.read_text()
-        start(manager, allowed_log, {
-            "VOICEBUS__SECURITY__MODEL_MANAGER_SECRET_KEY_FILE": str(keys / "model_managers" / "allowed.key_secret"),
-        })
+        allowed = keys / "model_managers" / "allowed.key_secret"
+        start(manager, allowed_log, {"VOICEBUS__SECURITY__MODEL_MANAGER_SECRET_KEY_FILE": str(allowed)})
         wait_until(lambda: model_managers(metrics) == 1, 120, "the allowed model manager registered")
         sock = zmq.Context.instance().socket(zmq.REQ)
         sock.connect(f"tcp://127.0.0.1:{ports['STT_PORT']}")
