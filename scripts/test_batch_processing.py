@@ -34,6 +34,11 @@ For STT (Whisper) and TTS (Kokoro), in one run and on the same clips and texts:
    the same streams, batched, through the gateway's /v1/realtime WebSocket as OpenAI
    Realtime clients send them (24 kHz pcm16), for what the gateway adds to final latency.
 
+--managers 1,2 runs instead the scale-out stage (bench/managers.py): the same clients
+against one and two model managers, each pinned to its own core, in interleaved rounds
+(--managers-rounds, default 3): throughput over one manager's with its spread, and the
+bus's share of each request's latency (transport, intake, dispatch).
+
 --windows runs instead Whisper's window policy through the bus (bench/windows.py): short
 utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
 `min_window_s: 30`, interleaved in rounds: throughput, WER and their ratio per round.
@@ -130,10 +135,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: tuple(int(c) for c in s.split(",")),
         help="live STT stream counts (default 1,4,8,16; --quick: 1,4)",
     )
+    parser.add_argument("--managers", help="model manager counts to compare, e.g. 1,2 (runs only that stage)")
+    parser.add_argument("--managers-rounds", type=int, default=3)
+    parser.add_argument("--managers-clients", type=int, default=8)
+    parser.add_argument("--managers-requests", type=int, default=96, help="requests per run")
     parser.add_argument("--live-rounds", type=int, help="rounds of the live stage (default 2; --quick: 1)")
     parser.add_argument("--live-websocket", action="store_true",
                         help="live stage: also run the streams through the gateway's /v1/realtime WebSocket")
     return parser.parse_args(argv)
+
+
+def managers_main(args: argparse.Namespace) -> int:
+    """--managers: bench/managers.py's stage alone, printed and written like the main report."""
+    from bench.managers import managers_stage, managers_table
+
+    levels = [int(n) for n in args.managers.split(",")]
+    stage = managers_stage(levels, args.managers_rounds, args.managers_clients, args.managers_requests)
+    report: dict[str, Any] = {"meta": meta(args), "managers": stage}
+    report["meta"]["load_average_end"] = os.getloadavg()[0]
+    print(managers_table(stage))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def windows_main(args: argparse.Namespace) -> int:
@@ -356,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
+    if args.managers:
+        return managers_main(args)
     if args.windows:
         return windows_main(args)
     plan = make_plan(args)
