@@ -272,13 +272,14 @@ def test_live_figures_reach_prometheus():
     from prometheus_client.exposition import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from model_manager.metrics import BusMetrics
+    from agents.metrics import AgentFigures, AgentMetrics
 
     figures = {"open_streams": 3, "events": {"final": 4, "partial": 9}, "decodes": {"partial": 7, "final": 2},
                "decodes_skipped": 5, "finals_retried_alone": 2, "partials_set_aside": 6,
                "decode_batch_size_histogram": {"1": 2, "4": 3},
                "partial_latency_ms": {"p50": 400.0, "p95": 900.0, "p99": 950.0}, "final_latency_ms": {}}
-    metrics = BusMetrics(read_stats=lambda: {"models": [], "live": [figures]})
+    metrics = AgentMetrics("stt", ("whisper-tiny.en",))
+    metrics.figures = AgentFigures({"whisper-tiny.en": 0}, {"whisper-tiny.en": 1}, live=figures)
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
            for s in family.samples}

@@ -135,7 +135,7 @@ def test_four_concurrent_streams_batch_together(bus):
     # The same figures reach Prometheus (the agent sends them with its pings).
     deadline = time.monotonic() + 30
     while True:
-        text = urllib.request.urlopen(bus.metrics_url, timeout=5).read().decode()
+        text = urllib.request.urlopen(bus.stt_metrics_url, timeout=5).read().decode()
         sample = 'voicebus_live_events_total{type="final"}'
         finals = [line for line in text.splitlines() if line.startswith(sample)]
         if finals and float(finals[0].split()[-1]) >= after["events"]["final"] or time.monotonic() > deadline:
