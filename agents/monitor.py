@@ -10,9 +10,11 @@ if it is stale). Throughput is computed here, from the change in each model's an
 requests over the last THROUGHPUT_WINDOW_S seconds.
 
 The sample, per agent: `task`, `address`, `live`, `ready`, `model_manager` (as `health`
-says), `error` (why the agent could not be asked), the agent's `stats` fields, and `models`:
-every model `health` or `stats` knows, each with `ready`, `throughput_rps` and, when the
-model manager answered, its `stats` numbers.
+says), `error` (why the agent could not be asked), the agent's `stats` fields (among them
+`model_managers`: each live one with its host, credit, jobs in flight and last heartbeat,
+and `dispatch`: demand by model), and `models`: every model `health` or `stats` knows, one
+per model manager holding it ("name @ instance"), each with `ready`, `throughput_rps` and,
+when the model manager answered, its `stats` numbers.
 """
 
 from __future__ import annotations
@@ -138,12 +140,22 @@ class Monitor:
         if stats.get("status") != "success":
             service["error"] = _error_text(stats)
             stats = {}
-        for key in ("requests_by_action", "errors_by_code", "in_flight", "memory", "workers"):
+        for key in ("requests_by_action", "errors_by_code", "in_flight", "memory", "workers",
+                    "model_managers", "dispatch"):
             service[key] = stats.get(key)
-        by_name = {m["model"]: dict(m) for m in stats.get("models") or []}
+        # One card per model and model manager: with several managers, each batches its own share.
+        by_name: dict[str, dict[str, Any]] = {}
+        entries = stats.get("models") or []
+        shared = {e["model"] for e in entries if sum(o["model"] == e["model"] for o in entries) > 1}
+        for entry in entries:
+            key = entry["model"]
+            if key in shared:
+                key = f"{key} @ {str(entry.get('instance'))[:8]}"
+            by_name[key] = {**entry, "model": key}
         for known in health.get("models") or []:
-            by_name.setdefault(known["name"], {"model": known["name"], "task": task})
-            by_name[known["name"]]["ready"] = bool(known.get("ready"))
+            cards = [k for k in by_name if k == known["name"] or k.startswith(known["name"] + " @ ")]
+            for key in cards or [known["name"]]:
+                by_name.setdefault(key, {"model": key, "task": task})["ready"] = bool(known.get("ready"))
         service["models"] = list(by_name.values())
         return service
 
