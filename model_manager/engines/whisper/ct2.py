@@ -13,17 +13,12 @@ import ctranslate2
 import tokenizers
 
 from model_manager.engines.whisper import timestamps
-from model_manager.engines.whisper.common import (
-    CallPlan,
-    WhisperEngine,
-    WhisperTokens,
-    Window,
-    WindowText,
-    bounded,
-    log_mel_batch,
-    out_of_memory_as_bus_error,
-)
 from model_manager.engines.whisper.ct2_format import count_parameters
+from model_manager.engines.whisper.engine import WhisperEngine
+from model_manager.engines.whisper.features import log_mel_batch
+from model_manager.engines.whisper.oom import out_of_memory_as_bus_error
+from model_manager.engines.whisper.tokens import WhisperTokens
+from model_manager.engines.whisper.window_batch import CallPlan, Window, WindowText, bounded
 
 _REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
 
@@ -58,19 +53,19 @@ class CT2WhisperEngine(WhisperEngine):
         self.compute_type = compute_type
         self._model = ctranslate2.models.Whisper(str(model_dir), device=self.device,
                                                  compute_type=compute_type, intra_threads=cpu_threads)
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self.tokens = WhisperTokens.from_vocab(self._tokenizer.get_vocab(with_added_tokens=True))
         self.multilingual: bool = self._model.is_multilingual
+        self.tokens = WhisperTokens(tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json")),
+                                    self.multilingual)
         self.n_mels: int = self._model.n_mels
         self.num_parameters = count_parameters(model_dir / "model.bin")
         self.configure_windows(min_window_s, vad)
-        self.encode_prompt = lambda text: self._tokenizer.encode(text, add_special_tokens=False).ids
+        self.encode_prompt = self.tokens.encode
 
     def transcribe_windows(self, windows: Sequence[Window]) -> list[WindowText]:
         """One generate call for all windows (plus one encode + detect_language first when a
         multilingual request has language None). Raises BusError(OUT_OF_MEMORY) on OOM."""
         if windows[0].request.details.requested:
-            return timestamps.transcribe_windows_of(self, windows)
+            return timestamps.transcribe_windows(self._model, self.tokens, windows, self.name)
         plan = CallPlan.of(windows)
         features = ctranslate2.StorageView.from_array(
             log_mel_batch([w.audio for w in windows], self.n_mels, plan.frames))
@@ -83,7 +78,7 @@ class CT2WhisperEngine(WhisperEngine):
                 detected = self._model.detect_language(features)
                 languages = [lang if lang is not None else self.tokens.language_of(scores[0][0])
                              for lang, scores in zip(languages, detected, strict=True)]
-            prompts = [self.tokens.prompt(self.multilingual, lang, plan.task) for lang in languages]
+            prompts = [self.tokens.prompt(lang, plan.task) for lang in languages]
             # CTranslate2's Whisper decodes at most max_length // 2 tokens (measured on 4.8.5,
             # as openai-whisper's sample_len); `bounded` cuts each window to its own bound, so
             # a version that decodes more only wastes steps.
@@ -93,11 +88,8 @@ class CT2WhisperEngine(WhisperEngine):
         texts = []
         for res, lang, window in zip(results, languages, windows, strict=True):
             ids, truncated = bounded(self.tokens.text_ids(res.sequences_ids[0]), window)
-            texts.append(WindowText(self._decode(ids), lang, truncated))
+            texts.append(WindowText(self.tokens.decode(ids), lang, truncated))
         return texts
-
-    def _decode(self, text_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(list(text_ids)).strip()
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "backend": "ctranslate2", "compute_type": self.compute_type,

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tokenizers
 import torch
 
-from model_manager.engines.whisper.common import WhisperTokens
 from model_manager.engines.whisper.ct2_format import CT2Model, read_ct2_model
+from model_manager.engines.whisper.tokens import WhisperTokens
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only the functions below need it
     from transformers import (
@@ -176,13 +177,6 @@ def whisper_state_dict(model: CT2Model) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _tokenizer_vocab(src: Path) -> dict[str, int]:
-    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
-    vocab = dict(tok["model"]["vocab"])
-    vocab.update({t["content"]: t["id"] for t in tok.get("added_tokens", [])})
-    return vocab
-
-
 def whisper_config(model: CT2Model, ct2_config: dict[str, Any], tokens: WhisperTokens) -> WhisperConfig:
     """The transformers WhisperConfig matching the weights' shapes and scalar settings."""
     import transformers
@@ -211,8 +205,8 @@ def _is_multilingual(vocab_size: int) -> bool:
     return vocab_size >= 51865
 
 
-def whisper_generation_config(config: WhisperConfig, ct2_config: dict[str, Any], tokens: WhisperTokens,
-                              vocab: dict[str, int]) -> GenerationConfig:
+def whisper_generation_config(config: WhisperConfig, ct2_config: dict[str, Any],
+                              tokens: WhisperTokens) -> GenerationConfig:
     """Generation settings transformers' Whisper generate needs: no timestamps by default, the
     same suppressed tokens as CTranslate2, and language/task ids for multilingual models."""
     import transformers
@@ -224,7 +218,7 @@ def whisper_generation_config(config: WhisperConfig, ct2_config: dict[str, Any],
         suppress_tokens=ct2_config.get("suppress_ids", []),
         begin_suppress_tokens=ct2_config.get("suppress_ids_begin", []),
         alignment_heads=ct2_config.get("alignment_heads"), no_timestamps_token_id=tokens.no_timestamps,
-        prev_sot_token_id=vocab.get("<|startofprev|>"), is_multilingual=multilingual,
+        prev_sot_token_id=tokens.sot_prev, is_multilingual=multilingual,
         return_timestamps=False, max_initial_timestamp_index=50,
     )
     if multilingual:
@@ -248,8 +242,8 @@ def build_model(src: str | Path, dtype: str = "float32"
             raise FileNotFoundError(f"{src} is not a CTranslate2 Whisper directory: missing {name}")
     ct2 = read_ct2_model(src / "model.bin")
     ct2_config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    vocab = _tokenizer_vocab(src)
-    tokens = WhisperTokens.from_vocab(vocab)
+    tokenizer = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
+    tokens = WhisperTokens(tokenizer, _is_multilingual(ct2.variables["decoder/embeddings/weight"].shape[0]))
     state = whisper_state_dict(ct2)
     config = whisper_config(ct2, ct2_config, tokens)
 
@@ -265,7 +259,7 @@ def build_model(src: str | Path, dtype: str = "float32"
         raise ConversionError("proj_out is not tied to the token embeddings")
     if left := [n for n, p in model.named_parameters() if p.is_meta]:
         raise ConversionError(f"parameters left uninitialised: {left}")
-    model.generation_config = whisper_generation_config(config, ct2_config, tokens, vocab)
+    model.generation_config = whisper_generation_config(config, ct2_config, tokens)
     model = model.to(_DTYPES[dtype]).eval()
 
     eot = "<|endoftext|>"

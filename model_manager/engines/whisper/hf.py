@@ -1,7 +1,7 @@
 """Whisper speech-to-text on transformers (`WhisperForConditionalGeneration`).
 
-Input features come from whisper_common, not from transformers' WhisperFeatureExtractor, so
-this engine and the CTranslate2 one see identical encoder inputs (see `whisper_common.log_mel`).
+Input features come from features.py, not from transformers' WhisperFeatureExtractor, so
+this engine and the CTranslate2 one see identical encoder inputs (see `features.log_mel`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,11 @@ import transformers
 from transformers.modeling_outputs import BaseModelOutput
 
 from model_manager.engines.base import resolve_device
-from model_manager.engines.whisper.common import (
-    N_FRAMES,
-    CallPlan,
-    WhisperEngine,
-    WhisperTokens,
-    Window,
-    WindowText,
-    bounded,
-    log_mel_batch,
-    out_of_memory_as_bus_error,
-)
+from model_manager.engines.whisper.engine import WhisperEngine
+from model_manager.engines.whisper.features import N_FRAMES, log_mel_batch
+from model_manager.engines.whisper.oom import out_of_memory_as_bus_error
+from model_manager.engines.whisper.tokens import WhisperTokens
+from model_manager.engines.whisper.window_batch import CallPlan, Window, WindowText, bounded
 from model_manager.errors import OUT_OF_MEMORY, BusError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -58,8 +52,8 @@ class HFWhisperEngine(WhisperEngine):
         self._model = transformers.WhisperForConditionalGeneration.from_pretrained(
             source, dtype=_DTYPES[dtype]).to(self.device).eval()
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        self.tokens = WhisperTokens.from_vocab(self._tokenizer.get_vocab())
         self.multilingual = _multilingual(self._model.config)
+        self.tokens = WhisperTokens(self._tokenizer.backend_tokenizer, self.multilingual)
         self.n_mels: int = self._model.config.num_mel_bins
         self.num_parameters = sum(p.numel() for p in self._model.parameters())
         self.configure_windows(min_window_s, vad)

@@ -3,6 +3,9 @@
 `prepare_request` turns a client's fields into an `SttRequest`: audio validated, trimmed to
 its speech (unless `vad` is off), and given its encoder window and token bound by the
 model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads the dataclass.
+
+Light on purpose: the agents import `beam_size_of` and `flag_of` from here, so nothing at
+module level pulls in faster-whisper, CTranslate2 or torch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model_manager.engines.whisper.window_policy import FULL_WINDOW_S, WindowPolicy
+from model_manager.engines.whisper.window_policy import FULL_WINDOW_S, MAX_TARGET_POSITIONS, WindowPolicy
 from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, INVALID_FIELD, MISSING_FIELD, BusError
 
 SAMPLE_RATE = 16000
@@ -22,20 +25,21 @@ MAX_AUDIO_SECONDS = 3600.0
 TASKS = ("transcribe", "translate")
 MIN_BEAM_SIZE = 1
 MAX_BEAM_SIZE = 10
+#: Values of the `timestamps` field (see timestamps.py).
+GRANULARITIES = ("segment", "word")
+#: Prompt tokens kept (the last ones), as faster-whisper keeps them: half the decoder context.
+MAX_PROMPT_TOKENS = MAX_TARGET_POSITIONS // 2 - 1
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass(frozen=True)
 class Details:
-    """The decoding details a prepared request asks for (the fields `prepare_details` set)."""
+    """The decoding details a prepared request asks for (see `check_details` and timestamps.py):
+    its prompt's token ids, its first temperature, and "segment" or "word" timestamps."""
 
     prompt_ids: tuple[int, ...] = ()
     temperature: float | None = None
     timestamps: str | None = None
-
-    @classmethod
-    def of(cls, request: Mapping[str, Any]) -> Details:
-        return cls(tuple(request.get("prompt_ids") or ()), request.get("temperature"),
-                   request.get("timestamps"))
 
     @property
     def requested(self) -> bool:
@@ -43,7 +47,7 @@ class Details:
 
     def batch_key(self) -> Hashable:
         """What must be equal within one generate call: the prompt's length (see the module
-        docstring), the temperature and whether timestamp tokens are decoded."""
+        docstring of timestamps.py), the temperature and whether timestamp tokens are decoded."""
         return (len(self.prompt_ids), self.temperature, self.timestamps)
 
 
@@ -148,17 +152,41 @@ def flag_of(fields: Mapping[str, Any], name: str, default: bool) -> bool:
     return bool(value)
 
 
+def check_details(fields: Mapping[str, Any], encode: Callable[[str], list[int]] | None,
+                  model_name: str) -> Details:
+    """The `Details` of a client's `prompt`, `temperature` and `timestamps` fields, or
+    BusError(INVALID_FIELD) for a bad value, or for any of them on an engine that cannot decode
+    them (`encode` None). The prompt is encoded as " " + its text, its last MAX_PROMPT_TOKENS kept."""
+    prompt = fields.get("prompt")
+    temperature = fields.get("temperature")
+    granularity = fields.get("timestamps")
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+        raise BusError(INVALID_FIELD, f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0.0 <= temperature <= 1.0:
+            raise BusError(INVALID_FIELD, f"temperature must be a number in [0, 1], got {temperature!r:.50}")
+        temperature = round(float(temperature), 3)
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise BusError(INVALID_FIELD,
+                       f"timestamps must be one of {list(GRANULARITIES)}, got {granularity!r:.50}")
+    text = (prompt or "").strip()
+    if (text or temperature is not None or granularity is not None) and encode is None:
+        raise BusError(INVALID_FIELD, f"model {model_name} cannot decode prompt, temperature or "
+                                      "timestamps; use a ctranslate2 model")
+    prompt_ids = encode(" " + text)[-MAX_PROMPT_TOKENS:] if text and encode else []
+    return Details(tuple(prompt_ids), temperature, granularity)
+
+
 def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: bool,
                     known_languages: Mapping[str, int], model_name: str, policy: WindowPolicy,
                     vad_default: bool, encode_prompt: Callable[[str], list[int]] | None = None) -> SttRequest:
     """The `SttRequest` of a client's fields, or BusError with a client-fixable code.
 
     Fields: audio (required), language, task, beam_size, vad (default: the model's `vad`
-    option), prompt, temperature, timestamps (see timestamps.prepare_details). An SttRequest
-    passes through unchanged, so preparing twice is harmless.
+    option), prompt, temperature, timestamps (see `check_details`). An SttRequest passes
+    through unchanged, so preparing twice is harmless.
     """
-    from model_manager.engines.whisper import timestamps  # it imports common, which imports this
-
     # faster-whisper's VAD imports in ~0.2 s: not in the agents, which import this module's checks.
     from model_manager.engines.whisper import vad as speech_detector
     if isinstance(fields, SttRequest):
@@ -170,8 +198,7 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
         raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
     beam_size = beam_size_of(fields.get("beam_size"))
     language = validate_language(fields.get("language"), multilingual, known_languages, model_name)
-    checked = timestamps.prepare_details(fields, encode_prompt, model_name)
-    details = Details(tuple(checked["prompt_ids"]), checked["temperature"], checked["timestamps"])
+    details = check_details(fields, encode_prompt, model_name)
     if details.requested:
         policy = WindowPolicy(min_window_s=FULL_WINDOW_S)
     use_vad = flag_of(fields, "vad", vad_default)

@@ -1,7 +1,7 @@
 """Segment and word timestamps, prompts and temperature fallback for Whisper on CTranslate2,
 computed as faster-whisper computes them, for a batch of windows from separate requests.
 
-Request fields (checked by `prepare_details`, which the engine's `prepare` calls):
+Request fields (checked by request.check_details, which the engine's `prepare` calls):
 
 - `prompt`: text that came before the audio (names, spellings, style). It goes in front of
   the decoder prompt as ``<|startofprev|>`` + its tokens, the last 223 kept. CTranslate2 needs
@@ -16,47 +16,35 @@ Request fields (checked by `prepare_details`, which the engine's `prepare` calls
   tokens) or "word" (also words with start, end and probability, from the cross-attention
   alignment CTranslate2's `align` computes).
 
-`transcribe_windows` runs one batch of windows; `attach_details` joins the windows of each
-request, shifting their times by where each window starts. Everything else here is pure.
+`transcribe_windows` runs one batch of windows on the CTranslate2 model and tokens it is
+given; window_batch.transcript_of joins the windows of each request. Everything else here
+is pure.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import ctranslate2
 import numpy as np
-from faster_whisper.tokenizer import Tokenizer as WordTokenizer
+from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
-from model_manager.engines.base import Request
-from model_manager.engines.whisper.common import (
-    MAX_TARGET_POSITIONS,
-    SAMPLE_RATE,
-    WhisperTokens,
-    Window,
-    WindowText,
-    check_uniform,
-    log_mel_batch,
-    out_of_memory_as_bus_error,
-)
-from model_manager.engines.whisper.request import Details
-from model_manager.engines.whisper.result import Segment, Transcript, Word
-from model_manager.errors import INVALID_FIELD, BusError
+from model_manager.engines.whisper.features import N_FRAMES, log_mel_batch
+from model_manager.engines.whisper.oom import out_of_memory_as_bus_error
+from model_manager.engines.whisper.request import SAMPLE_RATE, Details
+from model_manager.engines.whisper.result import Segment, Word
+from model_manager.engines.whisper.tokens import WhisperTokens
+from model_manager.engines.whisper.window_batch import CallPlan, Window, WindowText
+from model_manager.engines.whisper.window_policy import MAX_TARGET_POSITIONS
 
-if TYPE_CHECKING:
-    from model_manager.engines.whisper.ct2 import CT2WhisperEngine
-
-GRANULARITIES = ("segment", "word")
 #: Seconds per timestamp token, and encoder positions per second (align's time indices).
 TIME_PRECISION = 0.02
 TOKENS_PER_SECOND = 50
 MEL_HOP = 160
-MAX_PROMPT_TOKENS = MAX_TARGET_POSITIONS // 2 - 1
-MAX_PROMPT_CHARS = 10_000
 TEMPERATURE_STEP = 0.2
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
@@ -64,47 +52,15 @@ NO_SPEECH_THRESHOLD = 0.6
 MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-#: One window's {"text", "language"[, "segments"[, "words"]]}, times from the window's start;
-#: `attach_details` makes them a request's `Transcript`.
-WindowResult = dict[str, Any]
 
 
-def prepare_details(request: Mapping[str, Any], encode: Callable[[str], list[int]] | None,
-                    model_name: str) -> dict[str, Any]:
-    """The request with `prompt_ids` (from `prompt`), `temperature` and `timestamps` checked and
-    normalised; BusError(INVALID_FIELD) for a bad value, or for any of them on an engine that
-    cannot decode them (`encode` None). Idempotent."""
-    prompt = request.get("prompt")
-    temperature = request.get("temperature")
-    granularity = request.get("timestamps")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-        raise BusError(INVALID_FIELD, f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not 0.0 <= temperature <= 1.0:
-            raise BusError(INVALID_FIELD, f"temperature must be a number in [0, 1], got {temperature!r:.50}")
-        temperature = round(float(temperature), 3)
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise BusError(INVALID_FIELD,
-                       f"timestamps must be one of {list(GRANULARITIES)}, got {granularity!r:.50}")
-    wanted = (prompt or "").strip() or temperature is not None or granularity is not None
-    if wanted and encode is None:
-        raise BusError(INVALID_FIELD, f"model {model_name} cannot decode prompt, temperature or "
-                                      "timestamps; use a ctranslate2 model")
-    prompt_ids = request.get("prompt_ids")
-    if prompt_ids is None:
-        text = (prompt or "").strip()
-        prompt_ids = encode(" " + text)[-MAX_PROMPT_TOKENS:] if text and encode else []
-    return {**request, "prompt_ids": list(prompt_ids), "temperature": temperature, "timestamps": granularity}
-
-
-def decoder_prompt(start: Sequence[int], details: Details, tokens: WhisperTokens, sot_prev: int) -> list[int]:
+def decoder_prompt(start: Sequence[int], details: Details, tokens: WhisperTokens) -> list[int]:
     """`start` (WhisperTokens.prompt: ... <|notimestamps|>) with the previous text in front and,
     for timestamps, without <|notimestamps|>, so that the model writes timestamp tokens."""
     body = list(start)
     if details.timestamps is not None and body and body[-1] == tokens.no_timestamps:
         body = body[:-1]
-    return ([sot_prev, *details.prompt_ids] if details.prompt_ids else []) + body
+    return ([tokens.sot_prev, *details.prompt_ids] if details.prompt_ids else []) + body
 
 
 def temperature_schedule(first: float | None) -> list[float]:
@@ -177,7 +133,7 @@ def split_segments(ids: Sequence[int], timestamp_begin: int, eot: int, duration:
     return segments
 
 
-def word_alignment(tokenizer: WordTokenizer, text_ids: Sequence[int], alignments: Sequence[tuple[int, int]],
+def word_alignment(tokenizer: Tokenizer, text_ids: Sequence[int], alignments: Sequence[tuple[int, int]],
                    token_probs: Sequence[float]) -> list[dict[str, Any]]:
     """Words of one window ({word, tokens, start, end, probability}, seconds from its start) from
     CTranslate2's alignment of its text tokens, as faster-whisper's `find_alignment` and
@@ -232,143 +188,92 @@ def words_into_segments(segments: list[dict[str, Any]], words: Sequence[dict[str
     return placed
 
 
-def window_result(attempt: Attempt, language: str | None, details: Details, duration: float,
-                  tokens: WhisperTokens, decode: Callable[[Sequence[int]], str],
-                  words: Sequence[dict[str, Any]] | None) -> WindowResult:
-    """The result of one window: text, language, and when asked segments (and words), times
-    from the window's start."""
-    result: WindowResult = {"text": attempt.text, "language": language}
+def window_text(attempt: Attempt, language: str, details: Details, duration: float, tokens: WhisperTokens,
+                words: Sequence[dict[str, Any]] | None) -> WindowText:
+    """The text of one window and, when asked, its segments (and words), times from the
+    window's start."""
     if details.timestamps is None:
-        return result
+        return WindowText(attempt.text, language)
     pieces = split_segments(attempt.ids, tokens.no_timestamps + 1, tokens.eot, duration)
     stats = {"avg_logprob": round(attempt.avg_logprob, 4),
              "compression_ratio": round(attempt.compression_ratio, 4),
              "no_speech_prob": round(attempt.no_speech_prob, 4), "temperature": attempt.temperature}
-    segments = [{"start": start, "end": end, "text": decode(ids), **stats} for start, end, ids in pieces]
-    result["segments"] = segments
-    if words is not None:
-        placed = words_into_segments(segments, words, [len(ids) for _, _, ids in pieces])
-        result["words"] = [{"start": w["start"], "end": w["end"], "word": w["word"],
-                            "probability": w["probability"], "segment": w["segment"]} for w in placed]
-    return result
+    # Plain dicts while word edges move them, as faster-whisper's own helpers work on dicts.
+    edges = [{"start": start, "end": end} for start, end, _ in pieces]
+    placed = None if words is None else words_into_segments(edges, words, [len(ids) for _, _, ids in pieces])
+    segments = tuple(Segment(id=k, start=edge["start"], end=edge["end"], text=tokens.decode(ids), **stats)
+                     for k, (edge, (_, _, ids)) in enumerate(zip(edges, pieces, strict=True)))
+    timed = None if placed is None else tuple(
+        Word(w["start"], w["end"], w["word"], w["probability"], w["segment"]) for w in placed)
+    return WindowText(attempt.text, language, segments=segments, words=timed)
 
 
-def attach_details(joined: Sequence[Transcript], windows: Sequence[tuple[int, np.ndarray]],
-                   window_results: Sequence[WindowResult]) -> list[Transcript]:
-    """`joined` (one transcript per request) with the `segments` and `words` of its windows,
-    times shifted by where each window starts in the request's audio and rounded to
-    milliseconds; transcripts of requests without timestamps are returned as they are."""
-    offsets: dict[int, float] = {}
-    segments: dict[int, list[Segment]] = {}
-    words: dict[int, list[Word]] = {}
-    for (owner, piece), result in zip(windows, window_results, strict=True):
-        offset = offsets.get(owner, 0.0)
-        offsets[owner] = offset + len(piece) / SAMPLE_RATE
-        if "segments" not in result:
-            continue
-        own = segments.setdefault(owner, [])
-        first_segment = len(own)
-        for segment in result["segments"]:
-            own.append(Segment(**{**segment, "id": len(own), "start": round(segment["start"] + offset, 3),
-                                  "end": round(segment["end"] + offset, 3)}))
-        if "words" in result:
-            words.setdefault(owner, []).extend(
-                Word(**{**word, "start": round(word["start"] + offset, 3),
-                        "end": round(word["end"] + offset, 3), "probability": round(word["probability"], 4),
-                        "segment": word["segment"] + first_segment})
-                for word in result["words"])
-    timed = list(joined)
-    for owner, own in segments.items():
-        timed[owner] = replace(timed[owner], segments=tuple(own),
-                               words=tuple(words[owner]) if owner in words else None)
-    return timed
-
-
-def transcribe_windows_of(engine: CT2WhisperEngine, windows: Sequence[Window]) -> list[WindowText]:
-    """`transcribe_windows` for the engine's typed windows (whose requests asked for details;
-    they keep 30 s windows and Whisper's own token limit, see request.prepare_request)."""
-    prepared = [{"audio": w.audio, "language": w.request.language, "task": w.request.task,
-                 "beam_size": w.request.beam_size, "prompt_ids": list(w.request.details.prompt_ids),
-                 "temperature": w.request.details.temperature, "timestamps": w.request.details.timestamps}
-                for w in windows]
-    texts = []
-    for result in transcribe_windows(engine, prepared):
-        extra = {k: v for k, v in result.items() if k in ("segments", "words")}
-        texts.append(WindowText(result["text"], result["language"], False, extra))
-    return texts
-
-
-def transcribe_windows(engine: CT2WhisperEngine, prepared: Sequence[Request]) -> list[WindowResult]:
-    """One {"text", "language"[, "segments"[, "words"]]} per window of a batch whose requests
-    share their `Details.batch_key`: encode once, generate at the first temperature, decode the
-    windows that need it again at the next ones, then align the words of all windows at once."""
-    options = check_uniform(prepared)
-    details = [Details.of(r) for r in prepared]
+def transcribe_windows(model: ctranslate2.models.Whisper, tokens: WhisperTokens, windows: Sequence[Window],
+                       name: str) -> list[WindowText]:
+    """One WindowText per window of a batch whose requests asked for details and share one
+    CallPlan (30 s windows and Whisper's own token limit, see request.prepare_request): encode
+    once, generate at the first temperature, decode the windows that need it again at the next
+    ones, then align the words of all windows at once. `name` labels an out-of-memory error."""
+    plan = CallPlan.of(windows)
+    details = [w.request.details for w in windows]
     first = details[0]
-    mel = log_mel_batch([r["audio"] for r in prepared], engine.n_mels)
-    sot_prev = _sot_prev(engine)
-    with out_of_memory_as_bus_error(f"{engine.name} batch of {len(prepared)}"):
-        encoded = engine._model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
-        languages: list[str] = [r["language"] for r in prepared]
-        if any(lang is None for lang in languages):
-            detected = engine._model.detect_language(encoded)
-            languages = [lang if lang is not None else engine.tokens.language_of(scores[0][0])
-                         for lang, scores in zip(languages, detected, strict=True)]
-        prompts = [decoder_prompt(engine.tokens.prompt(engine.multilingual, lang, options.task), d,
-                                  engine.tokens, sot_prev)
+    mel = log_mel_batch([w.audio for w in windows], model.n_mels, N_FRAMES)
+    with out_of_memory_as_bus_error(f"{name} batch of {len(windows)}"):
+        encoded = model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
+        requested = [w.request.language for w in windows]
+        if any(lang is None for lang in requested):
+            detected = model.detect_language(encoded)
+            languages = [lang if lang is not None else tokens.language_of(scores[0][0])
+                         for lang, scores in zip(requested, detected, strict=True)]
+        else:
+            languages = [lang for lang in requested if lang is not None]
+        prompts = [decoder_prompt(tokens.prompt(lang, plan.task), d, tokens)
                    for lang, d in zip(languages, details, strict=True)]
-        attempts: list[list[Attempt]] = [[] for _ in prepared]
-        pending = list(range(len(prepared)))
+        attempts: list[list[Attempt]] = [[] for _ in windows]
+        pending = list(range(len(windows)))
         for temperature in temperature_schedule(first.temperature):
             if not pending:
                 break
-            features = encoded if len(pending) == len(prepared) else \
+            features = encoded if len(pending) == len(windows) else \
                 ctranslate2.StorageView.from_array(mel[pending])
             sampling = {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature} \
-                if temperature > 0 else {"beam_size": options.beam_size}
-            results = engine._model.generate(
+                if temperature > 0 else {"beam_size": plan.beam_size}
+            results = model.generate(
                 features, [prompts[i] for i in pending], max_length=MAX_TARGET_POSITIONS, return_scores=True,
                 return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **sampling)
             for i, res in zip(pending, results, strict=True):
                 ids = res.sequences_ids[0]
-                attempts[i].append(Attempt(ids, engine._decode(ids), average_logprob(res.scores[0], len(ids)),
+                attempts[i].append(Attempt(ids, tokens.decode(ids), average_logprob(res.scores[0], len(ids)),
                                            res.no_speech_prob, temperature))
             pending = [i for i in pending if attempts[i][-1].needs_fallback()]
         chosen = [a[-1] if not a[-1].needs_fallback() else best_attempt(a) for a in attempts]
-        words = _align_words(engine, encoded, prepared, languages, chosen) if first.timestamps == "word" \
-            else [None] * len(prepared)
-    return [window_result(attempt, lang, first, len(r["audio"]) / SAMPLE_RATE, engine.tokens,
-                          engine._decode, w)
-            for attempt, lang, r, w in zip(chosen, languages, prepared, words, strict=True)]
+        words: Sequence[list[dict[str, Any]] | None] = \
+            _align_words(model, tokens, encoded, windows, languages, chosen, plan.task) \
+            if first.timestamps == "word" else [None] * len(windows)
+    return [window_text(attempt, lang, first, len(w.audio) / SAMPLE_RATE, tokens, own)
+            for attempt, lang, w, own in zip(chosen, languages, windows, words, strict=True)]
 
 
-def _sot_prev(engine: CT2WhisperEngine) -> int:
-    sot_prev = engine._tokenizer.token_to_id("<|startofprev|>")
-    if sot_prev is None:  # pragma: no cover - every Whisper vocabulary has it
-        raise ValueError("no <|startofprev|> token in the vocabulary")
-    return sot_prev
-
-
-def _align_words(engine: CT2WhisperEngine, encoded: ctranslate2.StorageView, prepared: Sequence[Request],
-                 languages: Sequence[str], chosen: Sequence[Attempt]) -> list[list[dict[str, Any]]]:
+def _align_words(model: ctranslate2.models.Whisper, tokens: WhisperTokens, encoded: ctranslate2.StorageView,
+                 windows: Sequence[Window], languages: Sequence[str], chosen: Sequence[Attempt],
+                 task: str) -> list[list[dict[str, Any]]]:
     """Words of each window; one `align` call per start sequence (language) in the batch."""
-    task = check_uniform(prepared).task
-    text_ids = [engine.tokens.text_ids(a.ids) for a in chosen]
-    frames = [min(len(r["audio"]) // MEL_HOP, 3000) for r in prepared]
-    words: list[list[dict[str, Any]]] = [[] for _ in prepared]
-    encoder_output = np.asarray(encoded) if engine.device == "cpu" else None
-    by_language = itertools.groupby(sorted(range(len(prepared)), key=lambda i: languages[i]),
+    text_ids = [tokens.text_ids(a.ids) for a in chosen]
+    frames = [min(len(w.audio) // MEL_HOP, N_FRAMES) for w in windows]
+    words: list[list[dict[str, Any]]] = [[] for _ in windows]
+    encoder_output = np.asarray(encoded) if model.device == "cpu" else None
+    by_language = itertools.groupby(sorted(range(len(windows)), key=lambda i: languages[i]),
                                     key=lambda i: languages[i])
     for language, group in by_language:
         members = [i for i in group if text_ids[i]]
         if not members:
             continue
-        tokenizer = WordTokenizer(engine._tokenizer, engine.multilingual, task=task, language=language)
+        tokenizer = tokens.for_task(language, task)
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[members])) \
             if encoder_output is not None else ctranslate2.StorageView.from_array(
-                log_mel_batch([prepared[i]["audio"] for i in members], engine.n_mels))
-        aligned = engine._model.align(features, tokenizer.sot_sequence, [text_ids[i] for i in members],
-                                      [frames[i] for i in members], median_filter_width=MEDIAN_FILTER_WIDTH)
+                log_mel_batch([windows[i].audio for i in members], model.n_mels))
+        aligned = model.align(features, tokenizer.sot_sequence, [text_ids[i] for i in members],
+                              [frames[i] for i in members], median_filter_width=MEDIAN_FILTER_WIDTH)
         for i, result in zip(members, aligned, strict=True):
             words[i] = word_alignment(tokenizer, text_ids[i], result.alignments, result.text_token_probs)
     return words

@@ -1,9 +1,10 @@
 """A Whisper vocabulary's special tokens, decoder prompts and text, on faster-whisper's
-`Tokenizer`, the wrapper its own transcribe builds prompts with; so the engines start the
-decoder from exactly the ids faster-whisper would.
+`Tokenizer` (special ids, encoding, decoding, word splitting), so the engines read and write
+tokens as faster-whisper does.
 
-What faster-whisper's Tokenizer does not know is which languages one model's vocabulary has
-(its list is the union over every Whisper size): that is read from the vocabulary here.
+What faster-whisper's Tokenizer does not know is which languages one model's vocabulary has:
+its list is fixed, and older vocabularies spell Hebrew <|iw|>, a code it refuses. So the
+languages, and the language token of a prompt, come from the vocabulary itself.
 """
 
 from __future__ import annotations
@@ -51,22 +52,10 @@ class WhisperTokens:
         self.languages: Mapping[str, int] = languages_of(tokenizer.get_vocab(with_added_tokens=True),
                                                          self.sot, self.translate)
         self._tasks: dict[tuple[str, str], Tokenizer] = {}
-        if multilingual:
-            # Refuse now, not on a request, a language faster-whisper's Tokenizer does not take
-            # (older English-only vocabularies spell Hebrew <|iw|>; harmless there, as their
-            # prompts carry no language).
-            refused = []
-            for code in self.languages:
-                try:
-                    self.for_task(code, "transcribe")
-                except ValueError:
-                    refused.append(code)
-            if refused:
-                raise ValueError(f"language tokens faster-whisper does not know: {', '.join(refused)}")
 
     def for_task(self, language: str, task: str) -> Tokenizer:
         """faster-whisper's Tokenizer for one language and task (word splitting, sot_sequence);
-        English-only models take neither."""
+        English-only models take neither. ValueError for a language faster-whisper does not know."""
         if not self.multilingual:
             return self._plain
         key = (language, task)
@@ -75,8 +64,13 @@ class WhisperTokens:
         return self._tasks[key]
 
     def prompt(self, language: str, task: str) -> list[int]:
-        """Decoder prompt ids: <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|>."""
-        return [*self.for_task(language, task).sot_sequence, self.no_timestamps]
+        """Decoder prompt ids: <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|>, that is
+        faster-whisper's sot_sequence and <|notimestamps|>, for any language of the vocabulary.
+        English-only models were trained without the language and task tokens."""
+        if not self.multilingual:
+            return [self.sot, self.no_timestamps]
+        task_id = self.translate if task == "translate" else self.transcribe
+        return [self.sot, self.languages[language], task_id, self.no_timestamps]
 
     def text_ids(self, ids: Sequence[int]) -> list[int]:
         """Drop special and timestamp tokens (every id from <|endoftext|> up)."""

@@ -35,6 +35,11 @@ from dataclasses import dataclass
 
 #: Whisper's training window, and the longest any request gets.
 FULL_WINDOW_S = 30.0
+#: Decoder context of every Whisper size; prompt + generated tokens must fit in it.
+MAX_TARGET_POSITIONS = 448
+#: Text tokens Whisper decodes at most from one window when nothing tighter bounds it
+#: (openai-whisper's sample_len: half the decoder context; CTranslate2 stops there too).
+MAX_TEXT_TOKENS = MAX_TARGET_POSITIONS // 2
 #: The window lengths requests are rounded up to. Few enough that concurrent short requests
 #: share one (and so one batch), fine enough that a 3 s clip does not pay for 10 s.
 BUCKETS_S = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
