@@ -61,6 +61,14 @@ def test_environment_overrides_any_key():
         ({"VOICEBUS__MODELS__STT__0__ENGINE": "whisper.cpp"}, "models.stt.0.engine"),
         ({"VOICEBUS__MODELS__STT__9__DEVICE": "cpu"}, "models.stt.9"),
         ({"VOICEBUS__LIMITS__STREAM_VAD_THREADS": "-1"}, "limits.stream_vad_threads"),
+        # Every *_port is checked by its name: none can be left out of the range or clash checks.
+        ({"VOICEBUS__ENDPOINTS__WYOMING_PORT": "8880"}, "endpoints: the ports must all differ"),
+        ({"VOICEBUS__ENDPOINTS__TTS_BACKEND_PORT": "0"}, "endpoints.tts_backend_port"),
+        ({"VOICEBUS__ENDPOINTS__STT_METRICS_PORT": "-2"}, "endpoints.stt_metrics_port"),
+        ({"VOICEBUS__MODEL_MANAGER__MODELS": "[whisper-huge]"}, "model_manager.models.0"),
+        ({"VOICEBUS__MODEL_MANAGER__AGENTS": "[agents:5810]"}, "model_manager.agents.0"),
+        ({"VOICEBUS__MODEL_MANAGER__REPLICAS": "0"}, "model_manager.replicas"),
+        ({"VOICEBUS__SECURITY__BACKEND_CURVE_ENABLED": "true"}, "security.server_secret_key_file"),
     ],
 )
 def test_invalid_config_names_the_key(env, key):
@@ -168,3 +176,32 @@ def test_audio_of_one_window_or_less_is_one_piece():
     audio = np.ones(16000 * 30, np.float32)
     (piece,) = split_into_windows(audio)
     assert piece is audio or np.shares_memory(piece, audio)
+
+
+def test_the_launcher_starts_one_model_manager_per_replica_each_on_its_own_gpu():
+    from agents.launcher import plan_children
+
+    config = load_config(environ={"VOICEBUS__MODEL_MANAGER__REPLICAS": "2"})
+    managers = [c for c in plan_children(config, "model-manager")]
+    assert [c.name for c in managers] == ["model-manager", "model-manager-1"]
+    assert [c.env["CUDA_VISIBLE_DEVICES"] for c in managers] == ["0", "1"]
+    assert [c.env["VOICEBUS__ENDPOINTS__METRICS_PORT"] for c in managers] == ["5890", "5891"]
+    assert [c.name for c in plan_children(config, "agents")] == ["stt-agent", "tts-agent", "gateway"]
+    one = plan_children(load_config(environ={}), "all")
+    assert [c.name for c in one] == ["stt-agent", "tts-agent", "gateway", "model-manager"]
+    assert one[-1].env == {}  # one model manager sees every GPU, as before
+
+
+def test_a_model_manager_serves_its_pool_and_the_agents_of_this_host_by_default():
+    from model_manager.agent import ModelManagerAgent
+
+    config = load_config(environ={"VOICEBUS__MODEL_MANAGER__MODELS": "[kokoro-82m]"})
+    manager = ModelManagerAgent(config, engines=[])
+    assert [spec.name for spec in manager.served_specs()] == ["kokoro-82m"]
+    assert manager.agent_addresses() == ["tcp://127.0.0.1:5810", "tcp://127.0.0.1:5811"]
+    assert manager.credit == 16  # twice max_batch_size
+    elsewhere = load_config(environ={"VOICEBUS__MODEL_MANAGER__AGENTS": "[tcp://agents-0.agents:5810]",
+                                     "VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_QUEUE_SIZE": "4"})
+    manager = ModelManagerAgent(elsewhere, engines=[])
+    assert manager.agent_addresses() == ["tcp://agents-0.agents:5810"]
+    assert manager.credit == 4  # never more than its queue holds
