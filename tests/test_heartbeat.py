@@ -1,6 +1,7 @@
 """The model manager's side of the heartbeat: a resent job runs once, and the queued jobs of an
-agent that stopped pinging are dropped. A real ModelManagerAgent on a real socket, with a
-stand-in engine whose batches wait for the test to let them finish."""
+agent that stopped heartbeating are dropped. A real ModelManagerAgent connecting out to the
+test's backend socket, with a stand-in engine whose batches wait for the test to let them
+finish."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import zmq
 from conftest import free_port, wait_until
 
-from model_manager import protocol
+from model_manager import link_protocol
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import parse_config
 from model_manager.engines.base import Engine, Request
@@ -46,15 +47,17 @@ class GatedEngine(Engine):
 class Manager:
     agent: ModelManagerAgent
     engine: GatedEngine
-    address: str
+    address: str  # the test's backend ROUTER, which the manager connects out to
 
 
 @pytest.fixture
 def manager() -> Iterator[Manager]:
     port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
     config = parse_config(
         {
-            "endpoints": {"model_manager_port": port, "metrics_port": 0, "monitor_port": 0},
+            "endpoints": {"metrics_port": 0, "monitor_port": 0},
+            "model_manager": {"agents": [address]},
             # One job per batch, so that the first runs (and waits) while the rest stay queued.
             "batch_processing_config": {"max_batch_size": 1, "min_batch_size": 1, "dynamic_batching": False},
         }
@@ -64,52 +67,69 @@ def manager() -> Iterator[Manager]:
     stop = threading.Event()
     thread = threading.Thread(target=agent.serve, args=(stop,), daemon=True)
     thread.start()
-    yield Manager(agent, engine, f"tcp://127.0.0.1:{port}")
+    yield Manager(agent, engine, address)
     engine.gate.set()
     stop.set()
     thread.join(30)
 
 
-def link(address: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
+class Backend:
+    """The test's side of the backend: a ROUTER as an agent binds, which takes the manager's
+    READY and then talks to it by its identity."""
 
+    def __init__(self, address: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(address)
+        assert self.sock.poll(30_000), "no READY from the model manager"
+        self.identity, *frames = self.sock.recv_multipart()
+        assert isinstance(link_protocol.decode(frames), link_protocol.Ready)
+        self.send(link_protocol.Heartbeat())  # the acknowledgement
 
-def send(sock: zmq.Socket, message: dict) -> None:
-    sock.send_multipart([protocol.INTERNAL_VERSION, protocol.pack(message)])
+    def send(self, message: dict | link_protocol.ControlMessage) -> None:
+        self.sock.send_multipart([self.identity, *link_protocol.encode(message)])
+
+    def receive(self, timeout_s: float) -> dict | link_protocol.ControlMessage | None:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        return link_protocol.decode(self.sock.recv_multipart()[1:])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def infer(job_id: str) -> dict:
     return {"type": "infer", "job_id": job_id, "task": "stt", "request": {"x": job_id}, "timeout_ms": 30_000}
 
 
-def handled(sock: zmq.Socket) -> None:
-    """Return once the manager has handled every message sent on `sock` so far: its socket
-    thread takes one link's messages in order, so the answer to a `stats` sent last says so."""
-    send(sock, {"type": "stats", "job_id": "barrier"})
-    assert sock.poll(30_000), "the manager did not answer stats"
-    assert protocol.unpack(sock.recv_multipart()[1])["type"] == "stats"
+def handled(backend: Backend) -> None:
+    """Return once the manager has handled every message sent so far: its socket thread
+    takes one link's messages in order, so the answer to a `stats` sent last says so."""
+    backend.send({"type": "stats", "job_id": "barrier"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        message = backend.receive(30)
+        if isinstance(message, dict) and message["type"] == "stats":
+            return
+    raise AssertionError("the manager did not answer stats")
 
 
-def results(sock: zmq.Socket, wait_s: float, until: str | None = None) -> list[str]:
+def results(backend: Backend, wait_s: float, until: str | None = None) -> list[str]:
     """job_ids of the results that arrive within `wait_s` (or until the one for `until`)."""
     seen: list[str] = []
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0 and until not in seen:
-        if sock.poll(int(left * 1000)):
-            message = protocol.unpack(sock.recv_multipart()[1])
-            if message["type"] == "result":
-                seen.append(message["job_id"])
+        message = backend.receive(left)
+        if isinstance(message, dict) and message["type"] == "result":
+            seen.append(message["job_id"])
     return seen
 
 
 def test_a_job_resent_while_queued_or_running_runs_once(manager):
-    sock = link(manager.address)
+    sock = Backend(manager.address)
     try:
         for job_id in ("a", "b", "a", "b", "a"):  # as an agent resends after a silence
-            send(sock, infer(job_id))
+            sock.send(infer(job_id))
         handled(sock)  # every copy has reached the manager
         worker = manager.agent.workers["gated"]
         wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 1, 30, '"a" running, "b" queued')
@@ -122,18 +142,17 @@ def test_a_job_resent_while_queued_or_running_runs_once(manager):
         sock.close()
 
 
-def test_the_queued_jobs_of_an_agent_that_stopped_pinging_are_dropped(manager, caplog):
+def test_the_queued_jobs_of_an_agent_that_stopped_heartbeating_are_dropped(manager, caplog):
     caplog.set_level(logging.WARNING, logger="model_manager.agent")
-    sock = link(manager.address)
-    send(sock, {"type": "ping"})
+    sock = Backend(manager.address)
     for job_id in ("running", "queued-1", "queued-2"):
-        send(sock, infer(job_id))
+        sock.send(infer(job_id))
     worker = manager.agent.workers["gated"]
     # "running" is in the engine, the other two wait behind it
     wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 2, 30, "one job running, two queued")
-    sock.close()  # the agent dies: no more pings
-    dropped = "stopped pinging; dropped 2 of its queued jobs"
-    deadline = time.monotonic() + 3 * protocol.PING_INTERVAL_S + 30
+    sock.close()  # the agent dies: no more heartbeats
+    dropped = "is silent; dropped 2 of its queued jobs"
+    deadline = time.monotonic() + link_protocol.LIVENESS_S + 30
     # The jobs leave the queue a moment before the warning is logged: wait for both.
     while (worker.queue_depth() or dropped not in caplog.text) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -145,14 +164,14 @@ def test_the_queued_jobs_of_an_agent_that_stopped_pinging_are_dropped(manager, c
     assert manager.engine.ran == ["running"]  # the dropped ones never ran for nobody
 
 
-def test_an_agent_that_keeps_pinging_keeps_its_jobs(manager):
-    sock = link(manager.address)
+def test_an_agent_that_keeps_heartbeating_keeps_its_jobs(manager):
+    sock = Backend(manager.address)
     try:
-        send(sock, infer("running"))
-        send(sock, infer("queued"))
-        for _ in range(4):  # past the 3-interval limit, with pings
-            send(sock, {"type": "ping"})
-            time.sleep(protocol.PING_INTERVAL_S)
+        sock.send(infer("running"))
+        sock.send(infer("queued"))
+        for _ in range(4):  # past the 3-interval limit, with heartbeats
+            sock.send(link_protocol.Heartbeat())
+            time.sleep(link_protocol.HEARTBEAT_INTERVAL_S)
         assert manager.agent.workers["gated"].queue_depth() == 1
         manager.engine.gate.set()
         assert "queued" in results(sock, wait_s=30, until="queued")
