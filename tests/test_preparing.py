@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 import pytest
 import zmq
 from conftest import free_port, wait_until
-from test_heartbeat import Manager, handled, link, results, send
+from test_heartbeat import Backend, Manager, handled, results
 
-from model_manager import protocol
+from model_manager import link_protocol
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import parse_config
 from model_manager.engines.base import Engine, Request
@@ -80,7 +80,8 @@ class SlowPrepareEngine(Engine):
 def start_manager(batch: dict) -> Iterator[Manager]:
     port = free_port()
     config = parse_config({
-        "endpoints": {"model_manager_port": port, "metrics_port": 0, "monitor_port": 0},
+        "endpoints": {"metrics_port": 0, "monitor_port": 0},
+        "model_manager": {"agents": [f"tcp://127.0.0.1:{port}"]},
         "batch_processing_config": {"dynamic_batching": False, **batch},
     })
     engine = SlowPrepareEngine()
@@ -105,20 +106,22 @@ def infer(job_id: str, **fields: object) -> dict:
             "timeout_ms": 30_000}
 
 
-def test_a_slow_prepare_does_not_hold_up_pings_and_jobs_keep_their_order(manager):
-    sock = link(manager.address)
+def test_a_slow_prepare_does_not_hold_up_the_socket_and_jobs_keep_their_order(manager):
+    sock = Backend(manager.address)
     try:
-        send(sock, infer("slow", wait=True))
-        send(sock, infer("fast"))
+        sock.send(infer("slow", wait=True))
+        sock.send(infer("fast"))
         started = time.monotonic()
-        send(sock, {"type": "ping"})
-        assert sock.poll(2000), "the socket thread is stuck in prepare"
-        assert protocol.unpack(sock.recv_multipart()[1])["type"] == "pong"
+        sock.send({"type": "stats", "job_id": "probe"})
+        answer = sock.receive(2.0)
+        while isinstance(answer, link_protocol.Heartbeat):
+            answer = sock.receive(2.0)
+        assert isinstance(answer, dict) and answer["type"] == "stats", "the socket thread is stuck in prepare"
         assert time.monotonic() - started < 1.0
         wait_until(lambda: "fast" in manager.engine.prepared, 30, '"fast" prepared')
         time.sleep(0.3)  # time for "fast" to run, were it not held back
         assert manager.engine.ran == []  # "fast" waits for "slow", which arrived first
-        send(sock, {"type": "ping"})  # still alive, as an agent pings every second
+        sock.send(link_protocol.Heartbeat())  # still alive, as an agent heartbeats every second
         manager.engine.gate.set()
         assert results(sock, wait_s=30, until="fast") == ["slow", "fast"]
         assert manager.engine.ran == ["slow", "fast"]
@@ -127,19 +130,20 @@ def test_a_slow_prepare_does_not_hold_up_pings_and_jobs_keep_their_order(manager
 
 
 def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_answered(manager):
-    sock = link(manager.address)
+    sock = Backend(manager.address)
     try:
-        send(sock, infer("cancelled", wait=True))
-        send(sock, infer("behind"))
-        send(sock, {"type": "cancel", "job_ids": ["cancelled"]})
+        sock.send(infer("cancelled", wait=True))
+        sock.send(infer("behind"))
+        sock.send({"type": "cancel", "job_ids": ["cancelled"]})
         assert results(sock, wait_s=30, until="behind") == ["behind"]  # not held back by it
         manager.engine.gate.set()
-        send(sock, infer("bad", bad=True))
+        sock.send(infer("bad", bad=True))
         deadline = time.monotonic() + 30
         reply: dict = {}
-        while time.monotonic() < deadline and sock.poll(int(1000 * (deadline - time.monotonic()))):
-            reply = protocol.unpack(sock.recv_multipart()[1])
-            if reply.get("job_id") == "bad":
+        while time.monotonic() < deadline:
+            message = sock.receive(deadline - time.monotonic())
+            if isinstance(message, dict) and message.get("job_id") == "bad":
+                reply = message
                 break
         assert reply["job_id"] == "bad" and reply["ok"] is False
         assert reply["error"]["code"] == INVALID_FIELD
@@ -157,11 +161,11 @@ def test_a_burst_still_being_prepared_is_not_split_by_the_idle_fast_path():
     batch = {"max_batch_size": 4, "min_batch_size": 3, "max_batch_wait_ms": 5000, "lone_request_wait_ms": 2}
     started = start_manager(batch)
     manager = next(started)
-    sock = link(manager.address)
+    sock = Backend(manager.address)
     try:
-        send(sock, infer("first", wait="early"))
+        sock.send(infer("first", wait="early"))
         for job_id in ("second", "third"):
-            send(sock, infer(job_id, wait=True))
+            sock.send(infer(job_id, wait=True))
         handled(sock)  # all three are in the prepare pool
         manager.engine.early_gate.set()  # "first" reaches the idle worker; the others are preparing
         worker = manager.agent.workers["slow-prepare"]
