@@ -22,9 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: every socket is held until all are found, so that the
+    system cannot hand out one port twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_until(
@@ -86,7 +97,7 @@ def start_bus(
     """Start the launcher on free ports; with `wait`, return once it says it is ready."""
     names = ("STT_PORT", "TTS_PORT", "STT_BACKEND_PORT", "TTS_BACKEND_PORT", "METRICS_PORT",
              "STT_METRICS_PORT", "TTS_METRICS_PORT", "MONITOR_PORT", "HTTP_PORT", "WYOMING_PORT")
-    ports = {name: free_port() for name in names}
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {
         **os.environ,
         **{f"VOICEBUS__ENDPOINTS__{k}": str(v) for k, v in ports.items()},

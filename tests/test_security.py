@@ -1,7 +1,7 @@
 """CurveZMQ with a ZAP allow-list: authorized clients are served, anyone else gets nothing.
 
-A CURVE-enabled STT agent runs as its own process, attached to the session bus's model
-manager, so an authorized client gets real transcriptions without loading models again.
+A CURVE-enabled STT agent runs as its own process, with a model manager of its own (only
+Whisper tiny.en), so an authorized client gets real transcriptions.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def client(agent: SecureAgent, name: str | None = "client", **settings: object) 
 
 
 @pytest.fixture(scope="module")
-def secure_agent(bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureAgent]:
+def secure_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureAgent]:
     keys = tmp_path_factory.mktemp("keys")
     assert keys_main([str(keys), "--client", "client", "--client", "stranger"]) == 0
     # "stranger" has a key pair but is not on the allow-list.
     (keys / "authorized_clients" / "stranger.key").unlink()
-    port = free_port()
+    port, backend_port = free_port(), free_port()
     section = {
         "curve_enabled": True,
         "server_secret_key_file": str(keys / "server.key_secret"),
@@ -70,8 +70,10 @@ def secure_agent(bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secu
             for k, v in section.items()
         },
         "VOICEBUS__ENDPOINTS__STT_PORT": str(port),
-        "VOICEBUS__ENDPOINTS__MODEL_MANAGER_PORT": str(bus.model_manager_port),
+        "VOICEBUS__ENDPOINTS__STT_BACKEND_PORT": str(backend_port),
+        "VOICEBUS__ENDPOINTS__STT_METRICS_PORT": "0",
         "VOICEBUS__ENDPOINTS__METRICS_PORT": "0",
+        "VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "false",
         "VOICEBUS__ENDPOINTS__MONITOR_PORT": "0",
         "VOICEBUS__LIMITS__JOURNAL_DIR": str(keys.parent / "secure-journal"),
     }
@@ -80,6 +82,9 @@ def secure_agent(bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secu
     else:
         os.environ[security.SUPERVISOR_KEY_ENV] = saved
     process = subprocess.Popen([sys.executable, "-m", "agents.service_agent", "stt"], cwd=ROOT, env=env)
+    # Its own model manager: the client side's CURVE is the agent's business, not the backend's.
+    manager = subprocess.Popen([sys.executable, "-m", "model_manager", "--models", "whisper-tiny.en",
+                                "--agents", f"tcp://127.0.0.1:{backend_port}"], cwd=ROOT, env=env)
     agent = SecureAgent(f"tcp://127.0.0.1:{port}", keys, process, supervisor)
     try:
         deadline = time.monotonic() + 60
@@ -89,8 +94,10 @@ def secure_agent(bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secu
             time.sleep(0.3)
         yield agent
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        for child in (process, manager):
+            child.send_signal(signal.SIGTERM)
+        for child in (process, manager):
+            child.wait(60)
 
 
 def test_the_keys_command_never_overwrites_a_key(tmp_path, capsys):
