@@ -245,9 +245,9 @@ def test_health_flips_when_the_model_manager_dies_and_back_when_it_returns(monit
         assert health["ready"] and health["model_manager"] == "up"
         assert health["models"] and all(m["ready"] for m in health["models"])
 
-    victim.suspend()  # alive but silent: only the missing pongs can tell
+    victim.suspend()  # alive but silent: only the missing heartbeats can tell
     try:
-        for address in (bus.stt_address, bus.tts_address):  # each agent pings on its own
+        for address in (bus.stt_address, bus.tts_address):  # each agent listens on its own
             health = wait_for(
                 lambda address=address: bus.request({"action": "health"}, address=address, timeout_s=5),
                 lambda h: h["model_manager"] == "down",
@@ -256,7 +256,7 @@ def test_health_flips_when_the_model_manager_dies_and_back_when_it_returns(monit
             )
             assert health["live"] is True and health["ready"] is False
             assert health["models"] and not any(m["ready"] for m in health["models"])
-        reply = transcribe(bus, 0)
+        reply = transcribe(bus, 0, timeout_ms=1000)  # waits for a model manager within its timeout
         assert reply["error"]["code"] == "model_unavailable", reply
         page = wait_for(
             lambda: get_json(bus.monitor_url + "api/stats"),

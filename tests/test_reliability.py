@@ -117,7 +117,7 @@ def test_queued_jobs_beyond_the_queue_size_wait_their_turn_instead_of_failing(fr
 # --- heartbeats -------------------------------------------------------------------------------
 
 
-def test_a_frozen_model_manager_is_reported_down_at_once_and_nothing_in_flight_is_lost(fragile_bus):
+def test_a_frozen_model_manager_is_reported_down_and_nothing_in_flight_is_lost(fragile_bus):
     bus = fragile_bus
     manager = child_process(bus.process.pid, "model_manager")
     in_flight: dict = {}
@@ -137,10 +137,13 @@ def test_a_frozen_model_manager_is_reported_down_at_once_and_nothing_in_flight_i
             assert time.monotonic() - frozen_at < 6, health
             time.sleep(0.2)
         assert health["ready"] is False
+        # New work waits for a model manager (limits.model_wait_ms), within its own timeout,
+        # then is refused: no manager holding the model came.
         asked = time.monotonic()
-        refused = bus.request({"action": "transcribe", "audio_data": [0.0] * 1600}, timeout_s=2)
+        refused = bus.request({"action": "transcribe", "audio_data": [0.0] * 1600, "timeout_ms": 1000},
+                              timeout_s=5)
         assert refused["error"]["code"] == "model_unavailable"
-        assert time.monotonic() - asked < 1
+        assert time.monotonic() - asked < 3
     finally:
         manager.resume()
     wait_ready(bus, bus.stt_address, timeout_s=15)
