@@ -229,7 +229,8 @@ def wait_until_ready(
 ) -> bool:
     """True once every agent says ready. Children that crash meanwhile (a model manager
     killed while it loads, say) are restarted as they would be later; a configuration error
-    or a model that fails to load ends the wait with False."""
+    or a model that fails to load (the model manager exits with CONFIG_ERROR_EXIT) ends the
+    wait with False."""
     # No retries: this loop is the retry, and must notice a child that died meanwhile.
     client = client or ModelClient(ClientConfig(connect_timeout_s=1.0, retries=0))
     deadline = time.monotonic() + timeout_s
@@ -239,9 +240,6 @@ def wait_until_ready(
             reply = client.request(address, {"action": "health"}, timeout_s=1.0)
             if reply.get("ready"):
                 del waiting[task]
-            elif reply.get("model_manager") == "error":
-                log.error("model manager failed to load models: %s", reply.get("model_manager_error"))
-                return False
         try:
             tend(children, time.monotonic())
         except ConfigurationFailed as exc:

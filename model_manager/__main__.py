@@ -15,7 +15,7 @@ import yaml
 
 from model_manager.agent import ModelManagerAgent
 from model_manager.config import load_config
-from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
+from model_manager.runtime import CONFIG_ERROR_EXIT, exit_on_config_error, setup_logging, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
             environ[f"VOICEBUS__MODEL_MANAGER__{key}"] = yaml.safe_dump(items, default_flow_style=True)
     config = load_config(environ=environ)
     setup_logging("model-manager", config.logging.level)
-    ModelManagerAgent(config).serve(stop_on_signals())
-    return 0
+    manager = ModelManagerAgent(config)
+    manager.serve(stop_on_signals())
+    # A model that cannot load is a configuration to fix, not a crash to restart.
+    return CONFIG_ERROR_EXIT if manager.load_error is not None else 0
 
 
 if __name__ == "__main__":

@@ -268,6 +268,10 @@ class ModelManagerAgent:
                     self.links.tick(float("inf"), self.heartbeat())  # tell the agents at once
                 if stopping and (self._drained() or now >= drain_by):
                     break
+                if self.load_error is not None:
+                    # Nothing to serve: exit, saying why, rather than hold a slot no work reaches.
+                    log.error("cannot serve: %s", self.load_error)
+                    break
                 for sock, _ in poller.poll(POLL_MS):
                     if sock is results:
                         self._forward_results(results)
