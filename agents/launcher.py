@@ -226,8 +226,10 @@ def wait_until_ready(
     stop: threading.Event,
     timeout_s: float = READY_TIMEOUT_S,
     client: ModelClient | None = None,
+    until: str = "ready",
 ) -> bool:
-    """True once every agent says ready. Children that crash meanwhile (a model manager
+    """True once every agent says ready (`until`="live": once it answers, for agents whose
+    model managers run elsewhere and come when they come). Children that crash meanwhile (a model manager
     killed while it loads, say) are restarted as they would be later; a configuration error
     or a model that fails to load (the model manager exits with CONFIG_ERROR_EXIT) ends the
     wait with False."""
@@ -238,7 +240,7 @@ def wait_until_ready(
     while waiting and time.monotonic() < deadline and not stop.is_set():
         for task, address in list(waiting.items()):
             reply = client.request(address, {"action": "health"}, timeout_s=1.0)
-            if reply.get("ready"):
+            if reply.get(until):
                 del waiting[task]
         try:
             tend(children, time.monotonic())
@@ -335,8 +337,10 @@ def _launch(role: str) -> int:
     monitor = open_monitor(config, addresses, client)
     try:
         http = gateway_url(config)
-        ready = wait_until_ready(addresses, children, stop, client=client)
-        if ready and http is not None:
+        # Agents alone do not wait for model managers: those register whenever they start.
+        until = "live" if role == "agents" else "ready"
+        ready = wait_until_ready(addresses, children, stop, client=client, until=until)
+        if ready and http is not None and role != "agents":
             ready = wait_for_gateway(http, children, stop)
         if not ready:
             if stop.is_set():
@@ -344,7 +348,8 @@ def _launch(role: str) -> int:
             log.error("voicebus did not become ready; shutting down")
             configuration_failed = any(c.exited() == CONFIG_ERROR_EXIT for c in children)
             return CONFIG_ERROR_EXIT if configuration_failed else 1
-        print("voicebus is ready:", flush=True)
+        print("voicebus is ready:" if role != "agents" else
+              "voicebus agents are up; model managers register as they start:", flush=True)
         for task, address in addresses.items():
             print(f"  {task.upper()}: {address}", flush=True)
         for task, port in (("STT agent", config.endpoints.stt_metrics_port if config.stt_models else 0),

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_ENDPOINT = "inproc://model-manager-results"
 POLL_MS = 100
+#: /livez fails once the socket loop has not come round for this long: a hung manager.
+LOOP_STALL_S = 30.0
 # The reply type of each internal request type, for answering one that failed unexpectedly.
 REPLY_TYPES = {"infer": "result", "stats": "stats", "configure": "configured"}
 
@@ -120,6 +122,7 @@ class ModelManagerAgent:
         # resent ones.
         self._peer_jobs: dict[bytes, set[str]] = {}
         self.draining = False
+        self.last_turn = time.monotonic()
         self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
         # Engines' `prepare` (Whisper's speech detection) runs here, off the socket thread.
         self._preparing = PreparePool(self._hand_off)
@@ -259,13 +262,13 @@ class ModelManagerAgent:
         drain_by = float("inf")
         try:
             while True:
-                now = time.monotonic()
+                now = self.last_turn = time.monotonic()
                 if stop.is_set() and not stopping:
                     stopping = self.draining = True
                     drain_by = now + self.config.model_manager.drain_timeout_s
                     log.info("draining: no new work; what is held finishes within %.0f s",
                              self.config.model_manager.drain_timeout_s)
-                    self.links.tick(float("inf"), self.heartbeat())  # tell the agents at once
+                    self.links.beat_now(self.heartbeat())  # tell the agents at once
                 if stopping and (self._drained() or now >= drain_by):
                     break
                 if self.load_error is not None:
@@ -332,10 +335,14 @@ class ModelManagerAgent:
         # Beside the agents, on endpoints.host; "*" is ZeroMQ's spelling of every interface.
         host = "0.0.0.0" if self.config.endpoints.host == "*" else self.config.endpoints.host
         try:
-            return self.metrics.serve(host, port, ready=self.serving)
+            return self.metrics.serve(host, port, ready=self.serving, alive=self.turning)
         except OSError as exc:
             log.error("metrics exporter disabled: cannot listen on %s:%d: %s", host, port, exc)
             return None
+
+    def turning(self) -> bool:
+        """The liveness probe: the socket loop came round lately (a hung loop fails it)."""
+        return time.monotonic() - self.last_turn < LOOP_STALL_S
 
     def serving(self) -> bool:
         """The readiness probe: models loaded, an agent took the READY, and not draining."""

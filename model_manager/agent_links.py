@@ -150,6 +150,11 @@ class AgentLinks:
                 self._say_ready(agent, now)
         return silent
 
+    def beat_now(self, beat: link.Heartbeat) -> None:
+        """A heartbeat to every agent at once (a drain begins: no new work from now on)."""
+        for agent in self.links.values():
+            self.send(agent.key, beat)
+
     def say_goodbye(self, reason: str) -> None:
         for agent in self.links.values():
             self.send(agent.key, link.Disconnect(reason))

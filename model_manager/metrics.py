@@ -34,8 +34,9 @@ so one process, a test for instance, can hold several. Names follow the Triton/R
 
 The live-stream figures are the STT agent's (agents/live/streams.py `stats`); the agent
 serves them on its own exporter (agents/metrics.py), with the demand the autoscaler reads.
-The same HTTP server answers the orchestrator's probes: GET /livez (200 while the process
-serves) and GET /readyz (200 once `ready()` holds: models loaded, an agent took the READY).
+The same HTTP server answers the orchestrator's probes: GET /livez (200 while the model
+manager's socket loop comes round) and GET /readyz (200 once its models are loaded and an
+agent took its READY, until it drains).
 """
 
 from __future__ import annotations
@@ -73,21 +74,24 @@ class BusMetrics:
         self.registry.register(_EventsCollector(read_records))
         self.registry.register(_LevelsCollector(read_stats))
 
-    def serve(self, host: str, port: int, ready: Callable[[], bool] | None = None) -> Exporter:
+    def serve(self, host: str, port: int, ready: Callable[[], bool] | None = None,
+              alive: Callable[[], bool] | None = None) -> Exporter:
         """Serve `/metrics` (and the probes) on host:port in a daemon thread. Raises OSError if
         the port is taken."""
-        return serve_registry(self.registry, host, port, ready)
+        return serve_registry(self.registry, host, port, ready, alive)
 
 
-def serve_registry(registry: CollectorRegistry, host: str, port: int,
-                   ready: Callable[[], bool] | None = None) -> Exporter:
-    """Serve `registry` at /metrics, /livez and, with `ready`, /readyz, in a daemon thread."""
+def serve_registry(registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool] | None = None,
+                   alive: Callable[[], bool] | None = None) -> Exporter:
+    """Serve `registry` at /metrics, and the probes /livez (`alive`) and /readyz (`ready`;
+    each 200 when its check holds or is not given, else 503), in a daemon thread."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
         if path in ("/livez", "/readyz"):
-            ok = path == "/livez" or ready is None or ready()
+            check = alive if path == "/livez" else ready
+            ok = check is None or check()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"ok\n" if ok else b"not ready\n"]
         return metrics_app(environ, start_response)
