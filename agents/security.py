@@ -93,17 +93,23 @@ def secure_server_socket(
     off. Raises ConfigError for a missing key file or allow-list directory."""
     if not settings.curve_enabled:
         return None
-    public, secret = load_server_keys(settings)
-    directory = Path(settings.authorized_clients_dir).expanduser()
-    if not directory.is_dir():
-        raise ConfigError(f"security.authorized_clients_dir: {directory} is not a directory")
     supervisor = os.environ.get(SUPERVISOR_KEY_ENV)
+    return _curve_server(sock, context, settings, "authorized_clients_dir",
+                         {supervisor.encode("ascii")} if supervisor else None)
+
+
+def _curve_server(sock: zmq.Socket, context: zmq.Context, settings: Security, allow_key: str,
+                  extra: set[bytes] | None = None) -> ThreadAuthenticator:
+    """Make `sock` a CURVE server with the agents' key pair, behind the allow-list in the
+    directory that `settings.<allow_key>` names (plus `extra` keys); the running handler."""
+    public, secret = load_server_keys(settings)
+    directory = Path(getattr(settings, allow_key)).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"security.{allow_key}: {directory} is not a directory")
     try:
-        allow = AllowList(directory, {supervisor.encode("ascii")} if supervisor else None)
+        allow = AllowList(directory, extra)
     except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"security.authorized_clients_dir: cannot read the keys in {directory}: {exc}"
-        ) from None
+        raise ConfigError(f"security.{allow_key}: cannot read the keys in {directory}: {exc}") from None
     # The handler must be up before the socket binds, or the first handshakes skip ZAP.
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
@@ -111,7 +117,7 @@ def secure_server_socket(
     sock.curve_server = True
     sock.curve_publickey = public
     sock.curve_secretkey = secret
-    log.info("CURVE on: %d authorized client keys in %s", len(allow.keys), directory)
+    log.info("CURVE on: %d authorized keys in %s", len(allow.keys), directory)
     return authenticator
 
 
@@ -133,19 +139,7 @@ def secure_backend_socket(
     fails and it never reaches the agent."""
     if not settings.backend_curve_enabled:
         return None
-    public, secret = load_server_keys(settings)
-    directory = Path(settings.authorized_model_managers_dir).expanduser()
-    if not directory.is_dir():
-        raise ConfigError(f"security.authorized_model_managers_dir: {directory} is not a directory")
-    allow = AllowList(directory)
-    authenticator = ThreadAuthenticator(context)
-    authenticator.start()
-    authenticator.configure_curve_callback("*", credentials_provider=allow)
-    sock.curve_server = True
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
-    log.info("backend CURVE on: %d authorized model manager keys in %s", len(allow.keys), directory)
-    return authenticator
+    return _curve_server(sock, context, settings, "authorized_model_managers_dir")
 
 
 def secure_model_manager_socket(sock: zmq.Socket, settings: Security) -> None:
