@@ -55,8 +55,8 @@ class Dispatcher:
 
     def enqueue(self, job_id: str, model: str, priority: int, deadline: float) -> None:
         if self.waiting(model) >= self.max_waiting:
-            raise BusError(OVERLOADED, f"{self.max_waiting} jobs for {model} already wait for a model "
-                           "manager", retry_after_ms=1000)
+            raise BusError(OVERLOADED, f"{model}: the queue is full ({self.max_waiting} jobs already wait "
+                           "for a model manager); retry later", retry_after_ms=1000)
         entry = DispatchEntry(model, priority, next(self._seq), deadline)
         self.entries[job_id] = entry
         heapq.heappush(self._waiting.setdefault(model, []), _Waiting(priority, entry.seq, job_id))
