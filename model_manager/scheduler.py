@@ -241,8 +241,7 @@ class ModelWorker:
 
     def _cost(self, bucket: Hashable) -> CostModel:
         if bucket not in self.costs:
-            t = self._template
-            self.costs[bucket] = CostModel(t.window, t.min_observations, t.tolerance, t.reexplore_every)
+            self.costs[bucket] = self._template.for_bucket()
         return self.costs[bucket]
 
     def start(self) -> None:
@@ -260,22 +259,28 @@ class ModelWorker:
             self._cond.notify_all()
 
     def warm_up(self, max_items: int | None = None) -> None:
-        """Measure each candidate batch size once on synthetic input before serving, so the
-        cost model starts from this device's numbers instead of exploring on live traffic."""
+        """Measure each candidate batch size on synthetic input before serving, as often as
+        the cost model needs to choose (CostModel.warm_up_sizes), so the first live batches
+        exploit this device's numbers instead of exploring while requests queue. Buckets the
+        warm-up did not reach start from its numbers (CostModel.for_bucket)."""
         top = min(self.policy.max_batch_size, max_items or self.policy.max_batch_size)
-        sizes = CostModel.candidates(1, top)
+        sizes = self._template.warm_up_sizes(top)
         requests = self.engine.warmup_requests(max(sizes))
         if not requests:
             return
         self.engine.run_batch(requests[:1])  # first-call allocations are not batching cost
+        bucket = self.engine.bucket(requests[0])
+        with self._cond:
+            cost = self._cost(bucket)
         for size in sizes:
             batch = requests[:size]
-            started = time.perf_counter()
+            started = self._clock()
             self.engine.run_batch(batch)
-            elapsed = time.perf_counter() - started
+            elapsed = self._clock() - started
             with self._cond:
-                cost = self._cost(self.engine.bucket(batch[0]))
                 cost.observe(size, sum(self.engine.cost(r) for r in batch), elapsed)
+        with self._cond:
+            self._template, self._last_bucket = cost, bucket
         log.info("warm-up model=%s throughput_by_size=%s", self.engine.name, cost.snapshot())
 
     def expect(self) -> None:

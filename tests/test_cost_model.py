@@ -85,3 +85,43 @@ def test_window_forgets_old_measurements():
     for _ in range(3):
         model.observe(2, 2.0, 1.0)
     assert model.throughput(2) == pytest.approx(2.0)
+
+
+def test_the_warm_up_measures_every_candidate_as_often_as_choosing_needs():
+    model = CostModel(min_observations=2)
+    sizes = model.warm_up_sizes(8)
+    assert sizes == [1, 2, 4, 8, 8, 4, 2, 1]  # up, then down: drift weighs on every size alike
+    for size in sizes:
+        model.observe(size, float(size), 0.1 + 0.073 * (size - 1))
+    assert "best measured throughput" in model.choose(1, 8).reason
+    assert model.warm_up_sizes(3) == [1, 2, 3, 3, 2, 1]
+
+
+def test_a_bucket_with_a_prior_chooses_from_it_at_once_and_learns_its_own_scale():
+    warm = CostModel()
+    for size in warm.warm_up_sizes(8):
+        warm.observe(size, float(size), 0.1 + 0.073 * (size - 1))  # best: 4
+    cold = warm.for_bucket()
+    assert cold.choose(1, 8).size == 4 and "estimated" in cold.choose(1, 8).reason
+    cold.observe(4, 4.0, 3 * (0.1 + 0.073 * 3))  # the same curve at a third of the throughput
+    assert cold.estimates(1, 8)[8] == pytest.approx(warm.throughput(8) / 3)
+    assert cold.choose(1, 8).size == 4
+    assert cold.predict(8, 8.0) == pytest.approx(8.0 / cold.throughput(4))  # deadlines: measured only
+
+
+def test_measurements_of_two_sizes_override_a_prior_that_was_wrong_about_them():
+    warm = CostModel()
+    for size in (1, 2, 4, 8):
+        warm.observe(size, float(size), 1.0)  # batching pays: 8 is best
+    cold = warm.for_bucket()
+    assert cold.choose(1, 8).size == 8
+    cold.observe(8, 8.0, 8.0)  # here it does not: 1 unit/s at 8 ...
+    cold.observe(1, 1.0, 0.5)  # ... and 2 at 1
+    assert cold.choose(1, 8).size == 1
+
+
+def test_a_prior_outside_the_allowed_sizes_does_not_stop_exploring():
+    warm = CostModel()
+    warm.observe(8, 8.0, 1.0)
+    assert warm.for_bucket().choose(1, 4).reason.startswith("exploring")
+    assert CostModel().for_bucket().choose(1, 8).reason.startswith("exploring")  # nothing measured

@@ -153,15 +153,6 @@ def test_stop_answers_queued_jobs_with_shutting_down():
     assert [a.code for a in answers] == ["shutting_down"] * 3  # type: ignore[union-attr]
 
 
-def test_warm_up_measures_every_candidate_batch_size_once():
-    engine = ScriptedEngine()
-    engine.warmup_requests = lambda count: [{"x": i} for i in range(count)]  # type: ignore[method-assign]
-    worker = ModelWorker(engine, BatchPolicy(max_batch_size=8), lambda job, outcome: None)
-    worker.warm_up()
-    assert [len(c) for c in engine.calls] == [1, 1, 2, 4, 8]  # an unmeasured first call, then each size
-    assert {size: worker.cost.observations(size) for size in (1, 2, 4, 8)} == {1: 1, 2: 1, 4: 1, 8: 1}
-
-
 class BucketedEngine(ScriptedEngine):
     """Requests carry their bucket ("short" or "long") and their batch key with it."""
 
