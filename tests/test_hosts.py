@@ -96,7 +96,7 @@ def test_kill_9_of_a_model_manager_under_load_loses_nothing(hosts):
     resent = metrics(hosts)['voicebus_jobs_resent_total{task="stt"}']
     load = hosts.client_async({"do": "transcribe", "count": 24, "clients": 8})
     queued = hosts.client_async({"do": "queue", "count": 8, "ids": "k"})
-    wait_for(lambda: stats(hosts)["in_flight"] >= 4, 60, "work in flight")
+    wait_for(lambda: stats(hosts)["in_flight"] >= 1, 60, "work in flight")
     hosts.manager[1].popen.send_signal(signal.SIGKILL)
     assert_all_right(results_of(load), {f"t{i}" for i in range(24)})
     assert_all_right([r for r in results_of(queued) if "request_id" in r], {f"k{i}" for i in range(8)})
@@ -106,7 +106,7 @@ def test_kill_9_of_a_model_manager_under_load_loses_nothing(hosts):
 
 def test_a_model_manager_cut_off_for_10_s_is_replaced_and_rejoins(hosts):
     load = hosts.client_async({"do": "transcribe", "count": 32, "clients": 8})
-    wait_for(lambda: stats(hosts)["in_flight"] >= 4, 60, "work in flight")
+    wait_for(lambda: stats(hosts)["in_flight"] >= 1, 60, "work in flight")
     hosts.cut(0)
     try:
         wait_for(lambda: managers_of(hosts) == 1, 10, "the cut-off manager taken for dead")
@@ -123,11 +123,11 @@ def test_a_model_manager_cut_off_for_10_s_is_replaced_and_rejoins(hosts):
 
 
 def test_sigterm_drains_a_model_manager_under_load(hosts):
-    load = hosts.client_async({"do": "transcribe", "count": 24, "clients": 8})
-    wait_for(lambda: stats(hosts)["in_flight"] >= 4, 60, "work in flight")
+    load = hosts.client_async({"do": "transcribe", "count": 48, "clients": 8})
+    wait_for(lambda: stats(hosts)["in_flight"] >= 1, 60, "work in flight")
     assert hosts.stop(hosts.manager[1], signal.SIGTERM) == 0
     assert "draining" in hosts.manager[1].log()
-    assert_all_right(results_of(load), {f"t{i}" for i in range(24)})
+    assert_all_right(results_of(load), {f"t{i}" for i in range(48)})
     assert managers_of(hosts) == 1
     ensure_two(hosts)
 
