@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import logging
 import os
 import signal
@@ -175,7 +174,7 @@ def without_taken_http_port(config: Config) -> Config:
             return config
     except OSError as exc:
         log.error("HTTP gateway disabled: cannot listen on %s:%d: %s", config.endpoints.host, port, exc)
-        return dataclasses.replace(config, endpoints=dataclasses.replace(config.endpoints, http_port=0))
+        return config.model_copy(update={"endpoints": config.endpoints.model_copy(update={"http_port": 0})})
 
 
 def gateway_url(config: Config) -> str | None:

@@ -1,13 +1,17 @@
 """Configuration: config/llm_config.yaml, overridden by VOICEBUS__* environment variables.
 
-`load_config()` returns a frozen, validated `Config`. Anything wrong stops start-up with a
-`ConfigError` whose message names the offending key, e.g.
+`load_config()` returns a frozen, validated `Config`: one pydantic model per section, with
+strict types (a bool is not an int, a string is not a number; an int is a fine float), each
+field's bounds on the field, and the rules across fields as validators. Anything wrong stops
+start-up with a `ConfigError` whose message names the offending key first, e.g.
 ``batch_processing_config.min_batch_size: must be <= max_batch_size (8), got 9``.
 
 Environment overrides: ``VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE=4`` sets
 ``batch_processing_config.max_batch_size``. List items are addressed by index
 (``VOICEBUS__MODELS__STT__0__DEVICE=cuda``). Values are parsed as YAML scalars.
 ``VOICEBUS_CONFIG`` points at another config file.
+
+A changed copy is made with ``model_copy(update=...)`` (it is not validated again).
 """
 
 from __future__ import annotations
@@ -15,85 +19,215 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
 
 from model_manager.batcher import BatchPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "llm_config.yaml"
 ENV_PREFIX = "VOICEBUS__"
 
+STT_ENGINES = ("ctranslate2", "transformers")
+TTS_ENGINES = ("kokoro",)
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
-#: The batching settings are the batcher's own policy type: one idea, one type.
+#: The type of `Config.batch_processing_config`: the batcher's own policy, so the model manager
+#: hands the configured value to its workers as it is. `BatchSettings` checks it.
 BatchConfig = BatchPolicy
 
 
-@dataclass(frozen=True)
-class Endpoints:
+class Broken(ValueError):
+    """A rule broken, raised by a validator: `key` is the offending field, dotted, relative to
+    the value validated ("" for that value itself), so the message can name it."""
+
+    def __init__(self, key: str, rule: str, value: Any) -> None:
+        super().__init__(f"{key}: {rule}" if key else rule)
+        self.key, self.rule, self.value = key, rule, value
+
+
+# --- field types --------------------------------------------------------------------------
+
+
+class _PortMarker:
+    """Marks a field as a port, for the check that the ports all differ."""
+
+
+_PORT = _PortMarker()
+#: A TCP port that must be set.
+Port = Annotated[int, Field(ge=1, le=65535), _PORT]
+#: A TCP port, or 0 for off.
+OptionalPort = Annotated[int, Field(ge=0, le=65535), _PORT]
+Positive = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def _listed(value: Any) -> Any:
+    """A YAML list is a tuple here; one string (from an environment variable) is a list of one."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _tcp_address(value: str) -> str:
+    if not value.startswith("tcp://"):
+        raise Broken("", "must be a tcp://host:port address", value)
+    return value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_listed)]
+TcpAddresses = Annotated[tuple[Annotated[str, AfterValidator(_tcp_address)], ...], BeforeValidator(_listed)]
+
+
+class _Section(BaseModel):
+    """One mapping of the file: frozen, strict, and no key it does not know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # extra="forbid" alone would refuse the key without saying which keys are known.
+        if isinstance(data, dict):
+            known = [info.alias or name for name, info in cls.model_fields.items()]
+            unknown = sorted((key for key in data if key not in known), key=str)
+            if unknown:
+                raise Broken(str(unknown[0]), f"unknown key (known: {', '.join(known)})", data[unknown[0]])
+        return data
+
+
+# --- sections -----------------------------------------------------------------------------
+
+_BATCH = BatchPolicy()
+
+
+class BatchSettings(_Section):
+    """`batch_processing_config`, checked; kept as the batcher's `BatchPolicy` (defaults too)."""
+
+    enabled: bool = _BATCH.enabled
+    max_batch_size: int = Field(_BATCH.max_batch_size, ge=1)
+    min_batch_size: int = Field(_BATCH.min_batch_size, ge=1)
+    max_batch_wait_ms: float = Field(_BATCH.max_batch_wait_ms, ge=0)
+    dynamic_batching: bool = _BATCH.dynamic_batching
+    max_queue_size: int = Field(_BATCH.max_queue_size, ge=1)
+    lone_request_wait_ms: float = Field(_BATCH.lone_request_wait_ms, ge=0)
+    warmup: bool = _BATCH.warmup
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> BatchSettings:
+        if self.min_batch_size > self.max_batch_size:
+            raise Broken("min_batch_size", f"must be <= max_batch_size ({self.max_batch_size})",
+                         self.min_batch_size)
+        return self
+
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy(**self.model_dump())
+
+
+@dataclasses.dataclass(frozen=True)
+class _CheckedBy:
+    """A field whose value is checked by `model` and kept as `convert(checked)`."""
+
+    model: type[BaseModel]
+    convert: Callable[[Any], Any]
+    dump: Callable[[Any], Any]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            self.convert,
+            handler.generate_schema(self.model),
+            serialization=core_schema.plain_serializer_function_ser_schema(self.dump),
+        )
+
+
+class Endpoints(_Section):
     host: str = "127.0.0.1"
-    stt_port: int = 5800
-    tts_port: int = 5801
+    stt_port: Port = 5800
+    tts_port: Port = 5801
     #: Where each agent binds the backend ROUTER that model managers connect out to
     #: (docs/protocol.md section 6). Other interfaces are an explicit choice, with
     #: security.backend_curve_enabled across hosts.
     backend_host: str = "127.0.0.1"
-    stt_backend_port: int = 5810
-    tts_backend_port: int = 5811
+    stt_backend_port: Port = 5810
+    tts_backend_port: Port = 5811
     #: A model manager's HTTP server (/metrics, /livez, /readyz, on `host`); replica i of one
     #: host uses metrics_port + i; 0 turns it off.
-    metrics_port: int = 5890
+    metrics_port: OptionalPort = 5890
     #: Each agent's Prometheus exporter (demand, model managers, live streams); 0: off.
-    stt_metrics_port: int = 5892
-    tts_metrics_port: int = 5893
+    stt_metrics_port: OptionalPort = 5892
+    tts_metrics_port: OptionalPort = 5893
     #: The launcher's monitoring page, always on 127.0.0.1; 0 turns it off.
-    monitor_port: int = 5891
+    monitor_port: OptionalPort = 5891
     #: The HTTP gateway (OpenAI audio API and REST, agents/gateway/), on `host`; 0 turns it off.
-    http_port: int = 8880
+    http_port: OptionalPort = 8880
     #: Wyoming (Home Assistant's voice services), served by the gateway on `host`; 0 turns
     #: it off (and so does http_port 0, which leaves the gateway out).
-    wyoming_port: int = 10300
+    wyoming_port: OptionalPort = 10300
+
+    def ports(self) -> dict[str, int]:
+        """Every port field (typed `Port` or `OptionalPort`) and its value."""
+        fields = type(self).model_fields
+        return {name: getattr(self, name) for name, info in fields.items() if _PORT in info.metadata}
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Endpoints:
+        used = {key: port for key, port in self.ports().items() if port}
+        if len(set(used.values())) != len(used):
+            raise Broken("", "the ports must all differ", used)
+        return self
 
 
-@dataclass(frozen=True)
-class Limits:
-    request_timeout_ms: int = 120_000
-    result_ttl_s: float = 600.0
-    max_audio_seconds: float = 600.0
-    max_text_chars: int = 20_000
-    max_batch_items: int = 64
-    max_message_bytes: int = 64 * 1024 * 1024
+class Limits(_Section):
+    request_timeout_ms: Positive = 120_000
+    result_ttl_s: PositiveFloat = 600.0
+    max_audio_seconds: PositiveFloat = 600.0
+    max_text_chars: Positive = 20_000
+    max_batch_items: Positive = 64
+    max_message_bytes: Positive = 64 * 1024 * 1024
     #: TTS `output_path` files are written under this directory and nowhere else.
     output_dir: str = "output"
     #: queue_for_batch jobs and results survive agent restarts in one SQLite file per agent here.
-    journal_dir: str = "~/.cache/voicebus/journal"
+    journal_dir: str = Field("~/.cache/voicebus/journal", min_length=1)
     #: Streams open at once per agent; one more is refused with "overloaded".
-    max_open_streams: int = 64
+    max_open_streams: Positive = 64
     #: A stream nobody reads for this long is closed, and its unmade outputs cancelled.
-    stream_idle_s: float = 60.0
+    stream_idle_s: PositiveFloat = 60.0
     #: Outputs a stream makes ahead of its reader (in progress or ready but unread).
-    stream_buffer: int = 4
+    stream_buffer: Positive = 4
     #: Live STT: the longest audio one stream_audio chunk may carry.
-    stream_max_chunk_s: float = 10.0
+    stream_max_chunk_s: PositiveFloat = 10.0
     #: Live STT: a stream whose client hung up is closed unless a call comes this soon.
-    stream_hangup_grace_s: float = 2.0
+    stream_hangup_grace_s: PositiveFloat = 2.0
     #: Live STT: threads that run the streams' VAD side by side (each carries about 100
     #: streams); 0: one per core, up to 4.
-    stream_vad_threads: int = 0
+    stream_vad_threads: int = Field(0, ge=0)
     #: A job for a model no live model manager holds waits this long (within its own
     #: timeout) for one to join, then gets model_unavailable.
-    model_wait_ms: int = 30_000
+    model_wait_ms: Positive = 30_000
 
 
-@dataclass(frozen=True)
-class Security:
+class Security(_Section):
     #: CurveZMQ encryption and client authentication on the client-facing agent sockets.
     curve_enabled: bool = False
     #: The agents' secret key file (`python -m agents.keys` writes server.key_secret).
@@ -109,28 +243,37 @@ class Security:
     #: The agents' public key (server.key), for model managers on other hosts.
     server_public_key_file: str = ""
 
+    @model_validator(mode="after")
+    def _keys_where_curve_is_on(self) -> Security:
+        needs = {"curve_enabled": ("server_secret_key_file", "authorized_clients_dir"),
+                 "backend_curve_enabled": ("server_secret_key_file", "authorized_model_managers_dir")}
+        for switch, keys in needs.items():
+            for key in keys:
+                if getattr(self, switch) and not getattr(self, key):
+                    raise Broken(key, f"is required with {switch}", getattr(self, key))
+        return self
 
-@dataclass(frozen=True)
-class ModelManagerConfig:
+
+class ModelManagerConfig(_Section):
     """Where a model manager connects and what it serves (docs/deploy.md)."""
 
     #: The agents' backend addresses ("tcp://host:port") to connect out to; empty: this
     #: host's agents (endpoints.backend_host, stt_backend_port and tts_backend_port).
-    agents: tuple[str, ...] = ()
-    #: Names of the configured models to load and serve; empty: every configured model.
-    models: tuple[str, ...] = ()
+    agents: TcpAddresses = ()
+    #: Names of the configured models to load and serve; empty: every configured model
+    #: (checked against them by `Config`).
+    models: Names = ()
     #: Model managers the launcher starts on this host (one per GPU: replica i sees
     #: CUDA_VISIBLE_DEVICES=i when the host has GPUs).
-    replicas: int = 1
+    replicas: int = Field(1, ge=1, le=64)
     #: Jobs per model one model manager holds at once, queued and running; 0: twice
     #: batch_processing_config.max_batch_size, capped by max_queue_size.
-    credit: int = 0
+    credit: int = Field(0, ge=0)
     #: On SIGTERM: no new work, and what it holds is finished within this, then DISCONNECT.
-    drain_timeout_s: float = 60.0
+    drain_timeout_s: PositiveFloat = 60.0
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(_Section):
     """The HTTP gateway (agents/gateway/): its keys, limits and the names OpenAI clients send."""
 
     #: API keys, one per line; with none here or in `api_keys_env`, no key is asked for.
@@ -138,57 +281,107 @@ class GatewayConfig:
     #: An environment variable holding comma-separated API keys.
     api_keys_env: str = "VOICEBUS_API_KEYS"
     #: Request bodies over this get 413 without being read (OpenAI's limit is 25 MB).
-    max_upload_bytes: int = 25 * 1024 * 1024
+    max_upload_bytes: Positive = 25 * 1024 * 1024
     #: Speech input over this many characters gets 413 (OpenAI's limit is 4096).
-    max_input_chars: int = 4096
+    max_input_chars: Positive = 4096
     #: model_pref for /v1/audio/translations when the client names an OpenAI model.
     translation_model: str = "quality"
     #: OpenAI model name -> model_pref ("" : the first configured model of the task).
-    model_names: dict[str, Any] = field(default_factory=dict)
+    model_names: dict[str, str] = Field(default_factory=dict)
     #: OpenAI voice name -> voice pack (or mix) of the TTS model.
-    voice_names: dict[str, Any] = field(default_factory=dict)
+    voice_names: dict[str, str] = Field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(_Section):
     #: Threshold for every process's log; the VOICEBUS_LOG_LEVEL variable, when set, wins.
     level: str = "INFO"
 
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise Broken("", f"must be one of {list(LOG_LEVELS)}", level)
+        return level
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
+
+class ModelSpec(_Section):
+    name: str = Field(min_length=1)
     engine: str
     weights: str = ""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "auto"
     optional: bool = False
     #: Worker threads sharing this model's queue: >1 keeps several batches in flight.
-    instances: int = 1
+    instances: int = Field(1, ge=1, le=16)
     #: Extra keyword arguments for the engine's constructor (e.g. voices_dir, backend).
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Config:
-    batch_processing_config: BatchPolicy
-    endpoints: Endpoints
-    limits: Limits
-    stt_models: tuple[ModelSpec, ...]
-    tts_models: tuple[ModelSpec, ...]
+def _no_models(value: Any) -> Any:
+    return () if value is None else _listed(value) if isinstance(value, list) else value
+
+
+Specs = Annotated[tuple[ModelSpec, ...], BeforeValidator(_no_models)]
+
+
+class Models(_Section):
+    """`models`: the STT and TTS models, each list with its own engines."""
+
+    stt: Specs = ()
+    tts: Specs = ()
+
+    @field_validator("stt", "tts")
+    @classmethod
+    def _engines_and_names(cls, specs: tuple[ModelSpec, ...], info: Any) -> tuple[ModelSpec, ...]:
+        engines = STT_ENGINES if info.field_name == "stt" else TTS_ENGINES
+        for i, spec in enumerate(specs):
+            if spec.engine not in engines:
+                raise Broken(f"{i}.engine", f"must be one of {list(engines)}", spec.engine)
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise Broken("", "model names must be unique", names)
+        return specs
+
+
+def _empty_when_null(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class Config(_Section):
+    batch_processing_config: Annotated[
+        BatchPolicy, _CheckedBy(BatchSettings, BatchSettings.policy, dataclasses.asdict)
+    ] = _BATCH
+    endpoints: Endpoints = Endpoints()
+    limits: Limits = Limits()
+    #: The `models` section (`models` itself is the method below).
+    catalog: Annotated[Models, BeforeValidator(_empty_when_null)] = Field(Models(), alias="models")
     logging: LoggingConfig = LoggingConfig()
     security: Security = Security()
     gateway: GatewayConfig = GatewayConfig()
-    model_manager: ModelManagerConfig = ModelManagerConfig()
+    model_manager: Annotated[ModelManagerConfig, BeforeValidator(_empty_when_null)] = ModelManagerConfig()
+
+    @property
+    def stt_models(self) -> tuple[ModelSpec, ...]:
+        return self.catalog.stt
+
+    @property
+    def tts_models(self) -> tuple[ModelSpec, ...]:
+        return self.catalog.tts
 
     def models(self, task: str) -> tuple[ModelSpec, ...]:
         return self.stt_models if task == "stt" else self.tts_models
 
+    @model_validator(mode="after")
+    def _served_models_configured(self) -> Config:
+        names = {spec.name for spec in (*self.stt_models, *self.tts_models)}
+        for i, name in enumerate(self.model_manager.models):
+            if name not in names:
+                raise Broken(f"model_manager.models.{i}", f"must name a configured model {sorted(names)}",
+                             name)
+        return self
 
-STT_ENGINES = ("ctranslate2", "transformers")
-TTS_ENGINES = ("kokoro",)
-DEVICES = ("auto", "cpu", "cuda")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# --- loading ------------------------------------------------------------------------------
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -228,192 +421,42 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    known = {"batch_processing_config", "endpoints", "limits", "models", "logging", "security", "gateway",
-             "model_manager"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
-    batch_raw = raw.get("batch_processing_config", {})
-    batch = _build(BatchPolicy, batch_raw, "batch_processing_config", _check_batch)
-    endpoints = _build(Endpoints, raw.get("endpoints", {}), "endpoints")
-    limits = _build(Limits, raw.get("limits", {}), "limits")
-    logging_config = _build(LoggingConfig, raw.get("logging", {}), "logging")
-    security = _build(Security, raw.get("security", {}), "security")
-    gateway = _build(GatewayConfig, raw.get("gateway", {}), "gateway")
-    manager = _build(ModelManagerConfig, raw.get("model_manager", {}) or {}, "model_manager")
-    models = raw.get("models", {}) or {}
-    if not isinstance(models, dict):
-        raise ConfigError("models: must be a mapping with 'stt' and 'tts' lists")
-    stt = _build_models(models.get("stt") or [], "models.stt", STT_ENGINES)
-    tts = _build_models(models.get("tts") or [], "models.tts", TTS_ENGINES)
-    _check_ports(endpoints)
-    _check(
-        logging_config.level.upper() in LOG_LEVELS,
-        "logging.level",
-        f"must be one of {list(LOG_LEVELS)}",
-        logging_config.level,
-    )
-    for key in (
-        "request_timeout_ms",
-        "result_ttl_s",
-        "max_audio_seconds",
-        "max_text_chars",
-        "max_batch_items",
-        "max_message_bytes",
-        "max_open_streams",
-        "stream_idle_s",
-        "stream_buffer",
-        "stream_max_chunk_s",
-        "stream_hangup_grace_s",
-        "model_wait_ms",
-    ):
-        _check(getattr(limits, key) > 0, f"limits.{key}", "must be > 0", getattr(limits, key))
-    _check(limits.stream_vad_threads >= 0, "limits.stream_vad_threads", "must be >= 0",
-           limits.stream_vad_threads)
-    _check(bool(limits.journal_dir), "limits.journal_dir", "must not be empty", limits.journal_dir)
-    if security.curve_enabled:
-        for key in ("server_secret_key_file", "authorized_clients_dir"):
-            _check(bool(getattr(security, key)), f"security.{key}", "is required with curve_enabled", "")
-    for key in ("max_upload_bytes", "max_input_chars"):
-        _check(getattr(gateway, key) > 0, f"gateway.{key}", "must be > 0", getattr(gateway, key))
-    for key in ("model_names", "voice_names"):
-        names = getattr(gateway, key)
-        _check(all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()),
-               f"gateway.{key}", "must map names to strings", names)
-    if security.backend_curve_enabled:
-        for key in ("server_secret_key_file", "authorized_model_managers_dir"):
-            _check(bool(getattr(security, key)), f"security.{key}", "is required with backend_curve_enabled",
-                   "")
-    _check(1 <= manager.replicas <= 64, "model_manager.replicas", "must be between 1 and 64",
-           manager.replicas)
-    _check(manager.credit >= 0, "model_manager.credit", "must be >= 0", manager.credit)
-    _check(manager.drain_timeout_s > 0, "model_manager.drain_timeout_s", "must be > 0",
-           manager.drain_timeout_s)
-    names = {spec.name for spec in (*stt, *tts)}
-    for i, name in enumerate(manager.models):
-        _check(name in names, f"model_manager.models.{i}", f"must name a configured model {sorted(names)}",
-               name)
-    for i, address in enumerate(manager.agents):
-        _check(isinstance(address, str) and address.startswith("tcp://"), f"model_manager.agents.{i}",
-               "must be a tcp://host:port address", address)
-    return Config(batch, endpoints, limits, stt, tts, logging_config, security, gateway, manager)
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
-#: Ports that must be set; every other `*_port` of Endpoints may be 0 (off).
-REQUIRED_PORTS = ("stt_port", "tts_port", "stt_backend_port", "tts_backend_port")
+#: pydantic's error types, said the way this file's readers think of them.
+_RULES = {
+    "missing": "required",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "string_too_short": "must not be empty",
+    "literal_error": "must be one of {expected}",
+}
 
 
-def _check_ports(endpoints: Endpoints) -> None:
-    """Every field named `*_port` is a port, so a new one cannot be left out of the checks."""
-    ports = {f.name: getattr(endpoints, f.name) for f in dataclasses.fields(endpoints)
-             if f.name.endswith("_port")}
-    for key, port in ports.items():
-        if key in REQUIRED_PORTS:
-            _check(0 < port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535)", port)
-        else:
-            _check(0 <= port < 65536, f"endpoints.{key}", "must be a TCP port (1-65535), or 0 for off", port)
-    used = {key: port for key, port in ports.items() if port}
-    _check(len(set(used.values())) == len(used), "endpoints", "the ports must all differ", used)
-
-
-def _check_batch(batch: Any) -> None:
-    """Checked before the policy is built, so that each message names its key."""
-    _check(
-        batch.max_batch_size >= 1,
-        "batch_processing_config.max_batch_size",
-        "must be >= 1",
-        batch.max_batch_size,
-    )
-    _check(
-        1 <= batch.min_batch_size <= batch.max_batch_size,
-        "batch_processing_config.min_batch_size",
-        f"must be between 1 and max_batch_size ({batch.max_batch_size})",
-        batch.min_batch_size,
-    )
-    _check(
-        batch.max_batch_wait_ms >= 0,
-        "batch_processing_config.max_batch_wait_ms",
-        "must be >= 0",
-        batch.max_batch_wait_ms,
-    )
-    _check(
-        batch.lone_request_wait_ms >= 0,
-        "batch_processing_config.lone_request_wait_ms",
-        "must be >= 0",
-        batch.lone_request_wait_ms,
-    )
-    _check(
-        batch.max_queue_size >= 1,
-        "batch_processing_config.max_queue_size",
-        "must be >= 1",
-        batch.max_queue_size,
-    )
-
-
-def _build_models(items: Any, where: str, engines: tuple[str, ...]) -> tuple[ModelSpec, ...]:
-    if not isinstance(items, list):
-        raise ConfigError(f"{where}: must be a list")
-    specs = tuple(_build(ModelSpec, item, f"{where}.{i}") for i, item in enumerate(items))
-    for i, spec in enumerate(specs):
-        _check(spec.engine in engines, f"{where}.{i}.engine", f"must be one of {list(engines)}", spec.engine)
-        _check(spec.device in DEVICES, f"{where}.{i}.device", f"must be one of {list(DEVICES)}", spec.device)
-        _check(bool(spec.name), f"{where}.{i}.name", "must not be empty", spec.name)
-        _check(
-            1 <= spec.instances <= 16, f"{where}.{i}.instances", "must be between 1 and 16", spec.instances
-        )
-    names = [s.name for s in specs]
-    _check(len(set(names)) == len(names), where, "model names must be unique", names)
-    return specs
-
-
-def _build(cls: type, data: Any, where: str, validate: Callable[[Any], None] | None = None) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(fields)})")
-    values = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{key}: required")
-            continue
-        values[name] = _coerce(data[name], hints[name], key)
-    if validate is not None:
-        defaults = {f.name: f.default for f in fields.values() if f.default is not dataclasses.MISSING}
-        validate(SimpleNamespace(**{**defaults, **values}))
-    return cls(**values)
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    expected = getattr(annotation, "__origin__", annotation)
-    # bool is an int subclass in Python: refuse "max_batch_size: true" explicitly.
-    if expected is bool:
-        ok = isinstance(value, bool)
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif expected is str:
-        ok = isinstance(value, str)
-    elif expected is dict:
-        ok = isinstance(value, dict)
-    elif expected is tuple:
-        # A list in YAML; one string (from an environment variable) is a list of one.
-        value = [value] if isinstance(value, str) else value
-        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
-        value = tuple(value) if ok else value
-    else:  # pragma: no cover - every field type is listed above
-        raise TypeError(annotation)
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
-    return value
-
-
-def _check(ok: bool, key: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {rule}, got {value!r}")
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first error, as "dotted.key: rule, got value"."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    context = error.get("ctx") or {}
+    cause = context.get("error")
+    if isinstance(cause, Broken):
+        loc += cause.key.split(".") if cause.key else []
+        rule, value = cause.rule, cause.value
+    else:
+        rule, value = _RULES.get(error["type"], error["msg"]).format(**context), error["input"]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "missing":
+        return ConfigError(f"{where}: {rule}")
+    return ConfigError(f"{where}: {rule}, got {value!r}")

@@ -11,7 +11,13 @@ import pytest
 from agents.results import ResultStore
 from model_manager import protocol
 from model_manager.audio import decode_audio
-from model_manager.config import ConfigError, load_config
+from model_manager.batcher import BatchPolicy
+from model_manager.config import (
+    ConfigError,
+    Endpoints,
+    load_config,
+    parse_config,
+)
 from model_manager.engines.whisper.windows import split_into_windows
 from model_manager.errors import BusError
 
@@ -69,11 +75,59 @@ def test_environment_overrides_any_key():
         ({"VOICEBUS__MODEL_MANAGER__AGENTS": "[agents:5810]"}, "model_manager.agents.0"),
         ({"VOICEBUS__MODEL_MANAGER__REPLICAS": "0"}, "model_manager.replicas"),
         ({"VOICEBUS__SECURITY__BACKEND_CURVE_ENABLED": "true"}, "security.server_secret_key_file"),
+        # A bool is not an int, nor a number a string.
+        ({"VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "true"}, "batch_processing_config.max_batch_size"),
+        ({"VOICEBUS__LIMITS__RESULT_TTL_S": "true"}, "limits.result_ttl_s"),
+        ({"VOICEBUS__ENDPOINTS__HOST": "5"}, "endpoints.host"),
+        ({"VOICEBUS__MODELS__STT__0__INSTANCES": "17"}, "models.stt.0.instances"),
+        ({"VOICEBUS__MODELS__STT__1__NAME": "whisper-tiny.en"}, "models.stt: model names must be unique"),
+        ({"VOICEBUS__GATEWAY__VOICE_NAMES__ALLOY": "7"}, "gateway.voice_names.alloy"),
+        ({"VOICEBUS__MODELS__FOO": "[]"}, "models.foo: unknown key"),
+        ({"VOICEBUS__NOPE": "1"}, "nope: unknown key"),
     ],
 )
 def test_invalid_config_names_the_key(env, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(environ=env)
+
+
+def test_config_messages_name_the_key_first_then_the_rule_and_the_value():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"batch_processing_config": {"min_batch_size": 9}})
+    assert str(info.value) == "batch_processing_config.min_batch_size: must be <= max_batch_size (8), got 9"
+    with pytest.raises(ConfigError, match=r"^batch_processing_config\.typo: unknown key \(known: enabled, "):
+        parse_config({"batch_processing_config": {"typo": 1}})
+    with pytest.raises(ConfigError, match=r"^models\.stt\.0\.engine: required$"):
+        parse_config({"models": {"stt": [{"name": "m"}]}})
+
+
+def test_config_is_typed_and_frozen():
+    config = parse_config({"limits": {"result_ttl_s": 5}, "model_manager": {"agents": "tcp://gpu1:5810"},
+                           "models": None})
+    assert config.limits.result_ttl_s == 5.0 and isinstance(config.limits.result_ttl_s, float)  # an int is a float
+    assert config.model_manager.agents == ("tcp://gpu1:5810",)  # one string is a list of one
+    assert config.stt_models == () and config.models("tts") == ()
+    # The batcher's own policy type, so the model manager hands it to its workers as it is.
+    assert isinstance(config.batch_processing_config, BatchPolicy)
+    with pytest.raises(ValueError, match="frozen"):
+        config.limits.result_ttl_s = 1.0  # type: ignore[misc]
+    changed = config.model_copy(update={"endpoints": config.endpoints.model_copy(update={"http_port": 0})})
+    assert (changed.endpoints.http_port, config.endpoints.http_port) == (0, 8880)
+
+
+def test_every_port_is_typed_as_a_port():
+    """The range checks and the check that the ports differ go by the type, not by a list."""
+    ports = Endpoints().ports()
+    assert set(ports) == {name for name in Endpoints.model_fields if name.endswith("_port")}
+    required = set()
+    for name in ports:
+        with pytest.raises(ConfigError, match=f"^endpoints.{name}: must be <= 65535"):
+            parse_config({"endpoints": {name: 65536}})
+        try:
+            parse_config({"endpoints": {name: 0}})
+        except ConfigError:
+            required.add(name)
+    assert required == {"stt_port", "tts_port", "stt_backend_port", "tts_backend_port"}  # the rest: 0 is off
 
 
 def test_invalid_config_file_stops_the_launcher(tmp_path):

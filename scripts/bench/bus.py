@@ -11,7 +11,6 @@ part of what either system is charged for.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import tempfile
@@ -144,8 +143,8 @@ class Bus:
         tmp = Path(tempfile.mkdtemp(prefix="voicebus-bench-"))
         env = {
             # Only the benchmarked models: the optional multilingual one would load too.
-            "VOICEBUS__MODELS__STT": json.dumps([dataclasses.asdict(specs["stt"])] if "stt" in specs else []),
-            "VOICEBUS__MODELS__TTS": json.dumps([dataclasses.asdict(specs["tts"])] if "tts" in specs else []),
+            "VOICEBUS__MODELS__STT": json.dumps([specs["stt"].model_dump()] if "stt" in specs else []),
+            "VOICEBUS__MODELS__TTS": json.dumps([specs["tts"].model_dump()] if "tts" in specs else []),
             "VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "true" if warmup else "false",
             "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp / "journal"),
         }

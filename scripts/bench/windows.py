@@ -17,7 +17,6 @@ Workloads (espeak-ng voices of scripts/wer_set.py, a seed per run):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import statistics
@@ -119,10 +118,11 @@ class WindowBus:
 
         self.default = spec.name
         self.full = f"{spec.name}-30s"
-        full_spec = dataclasses.replace(spec, name=self.full, options={**spec.options, "min_window_s": 30})
+        options = {**spec.options, "min_window_s": 30}
+        full_spec = spec.model_copy(update={"name": self.full, "options": options})
         tmp = Path(tempfile.mkdtemp(prefix="voicebus-windows-"))
         env = {
-            "VOICEBUS__MODELS__STT": json.dumps([dataclasses.asdict(spec), dataclasses.asdict(full_spec)]),
+            "VOICEBUS__MODELS__STT": json.dumps([spec.model_dump(), full_spec.model_dump()]),
             "VOICEBUS__MODELS__TTS": "[]",
             "VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "true" if warmup else "false",
             "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp / "journal"),
