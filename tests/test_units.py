@@ -76,7 +76,8 @@ def test_environment_overrides_any_key():
         ({"VOICEBUS__MODEL_MANAGER__REPLICAS": "0"}, "model_manager.replicas"),
         ({"VOICEBUS__SECURITY__BACKEND_CURVE_ENABLED": "true"}, "security.server_secret_key_file"),
         # A bool is not an int, nor a number a string.
-        ({"VOICEBUS__BATCH_PROCESSING_CONFIG__MAX_BATCH_SIZE": "true"}, "batch_processing_config.max_batch_size"),
+        ({"VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "1"}, "batch_processing_config.warmup"),
+        ({"VOICEBUS__MODEL_MANAGER__CREDIT": "true"}, "model_manager.credit"),
         ({"VOICEBUS__LIMITS__RESULT_TTL_S": "true"}, "limits.result_ttl_s"),
         ({"VOICEBUS__ENDPOINTS__HOST": "5"}, "endpoints.host"),
         ({"VOICEBUS__MODELS__STT__0__INSTANCES": "17"}, "models.stt.0.instances"),
@@ -104,7 +105,8 @@ def test_config_messages_name_the_key_first_then_the_rule_and_the_value():
 def test_config_is_typed_and_frozen():
     config = parse_config({"limits": {"result_ttl_s": 5}, "model_manager": {"agents": "tcp://gpu1:5810"},
                            "models": None})
-    assert config.limits.result_ttl_s == 5.0 and isinstance(config.limits.result_ttl_s, float)  # an int is a float
+    # An int is a fine float.
+    assert config.limits.result_ttl_s == 5.0 and isinstance(config.limits.result_ttl_s, float)
     assert config.model_manager.agents == ("tcp://gpu1:5810",)  # one string is a list of one
     assert config.stt_models == () and config.models("tts") == ()
     # The batcher's own policy type, so the model manager hands it to its workers as it is.
