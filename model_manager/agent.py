@@ -30,7 +30,6 @@ their jobs after a silence, and the first copy's result answers both.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import threading
@@ -44,23 +43,21 @@ import zmq
 
 from model_manager import link_protocol as link
 from model_manager.agent_links import AgentLinks
-from model_manager.config import Config, ConfigError, ModelSpec, parse_config
+from model_manager.config import Config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
     BAD_REQUEST,
     INTERNAL,
-    INVALID_FIELD,
     MODEL_UNAVAILABLE,
     OVERLOADED,
     SHUTTING_DOWN,
     TIMEOUT,
-    UNKNOWN_MODEL,
     BusError,
 )
-from model_manager.memory import read_memory
 from model_manager.metrics import BusMetrics, Exporter
+from model_manager.models import ModelSet
 from model_manager.preparing import Arrival, PreparePool
-from model_manager.scheduler import Job, ModelWorker, Outcome, WorkerStats
+from model_manager.scheduler import Job, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -82,40 +79,16 @@ class HeldJob:
     received_at: float  # monotonic
 
 
-def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) -> Engine:
-    """model_pref: None/"default" = first configured, "fast" = smallest, "quality" = largest, or a name."""
-    candidates = [e for e in engines if e.task == task]
-    if not candidates:
-        raise BusError(MODEL_UNAVAILABLE, f"no {task} model is loaded")
-    if model_pref in (None, "", "default"):
-        return candidates[0]
-    if model_pref == "fast":
-        return min(candidates, key=lambda e: e.num_parameters)
-    if model_pref == "quality":
-        return max(candidates, key=lambda e: e.num_parameters)
-    for engine in candidates:
-        if engine.name == model_pref:
-            return engine
-    names = ", ".join(e.name for e in candidates)
-    raise BusError(UNKNOWN_MODEL, f"model_pref {model_pref!r} is not 'fast', 'quality' or one of: {names}")
-
-
 class ModelManagerAgent:
     def __init__(
         self, config: Config, engines: Sequence[Engine] | None = None, context: zmq.Context | None = None
     ) -> None:
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.engines: list[Engine] = list(engines or [])
-        self.workers: dict[str, ModelWorker] = {}
-        self.load_error: str | None = None
-        self._loaded = threading.Event()
+        self.models = ModelSet(config, self._deliver, engines)
         self._local = threading.local()
         self._preloaded = engines is not None
         self._held: list[HeldJob] = []
-        # The loader thread inserts workers while the socket thread and the metrics exporter
-        # read them: every access goes through this lock (see `worker_list`).
-        self._workers_lock = threading.Lock()
         # Tells agents that a restarted model manager is a new instance with no jobs in flight.
         self.instance = uuid.uuid4().hex
         # Every agent's jobs not answered yet, to drop a dead agent's jobs and to ignore
@@ -123,112 +96,22 @@ class ModelManagerAgent:
         self._peer_jobs: dict[bytes, set[str]] = {}
         self.draining = False
         self.last_turn = time.monotonic()
-        self.metrics = BusMetrics(read_stats=self.stats, read_records=self.worker_records)
+        self.metrics = BusMetrics(read_stats=self.stats, read_records=self.models.worker_records)
         # Engines' `prepare` (Whisper's speech detection) runs here, off the socket thread.
         self._preparing = PreparePool(self._hand_off)
 
-    # --- loading ------------------------------------------------------------------------
-
     def load_models(self) -> None:
-        """Build every configured model; optional ones whose weights are missing are skipped."""
-        from model_manager.engines.registry import build_engine, weights_installed
+        self.models.load()
 
-        try:
-            for spec in self.served_specs():
-                if spec.optional and not weights_installed(spec):
-                    log.info("skipping optional model %s: weights %s not installed", spec.name, spec.weights)
-                    continue
-                started = time.perf_counter()
-                engine = build_engine(spec)
-                log.info("loaded %s on %s in %.1f s", spec.name, engine.device, time.perf_counter() - started)
-                self.engines.append(engine)
-            self._start_workers(warm_up=self.config.batch_processing_config.warmup)
-        except Exception as exc:  # reported through ping so agents and the launcher can say why
-            log.exception("model loading failed")
-            self.load_error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._loaded.set()
-
-    def served_specs(self) -> list[ModelSpec]:
-        """The configured models this manager serves: `model_manager.models`, or all."""
-        wanted = self.config.model_manager.models
-        specs = [*self.config.stt_models, *self.config.tts_models]
-        return [spec for spec in specs if not wanted or spec.name in wanted]
-
-    def _start_workers(self, warm_up: bool = False) -> None:
-        policy = self.config.batch_processing_config
-        dynamic = policy.dynamic_batching
-        instances = {s.name: s.instances for s in (*self.config.stt_models, *self.config.tts_models)}
-        for engine in self.engines:
-            worker = ModelWorker(
-                engine,
-                policy,
-                self._deliver,
-                dynamic_batching=dynamic,
-                instances=instances.get(engine.name, 1),
-            )
-            if warm_up and dynamic and policy.enabled:
-                worker.warm_up()
-            with self._workers_lock:
-                self.workers[engine.name] = worker
-            worker.start()
-
-    def worker_list(self) -> list[ModelWorker]:
-        """A copy of the workers, safe to iterate while the loader adds more."""
-        with self._workers_lock:
-            return list(self.workers.values())
-
-    def worker_records(self) -> dict[str, WorkerStats]:
-        """Every model's record of its batches (a copy), for the metrics exporter."""
-        return {w.engine.name: w.stats.copy() for w in self.worker_list()}
-
-    def _worker(self, name: str) -> ModelWorker | None:
-        with self._workers_lock:
-            return self.workers.get(name)
-
-    def _configured_names(self) -> set[str]:
-        return {spec.name for spec in (*self.config.stt_models, *self.config.tts_models)}
+    @property
+    def load_error(self) -> str | None:
+        return self.models.load_error
 
     @property
     def held_limit(self) -> int:
         """Jobs held while models load: as many as every model's queue could take."""
         models = len(self.config.stt_models) + len(self.config.tts_models)
         return self.config.batch_processing_config.max_queue_size * max(1, models)
-
-    def configure(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Change batching settings at run time: `settings` (a partial batch_processing_config)
-        applies to `model`, or, when it is absent, to every model of `task` (every model when
-        no task is given)."""
-        settings = message.get("settings")
-        if not isinstance(settings, dict) or not settings:
-            raise BusError(INVALID_FIELD, "settings must be a non-empty map of batch_processing_config keys")
-        name, task = message.get("model"), message.get("task")
-        if name is not None and not isinstance(name, str):
-            raise BusError(INVALID_FIELD, f"model must be a model name (a string), got {type(name).__name__}")
-        workers = [w for w in self.worker_list() if task is None or w.engine.task == task]
-        if name is not None:
-            workers = [w for w in workers if w.engine.name == name]
-            if not workers:
-                loaded = ", ".join(w.engine.name for w in self.worker_list() if task in (None, w.engine.task))
-                raise BusError(UNKNOWN_MODEL, f"no loaded model {name!r}; loaded: {loaded}")
-        targets = workers
-        updates = []
-        for worker in targets:
-            current = {**dataclasses.asdict(worker.policy), "dynamic_batching": worker.dynamic_batching}
-            merged = {**current, **settings}
-            try:
-                batch = parse_config({"batch_processing_config": merged}).batch_processing_config
-            except ConfigError as exc:
-                raise BusError(INVALID_FIELD, str(exc)) from None
-            updates.append((worker, batch))
-        for worker, batch in updates:  # all validated first, so a bad value changes nothing
-            worker.reconfigure(batch, batch.dynamic_batching)
-            log.info("reconfigured model=%s settings=%s", worker.engine.name, settings)
-        return {"models": [w.snapshot() for w in targets]}
-
-    @property
-    def ready(self) -> bool:
-        return self._loaded.is_set() and self.load_error is None and bool(self.worker_list())
 
     # --- the socket loop ----------------------------------------------------------------
 
@@ -248,8 +131,8 @@ class ModelManagerAgent:
         results.bind(RESULTS_ENDPOINT)
         exporter = self._start_exporter()
         if self._preloaded:
-            self._start_workers()
-            self._loaded.set()
+            self.models.start_workers()
+            self.models.loaded.set()
         else:
             threading.Thread(target=self.load_models, name="model-loader", daemon=True).start()
         poller = zmq.Poller()
@@ -281,14 +164,14 @@ class ModelManagerAgent:
                     else:
                         for key, message in self.links.receive(sock):
                             self._handle(key, message, stopping)
-                if self._held and (self._loaded.is_set() or stopping):
+                if self._held and (self.models.loaded.is_set() or stopping):
                     self._release_held(stopping)
-                if not announced and self.ready:
+                if not announced and self.models.ready:
                     self.links.announce(self.ready_message())
                     announced = True
                 for key in self.links.tick(time.monotonic(), self.heartbeat()):
                     self._drop_agent_jobs(key, "is silent")
-            for worker in self.worker_list():
+            for worker in self.models.worker_list():
                 worker.stop()  # anything still queued past the drain gets shutting_down
             self._release_held(stopping=True)
             self._preparing.close()
@@ -301,15 +184,17 @@ class ModelManagerAgent:
             self.links.close()
 
     def _drained(self) -> bool:
-        return not self._preparing.busy and not any(w.queue_depth() or w.busy for w in self.worker_list())
+        workers = self.models.worker_list()
+        return not self._preparing.busy and not any(w.queue_depth() or w.busy for w in workers)
 
     def ready_message(self) -> link.Ready:
-        offers = tuple(link.ModelOffer(e.name, e.task, self.credit, e.describe()) for e in self.engines)
+        offers = tuple(link.ModelOffer(e.name, e.task, self.credit, e.describe())
+                       for e in self.models.engines)
         return link.Ready(link.LINK_PROTOCOL, self.instance, socket.gethostname(), offers,
-                          self._free_memory())
+                          self.models.free_memory_bytes())
 
     def heartbeat(self) -> link.Heartbeat:
-        return link.Heartbeat(draining=self.draining, free_memory_bytes=self._free_memory())
+        return link.Heartbeat(draining=self.draining, free_memory_bytes=self.models.free_memory_bytes())
 
     @property
     def credit(self) -> int:
@@ -318,13 +203,6 @@ class ModelManagerAgent:
         policy = self.config.batch_processing_config
         wanted = self.config.model_manager.credit or 2 * policy.max_batch_size
         return max(1, min(wanted, policy.max_queue_size))
-
-    def _free_memory(self) -> int:
-        device = next((e.device for e in self.engines), "cpu")
-        try:
-            return int(read_memory(device).free_bytes or 0)
-        except Exception:  # a reading is a hint for the agents, never a reason to fail
-            return 0
 
     def _start_exporter(self) -> Exporter | None:
         """The HTTP server (metrics and probes), or None when metrics_port is 0 or taken:
@@ -347,7 +225,7 @@ class ModelManagerAgent:
     def serving(self) -> bool:
         """The readiness probe: models loaded, an agent took the READY, and not draining."""
         links = getattr(self, "links", None)
-        return self.ready and not self.draining and links is not None and links.accepted
+        return self.models.ready and not self.draining and links is not None and links.accepted
 
     def _forward_results(self, results: zmq.Socket) -> None:
         while True:
@@ -364,7 +242,7 @@ class ModelManagerAgent:
         sends its jobs again, to us or another manager, so nothing is lost either way."""
         jobs = self._peer_jobs.pop(peer, set())
         dropped = self._preparing.cancel(peer, jobs) if jobs else 0  # before the queues: see PreparePool
-        dropped += sum(w.cancel(jobs) for w in self.worker_list()) if jobs else 0
+        dropped += sum(w.cancel(jobs) for w in self.models.worker_list()) if jobs else 0
         held = len(self._held)
         self._held = [h for h in self._held if h.identity != peer]
         dropped += held - len(self._held)
@@ -412,7 +290,7 @@ class ModelManagerAgent:
         elif kind == "configure":
             reply: dict[str, Any] = {"type": "configured", "job_id": message.get("job_id")}
             try:
-                reply.update(ok=True, **self.configure(message))
+                reply.update(ok=True, **self.models.configure(message))
             except BusError as exc:
                 reply.update(ok=False, error=exc.to_wire())
             self._reply(identity, reply)
@@ -420,7 +298,7 @@ class ModelManagerAgent:
             ids = {i for i in message.get("job_ids", []) if isinstance(i, str)}
             self._peer_jobs.get(identity, set()).difference_update(ids)
             self._preparing.cancel(identity, ids)  # before the queues: see PreparePool
-            for worker in self.worker_list():
+            for worker in self.models.worker_list():
                 worker.cancel(ids)
             # Jobs held while models load honour cancel as queued ones do.
             self._held = [
@@ -434,7 +312,7 @@ class ModelManagerAgent:
     def _accept(self, held: HeldJob, stopping: bool) -> None:
         identity, message = held.identity, held.message
         job_id = message.get("job_id", "")
-        if not stopping and not self._loaded.is_set():
+        if not stopping and not self.models.loaded.is_set():
             # Jobs that arrive while models load wait for them, as many as the queues could
             # take; beyond that they are turned away for now.
             if len(self._held) >= self.held_limit:
@@ -471,20 +349,14 @@ class ModelManagerAgent:
         target = received_at + target_ms / 1000.0 if isinstance(target_ms, (int, float)) else None
         if deadline <= time.monotonic():  # held while models loaded, past its deadline
             raise BusError(TIMEOUT, "request expired while the models loaded")
-        if not self.ready:
-            reason = self.load_error or "models are still loading"
-            raise BusError(MODEL_UNAVAILABLE, reason)
+        if not self.models.ready:
+            raise BusError(MODEL_UNAVAILABLE, self.load_error or "models are still loading")
         try:
             job_id, task, request = message["job_id"], message["task"], message["request"]
         except KeyError as exc:
             raise BusError(BAD_REQUEST, f"internal message lacks {exc}") from None
-        model_pref = message.get("model_pref")
-        if model_pref not in {e.name for e in self.engines} and model_pref in self._configured_names():
-            # The agent chose a model another manager holds (it changed its mind meanwhile):
-            # not run here, so the agent sends it to one that holds it.
-            raise BusError(MODEL_UNAVAILABLE, f"this model manager does not hold {model_pref}")
-        engine = select_engine(self.engines, task, model_pref)
-        worker = self._worker(engine.name)
+        engine = self.models.engine_for(task, message.get("model_pref"))
+        worker = self.models.worker(engine.name)
         if worker is None:
             raise BusError(MODEL_UNAVAILABLE, f"{engine.name} has no worker yet")
         priority = int(message.get("priority", 0))
@@ -510,7 +382,7 @@ class ModelManagerAgent:
         try:
             if isinstance(prepared, BusError):
                 raise prepared
-            worker = self._worker(arrival.lane)
+            worker = self.models.worker(arrival.lane)
             if worker is None:
                 raise BusError(MODEL_UNAVAILABLE, f"{arrival.lane} has no worker")
             worker.submit(prepared)
@@ -521,29 +393,10 @@ class ModelManagerAgent:
             failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
             self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, failure))
 
-    def _model_ready(self, name: str) -> bool:
-        worker = self._worker(name)
-        return worker is not None and worker.alive
-
     def stats(self) -> dict[str, Any]:
-        devices = sorted({e.device for e in self.engines} or {"cpu"})
-        memory = {}
-        for device in devices:
-            reading = read_memory(device)
-            memory[device] = {
-                "free_bytes": reading.free_bytes,
-                "total_bytes": reading.total_bytes,
-                "process_rss_bytes": reading.process_rss_bytes,
-            }
-            if reading.gpu_used_bytes is not None:
-                memory[device].update(
-                    gpu_used_bytes=reading.gpu_used_bytes, gpu_total_bytes=reading.total_bytes
-                )
-        # A copy: the metrics exporter calls this on its own thread while models may still load.
-        models = [w.snapshot() for w in self.worker_list()]
-        workers = {k: sum(m["workers"][k] for m in models) for k in ("total", "ready", "busy")}
+        """The manager's figures (read by the metrics exporter on its own thread too)."""
         return {"instance": self.instance, "host": socket.gethostname(), "draining": self.draining,
-                "models": models, "memory": memory, "workers": workers}
+                **self.models.snapshot()}
 
 
 def result_message(job_id: str, outcome: Outcome, model: str | None = None) -> dict[str, Any]:

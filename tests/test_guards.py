@@ -107,7 +107,7 @@ def test_jobs_held_while_models_load_are_bounded_cancellable_and_keep_their_dead
     agent.send({"type": "stats", "job_id": "barrier"})  # every message before it is handled
     assert agent.replies(1)[0]["job_id"] == "barrier"
     time.sleep(0.1)  # j0's 50 ms pass while the models load
-    agent.manager._loaded.set()  # loading ends (with no model: the rest are model_unavailable)
+    agent.manager.models.loaded.set()  # loading ends (with no model: the rest are model_unavailable)
     replies = agent.replies(limit - 1)
     codes = {reply["job_id"]: reply["error"]["code"] for reply in replies}
     assert codes["j0"] == "timeout"  # its deadline counted from its arrival, not its release

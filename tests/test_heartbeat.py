@@ -131,7 +131,7 @@ def test_a_job_resent_while_queued_or_running_runs_once(manager):
         for job_id in ("a", "b", "a", "b", "a"):  # as an agent resends after a silence
             sock.send(infer(job_id))
         handled(sock)  # every copy has reached the manager
-        worker = manager.agent.workers["gated"]
+        worker = manager.agent.models.workers["gated"]
         wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 1, 30, '"a" running, "b" queued')
         manager.engine.gate.set()
         answered = results(sock, wait_s=30, until="b")  # one batch each, in order: "b" comes last
@@ -147,7 +147,7 @@ def test_the_queued_jobs_of_an_agent_that_stopped_heartbeating_are_dropped(manag
     sock = Backend(manager.address)
     for job_id in ("running", "queued-1", "queued-2"):
         sock.send(infer(job_id))
-    worker = manager.agent.workers["gated"]
+    worker = manager.agent.models.workers["gated"]
     # "running" is in the engine, the other two wait behind it
     wait_until(lambda: worker.busy == 1 and worker.queue_depth() == 2, 30, "one job running, two queued")
     sock.close()  # the agent dies: no more heartbeats
@@ -172,7 +172,7 @@ def test_an_agent_that_keeps_heartbeating_keeps_its_jobs(manager):
         for _ in range(4):  # past the 3-interval limit, with heartbeats
             sock.send(link_protocol.Heartbeat())
             time.sleep(link_protocol.HEARTBEAT_INTERVAL_S)
-        assert manager.agent.workers["gated"].queue_depth() == 1
+        assert manager.agent.models.workers["gated"].queue_depth() == 1
         manager.engine.gate.set()
         assert "queued" in results(sock, wait_s=30, until="queued")
     finally:

@@ -150,7 +150,7 @@ def test_a_job_cancelled_while_it_is_prepared_never_runs_and_prepare_errors_are_
         wait_until(lambda: "cancelled" in manager.engine.prepared, 30, '"cancelled" prepared')
         time.sleep(0.3)  # time for it to run, were it not dropped
         assert manager.engine.ran == ["behind"]  # the cancelled job never ran, and was not answered
-        assert manager.agent.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
+        assert manager.agent.models.workers["slow-prepare"].snapshot()["errors"] == {INVALID_FIELD: 1}
     finally:
         sock.close()
 
@@ -168,7 +168,7 @@ def test_a_burst_still_being_prepared_is_not_split_by_the_idle_fast_path():
             sock.send(infer(job_id, wait=True))
         handled(sock)  # all three are in the prepare pool
         manager.engine.early_gate.set()  # "first" reaches the idle worker; the others are preparing
-        worker = manager.agent.workers["slow-prepare"]
+        worker = manager.agent.models.workers["slow-prepare"]
         wait_until(lambda: worker.queue_depth() or manager.engine.ran, 30, '"first" handed to the worker')
         time.sleep(0.3)  # time for it to run alone, were it let
         assert manager.engine.ran == []  # it did not run alone

@@ -253,7 +253,7 @@ def test_a_model_manager_serves_its_pool_and_the_agents_of_this_host_by_default(
 
     config = load_config(environ={"VOICEBUS__MODEL_MANAGER__MODELS": "[kokoro-82m]"})
     manager = ModelManagerAgent(config, engines=[])
-    assert [spec.name for spec in manager.served_specs()] == ["kokoro-82m"]
+    assert [spec.name for spec in manager.models.served_specs()] == ["kokoro-82m"]
     assert manager.agent_addresses() == ["tcp://127.0.0.1:5810", "tcp://127.0.0.1:5811"]
     assert manager.credit == 16  # twice max_batch_size
     elsewhere = load_config(environ={"VOICEBUS__MODEL_MANAGER__AGENTS": "[tcp://agents-0.agents:5810]",
