@@ -27,7 +27,7 @@ from agents.options import check_options, check_protocol, echoable, required
 from agents.services import Service
 from model_manager import protocol
 from model_manager.config import Limits
-from model_manager.errors import INTERNAL, INVALID_FIELD, TOO_MANY_ITEMS, BusError
+from model_manager.errors import INVALID_FIELD, TOO_MANY_ITEMS, BusError, internal_error
 from model_manager.protocol import Encoding
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def prepare_frame(service: Service, limits: Limits, frame: bytes) -> Prepared:
         prepared.error = exc
     except Exception as exc:  # a bug must cost one request, answered with its request_id
         log.exception("preparing a request failed")
-        prepared.error = BusError(INTERNAL, f"{type(exc).__name__}: {exc}"[:500])
+        prepared.error = internal_error(exc)
     return prepared
 
 
@@ -140,7 +140,7 @@ class Intake:
         except Exception as exc:  # a broken pool: start a fresh one for the next frame
             log.exception("the request decoder process is gone")
             self._pool = None
-            ready(call, BusError(INTERNAL, f"the request could not be decoded: {exc!r}"))
+            ready(call, internal_error(exc, "the request could not be decoded"))
             return
         self.in_progress += 1
         future.add_done_callback(lambda f: self._finished(call, f))
@@ -197,7 +197,7 @@ def _outcome(run: Callable[[], Prepared]) -> Prepared | BusError:
         return exc
     except Exception as exc:  # a bug must cost one request, not the agent
         log.exception("preparing a request failed")
-        return BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+        return internal_error(exc)
 
 
 __all__ = ["Intake", "Item", "Prepared", "echoable", "prepare_frame"]

@@ -27,12 +27,10 @@ def required(message: dict[str, Any], key: str) -> Any:
     return message[key]
 
 
-def _echoable(value: Any, default: Any = None) -> Any:
+def echoable(value: Any, default: Any = None) -> Any:
     """`value` if it can be echoed as a request_id, else `default`."""
     return value if isinstance(value, _ECHOABLE) else default
 
-
-echoable = _echoable
 
 
 def request_key(value: Any) -> str:
@@ -51,7 +49,7 @@ def check_protocol(message: dict[str, Any]) -> None:
                                       f"protocol {PROTOCOL_VERSION}")
 
 
-def _check_options(fields: dict[str, Any]) -> None:
+def check_options(fields: dict[str, Any]) -> None:
     """Validate the per-request options every action shares (raises BusError)."""
     request_id = fields.get("request_id")
     if request_id is not None and not isinstance(request_id, _ECHOABLE):
@@ -64,8 +62,6 @@ def _check_options(fields: dict[str, Any]) -> None:
     if model_pref is not None and not valid_unicode(model_pref):
         raise BusError(INVALID_FIELD, f"model_pref must be a string, got {model_pref!r}")
 
-
-check_options = _check_options
 
 
 def timeout_ms(fields: dict[str, Any]) -> int | None:

@@ -62,25 +62,18 @@ from agents.intake import Intake, Prepared
 from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
 from agents.live.worker import DEFAULT_LANES, OffThread
 from agents.metrics import AgentMetrics
-from agents.options import (
-    _check_options,  # noqa: F401 - re-exported for callers of the agent's checks
-    _echoable,
-    check_options,
-    request_key,
-    required,
-)
+from agents.options import check_options, echoable, request_key, required
 from agents.results import ResultStore
 from agents.services import SERVICES, Service
 from agents.sinks import CallbackReply, ClientCall, ReplySink
 from agents.stream_driver import StreamDriver, StreamJob
 from agents.streams import Stream, StreamRegistry
-from agents.work import Work, internal_error
+from agents.work import Work
 from model_manager import protocol
 from model_manager.batcher import INTERACTIVE
 from model_manager.config import Config, load_config
 from model_manager.errors import (
     BAD_REQUEST,
-    INTERNAL,
     INVALID_FIELD,
     MESSAGE_TOO_LARGE,
     MISSING_FIELD,
@@ -89,6 +82,7 @@ from model_manager.errors import (
     TIMEOUT,
     UNKNOWN_ACTION,
     BusError,
+    internal_error,
 )
 from model_manager.protocol import Encoding
 from model_manager.runtime import exit_on_config_error, setup_logging, stop_on_signals
@@ -233,7 +227,7 @@ class ServiceAgent:
             body = protocol.encode_reply(reply, call.encoding)
         except Exception as exc:  # a reply the encoding cannot carry must still be answered
             log.exception("cannot encode a reply")
-            failure = BusError(INTERNAL, f"the reply could not be encoded: {exc!r}")
+            failure = internal_error(exc, "the reply could not be encoded")
             body = protocol.encode_reply(protocol.error_reply(failure), call.encoding)
         try:
             self.front.send_multipart([*call.envelope, body])
@@ -279,7 +273,7 @@ class ServiceAgent:
             if isinstance(prepared, BusError):
                 raise prepared
             call.encoding = prepared.encoding
-            call.request_id = _echoable(prepared.message.get("request_id"))
+            call.request_id = echoable(prepared.message.get("request_id"))
             self._dispatch(call, prepared)
         except BusError as exc:
             self._send(call, protocol.error_reply(exc, call.request_id))

@@ -26,7 +26,7 @@ from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.intake import Item, Prepared
 from agents.journal import journal_entry, recover
 from agents.live.streams import LiveStreams
-from agents.options import _echoable, effective_timeout_ms, priority, request_key, required
+from agents.options import echoable, effective_timeout_ms, priority, request_key, required
 from agents.results import ResultStore
 from agents.services import Service
 from agents.sinks import BatchCall, BatchItemReply, ClientCall, ClientReply, QueuedReply, ReplySink, Send
@@ -42,6 +42,7 @@ from model_manager.errors import (
     NOT_FOUND,
     RETRYABLE,
     BusError,
+    internal_error,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class Work:
         # One count for the loop itself: the reply goes out once it is done and every item is.
         batch = BatchCall(call, self.send, [None] * len(prepared.items), pending=1)
         for index, item in enumerate(prepared.items):
-            rid = _echoable(item.fields.get("request_id", index), default=index)
+            rid = echoable(item.fields.get("request_id", index), default=index)
             try:
                 if item.error is not None:
                     raise item.error
@@ -219,7 +220,3 @@ def _request(item: Item) -> dict[str, Any]:
     if item.request is None:  # pragma: no cover - intake sets one or the other
         raise item.error or BusError(INTERNAL, "an item without a request")
     return item.request
-
-
-def internal_error(exc: Exception) -> BusError:
-    return BusError(INTERNAL, f"{type(exc).__name__}: {exc}"[:500])

@@ -47,12 +47,12 @@ from model_manager.config import Config
 from model_manager.engines.base import Engine
 from model_manager.errors import (
     BAD_REQUEST,
-    INTERNAL,
     MODEL_UNAVAILABLE,
     OVERLOADED,
     SHUTTING_DOWN,
     TIMEOUT,
     BusError,
+    internal_error,
 )
 from model_manager.metrics import BusMetrics, Exporter
 from model_manager.models import ModelSet
@@ -280,7 +280,7 @@ class ModelManagerAgent:
             log.exception("internal message %r failed", kind)
             reply_type, job_id = REPLY_TYPES.get(kind), message.get("job_id")
             if reply_type is not None and isinstance(job_id, str):
-                failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+                failure = internal_error(exc)
                 self._reply(identity, {"type": reply_type, "job_id": job_id, "ok": False,
                                        "error": failure.to_wire()})
 
@@ -333,7 +333,7 @@ class ModelManagerAgent:
             self._reply(identity, result_message(job_id, exc))
         except Exception as exc:
             log.exception("cannot submit job %s", job_id)
-            failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+            failure = internal_error(exc)
             self._reply(identity, result_message(job_id, failure))
 
     def _release_held(self, stopping: bool) -> None:
@@ -390,7 +390,7 @@ class ModelManagerAgent:
             self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, exc))
         except Exception as exc:
             log.exception("cannot submit job %s", arrival.job_id)
-            failure = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+            failure = internal_error(exc)
             self._push_result(arrival.identity, arrival.job_id, result_message(arrival.job_id, failure))
 
     def stats(self) -> dict[str, Any]:

@@ -58,3 +58,14 @@ class BusError(Exception):
         if self.retry_after_ms is not None:
             wire["retry_after_ms"] = self.retry_after_ms
         return wire
+
+
+#: An internal_error's message is cut to this many characters: a cause, not a dump.
+INTERNAL_MESSAGE_CHARS = 500
+
+
+def internal_error(exc: BaseException, context: str = "") -> BusError:
+    """The answer to a bug: `internal_error` with its cause (the exception's type and text),
+    after `context` where that says more ("the reply could not be encoded")."""
+    cause = f"{type(exc).__name__}: {exc}"
+    return BusError(INTERNAL, (f"{context}: {cause}" if context else cause)[:INTERNAL_MESSAGE_CHARS])

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from model_manager.errors import INTERNAL, BusError
+from model_manager.errors import BusError, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class PreparePool:
             prepared = exc
         except Exception as exc:  # a bug must cost this job, answered, not the pool thread
             log.exception("preparing job %s failed", arrival.job_id)
-            prepared = BusError(INTERNAL, f"{type(exc).__name__}: {exc}")
+            prepared = internal_error(exc)
         with self._lock:
             self._release(self._order.complete((arrival.identity, arrival.job_id), (arrival, prepared)))
 

@@ -17,7 +17,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.service_agent import _check_options, _echoable
+from agents.options import check_options, echoable
 from agents.services import parse_stt_item, parse_tts_item
 from model_manager import errors, protocol
 from model_manager.audio import decode_audio
@@ -96,8 +96,8 @@ def validate(frame: bytes, parse: object) -> None:
     request_id = None
     try:
         message, encoding = protocol.decode_request(frame)
-        request_id = _echoable(message.get("request_id"))
-        _check_options(message)
+        request_id = echoable(message.get("request_id"))
+        check_options(message)
         request = parse(message, LIMITS)  # type: ignore[operator]
     except BusError as exc:
         assert exc.code in KNOWN_CODES and exc.message
@@ -182,7 +182,7 @@ FOUND = [
 @pytest.mark.parametrize(("parse", "fields", "code"), FOUND)
 def test_what_fuzzing_found_is_a_clear_error(parse, fields, code):
     with pytest.raises(BusError) as info:
-        _check_options(fields)
+        check_options(fields)
         parse(fields, LIMITS)
     assert info.value.code == code
 

@@ -62,13 +62,13 @@ from model_manager.audio import decode_audio
 from model_manager.errors import (
     AUDIO_TOO_LONG,
     CANCELLED,
-    INTERNAL,
     INVALID_AUDIO,
     INVALID_FIELD,
     MISSING_FIELD,
     NOT_FOUND,
     OVERLOADED,
     BusError,
+    internal_error,
 )
 from model_manager.percentiles import percentiles_ms
 
@@ -262,7 +262,7 @@ class LiveStreams:
                 stream.accepted_seconds -= seconds
                 if kind == "close":
                     stream.closing, stream.closer = False, None
-                error = outcome if isinstance(outcome, BusError) else BusError(INTERNAL, repr(outcome)[:500])
+                error = outcome if isinstance(outcome, BusError) else internal_error(outcome)
                 self.host.send(call, _error_reply(error, stream.stream_id))
                 continue
             if kind == "audio":
