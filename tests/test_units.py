@@ -19,7 +19,7 @@ from model_manager.config import (
     parse_config,
 )
 from model_manager.engines.whisper.windows import split_into_windows
-from model_manager.errors import BusError
+from model_manager.errors import INTERNAL, BusError, internal_error
 
 
 def test_default_config_matches_the_documented_batching_settings():
@@ -130,6 +130,14 @@ def test_every_port_is_typed_as_a_port():
         except ConfigError:
             required.add(name)
     assert required == {"stt_port", "tts_port", "stt_backend_port", "tts_backend_port"}  # the rest: 0 is off
+
+
+def test_a_bug_is_answered_with_internal_error_and_its_cause_cut_short():
+    error = internal_error(KeyError("text"))
+    assert (error.code, error.message) == (INTERNAL, "KeyError: 'text'")
+    long = internal_error(ValueError("x" * 2000), "the reply could not be encoded")
+    assert long.message.startswith("the reply could not be encoded: ValueError: xxx")
+    assert len(long.message) == 500
 
 
 def test_invalid_config_file_stops_the_launcher(tmp_path):
