@@ -20,7 +20,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
 from pydantic import (
@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -118,29 +119,43 @@ class _Section(BaseModel):
 # --- sections -----------------------------------------------------------------------------
 
 _BATCH = BatchPolicy()
+#: Bounds of the batching settings; every other BatchPolicy field is taken with its type alone.
+_BATCH_BOUNDS: dict[str, dict[str, Any]] = {
+    "max_batch_size": {"ge": 1},
+    "min_batch_size": {"ge": 1},
+    "max_batch_wait_ms": {"ge": 0},
+    "max_queue_size": {"ge": 1},
+    "lone_request_wait_ms": {"ge": 0},
+}
 
 
-class BatchSettings(_Section):
-    """`batch_processing_config`, checked; kept as the batcher's `BatchPolicy` (defaults too)."""
-
-    enabled: bool = _BATCH.enabled
-    max_batch_size: int = Field(_BATCH.max_batch_size, ge=1)
-    min_batch_size: int = Field(_BATCH.min_batch_size, ge=1)
-    max_batch_wait_ms: float = Field(_BATCH.max_batch_wait_ms, ge=0)
-    dynamic_batching: bool = _BATCH.dynamic_batching
-    max_queue_size: int = Field(_BATCH.max_queue_size, ge=1)
-    lone_request_wait_ms: float = Field(_BATCH.lone_request_wait_ms, ge=0)
-    warmup: bool = _BATCH.warmup
+class _BatchRules(_Section):
+    """The rules across the batching settings (the fields are `BatchPolicy`'s, see below)."""
 
     @model_validator(mode="after")
-    def _sizes_in_order(self) -> BatchSettings:
-        if self.min_batch_size > self.max_batch_size:
-            raise Broken("min_batch_size", f"must be <= max_batch_size ({self.max_batch_size})",
-                         self.min_batch_size)
+    def _sizes_in_order(self) -> _BatchRules:
+        smallest, largest = getattr(self, "min_batch_size"), getattr(self, "max_batch_size")  # noqa: B009
+        if smallest > largest:
+            raise Broken("min_batch_size", f"must be <= max_batch_size ({largest})", smallest)
         return self
 
     def policy(self) -> BatchPolicy:
         return BatchPolicy(**self.model_dump())
+
+
+def _batch_field(f: dataclasses.Field[Any], hint: Any) -> tuple[Any, Any]:
+    default = ... if f.default is dataclasses.MISSING else f.default
+    return hint, Field(default, **_BATCH_BOUNDS.get(f.name, {}))
+
+
+#: `batch_processing_config`, checked, and kept as the batcher's `BatchPolicy`: a field per
+#: BatchPolicy field, with its type and default, so that a setting the batcher gains is
+#: configurable (and retunable by `configure`) without a change here.
+BatchSettings: type[_BatchRules] = create_model(
+    "BatchSettings",
+    __base__=_BatchRules,
+    **{f.name: _batch_field(f, get_type_hints(BatchPolicy)[f.name]) for f in dataclasses.fields(BatchPolicy)},
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +364,7 @@ def _empty_when_null(value: Any) -> Any:
 
 class Config(_Section):
     batch_processing_config: Annotated[
-        BatchPolicy, _CheckedBy(BatchSettings, BatchSettings.policy, dataclasses.asdict)
+        BatchPolicy, _CheckedBy(BatchSettings, _BatchRules.policy, dataclasses.asdict)
     ] = _BATCH
     endpoints: Endpoints = Endpoints()
     limits: Limits = Limits()

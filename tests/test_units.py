@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import msgpack
@@ -115,6 +116,13 @@ def test_config_is_typed_and_frozen():
         config.limits.result_ttl_s = 1.0  # type: ignore[misc]
     changed = config.model_copy(update={"endpoints": config.endpoints.model_copy(update={"http_port": 0})})
     assert (changed.endpoints.http_port, config.endpoints.http_port) == (0, 8880)
+
+
+def test_every_batching_setting_the_batcher_has_is_configurable():
+    """The model manager's `configure` re-checks a worker's whole policy as a config section."""
+    policy = BatchPolicy(max_batch_size=4, min_batch_size=1, max_batch_wait_ms=7.5)
+    config = parse_config({"batch_processing_config": dataclasses.asdict(policy)})
+    assert config.batch_processing_config == policy
 
 
 def test_every_port_is_typed_as_a_port():
