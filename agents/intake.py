@@ -75,15 +75,16 @@ def prepare_frame(service: Service, limits: Limits, frame: bytes) -> Prepared:
 
 
 def _prepare_items(prepared: Prepared, message: dict[str, Any], service: Service, limits: Limits) -> None:
-    check_protocol(message)
     action = message.get("action")
     if action in (service.single_action, "queue_for_batch", "stream"):
-        check_options(message)
+        check_options(message)  # the protocol among them
         request = service.parse_item(message, limits)
         prepared.items.append(Item(prepared.message, request))
         if action == "stream" and service.split_for_stream is not None:
             prepared.pieces = service.split_for_stream(request)
-    elif action == service.batch_action:
+        return
+    check_protocol(message)
+    if action == service.batch_action:
         items = required(message, "batch_data")
         if not isinstance(items, list) or not items:
             raise BusError(INVALID_FIELD, "batch_data must be a non-empty list of items")

@@ -7,8 +7,22 @@ server's limits.request_timeout_ms, never lengthens it; at least 1 ms), `model_p
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictBytes,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from agents.services import valid_unicode
 from model_manager.batcher import BULK, INTERACTIVE
@@ -32,7 +46,6 @@ def echoable(value: Any, default: Any = None) -> Any:
     return value if isinstance(value, _ECHOABLE) else default
 
 
-
 def request_key(value: Any) -> str:
     """A request_id as the key of a queued result or a stream; BusError for one that cannot
     be a key (not a scalar, or a string with lone surrogates, which UTF-8 cannot store)."""
@@ -42,43 +55,79 @@ def request_key(value: Any) -> str:
     return key
 
 
+# --- the options every action shares, as typed records --------------------------------------
+
+#: The client protocol versions served: this one only.
+Protocol = Annotated[StrictInt | StrictFloat, Field(ge=PROTOCOL_VERSION, le=PROTOCOL_VERSION)]
+#: A request_id: a scalar every encoding carries back unchanged (a bool is an int here).
+RequestId = StrictStr | StrictInt | StrictFloat | StrictBytes | StrictBool
+#: A timeout in ms: a number of at least 1 (never 0, which would mean "no timeout of its
+#: own"), kept as whole milliseconds.
+TimeoutMs = Annotated[
+    Annotated[StrictInt | Annotated[float, Strict(), Field(allow_inf_nan=False)], Field(ge=1)],
+    AfterValidator(int),
+]
+
+
+def _utf8(value: str) -> str:
+    """A str that UTF-8 can carry (JSON's "\\ud800" escapes make lone surrogates)."""
+    if not valid_unicode(value):
+        raise ValueError("not UTF-8")
+    return value
+
+
+class ProtocolOption(BaseModel):
+    """`protocol`: the version of the client protocol the client speaks, checked for every action."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    protocol: Protocol | None = None
+
+
+class RequestOptions(ProtocolOption):
+    """The options every work action and item shares (see the module docstring), checked once
+    by `check_options`; the first bad one, in this order, is the error."""
+
+    request_id: RequestId | None = None
+    priority: Literal["interactive", "bulk"] | None = None
+    timeout_ms: TimeoutMs | None = None
+    model_pref: Annotated[StrictStr, AfterValidator(_utf8)] | None = None
+
+    def priority_level(self, default: int) -> int:
+        return PRIORITIES[self.priority] if self.priority is not None else default
+
+    def timeout_within(self, limit_ms: int) -> int:
+        """Its own `timeout_ms` can shorten the server's limit, never lengthen it."""
+        return min(self.timeout_ms or limit_ms, limit_ms)
+
+
+#: The invalid_field message of each option, from the value the client sent.
+_MESSAGES: dict[str, Callable[[Any], str]] = {
+    "protocol": lambda value: f"protocol {value!r:.50} is not served; this agent speaks "
+                              f"protocol {PROTOCOL_VERSION}",
+    "request_id": lambda value: "request_id must be a string or a number",
+    "priority": lambda value: f"priority must be one of {sorted(PRIORITIES)}, got {value!r}",
+    "timeout_ms": lambda value: f"timeout_ms must be a number of at least 1, got {value!r:.100}",
+    "model_pref": lambda value: f"model_pref must be a string, got {value!r}",
+}
+
+Options = TypeVar("Options", bound=ProtocolOption)
+
+
+def _checked(record: type[Options], fields: dict[str, Any]) -> Options:
+    try:
+        return record.model_validate(fields)
+    except ValidationError as exc:
+        key = str(exc.errors(include_url=False)[0]["loc"][0])
+        raise BusError(INVALID_FIELD, _MESSAGES[key](fields.get(key))) from None
+
+
 def check_protocol(message: dict[str, Any]) -> None:
-    version = message.get("protocol")
-    if version is not None and (isinstance(version, bool) or version != PROTOCOL_VERSION):
-        raise BusError(INVALID_FIELD, f"protocol {version!r:.50} is not served; this agent speaks "
-                                      f"protocol {PROTOCOL_VERSION}")
+    """BusError(invalid_field) unless the message's `protocol`, if any, is served."""
+    _checked(ProtocolOption, message)
 
 
-def check_options(fields: dict[str, Any]) -> None:
-    """Validate the per-request options every action shares (raises BusError)."""
-    request_id = fields.get("request_id")
-    if request_id is not None and not isinstance(request_id, _ECHOABLE):
-        raise BusError(INVALID_FIELD, "request_id must be a string or a number")
-    priority = fields.get("priority")
-    if priority is not None and (not isinstance(priority, str) or priority not in PRIORITIES):
-        raise BusError(INVALID_FIELD, f"priority must be one of {sorted(PRIORITIES)}, got {priority!r}")
-    timeout_ms(fields)
-    model_pref = fields.get("model_pref")
-    if model_pref is not None and not valid_unicode(model_pref):
-        raise BusError(INVALID_FIELD, f"model_pref must be a string, got {model_pref!r}")
-
-
-
-def timeout_ms(fields: dict[str, Any]) -> int | None:
-    """The client's timeout_ms as whole milliseconds; under 1 ms is refused, not rounded
-    to 0 (which would mean "no timeout of its own")."""
-    value = fields.get("timeout_ms")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value < math.inf:
-        raise BusError(INVALID_FIELD, f"timeout_ms must be a number of at least 1, got {value!r:.100}")
-    return int(value)
-
-
-def effective_timeout_ms(fields: dict[str, Any], limit_ms: int) -> int:
-    """The request's timeout: its own `timeout_ms` can shorten the server's, never lengthen it."""
-    return min(timeout_ms(fields) or limit_ms, limit_ms)
-
-
-def priority(fields: dict[str, Any], default: int) -> int:
-    return PRIORITIES.get(fields.get("priority"), default)
+def check_options(fields: dict[str, Any]) -> RequestOptions:
+    """The shared options of a work request or item, or BusError(invalid_field) naming the first
+    bad one."""
+    return _checked(RequestOptions, fields)

@@ -26,7 +26,7 @@ from agents.inflight import DEADLINE_GRACE_S, InFlight, InFlightJob
 from agents.intake import Item, Prepared
 from agents.journal import journal_entry, recover
 from agents.live.streams import LiveStreams
-from agents.options import echoable, effective_timeout_ms, priority, request_key, required
+from agents.options import check_options, echoable, request_key, required
 from agents.results import ResultStore
 from agents.services import Service
 from agents.sinks import BatchCall, BatchItemReply, ClientCall, ClientReply, QueuedReply, ReplySink, Send
@@ -69,8 +69,9 @@ class Work:
     def new_job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
                 default_priority: int) -> InFlightJob:
         """The job for one client item, its priority and timeout from the item's own fields."""
-        timeout = effective_timeout_ms(fields, self.limits.request_timeout_ms)
-        return self.job(job_id, fields, request, sink, priority(fields, default_priority), timeout)
+        options = check_options(fields)
+        timeout = options.timeout_within(self.limits.request_timeout_ms)
+        return self.job(job_id, fields, request, sink, options.priority_level(default_priority), timeout)
 
     def job(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], sink: ReplySink,
             job_priority: int, timeout: int, target_ms: int | None = None) -> InFlightJob:

@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from agents.options import RequestOptions, check_options
 from agents.results import ResultStore
 from model_manager import protocol
 from model_manager.audio import decode_audio
@@ -146,6 +147,21 @@ def test_a_bug_is_answered_with_internal_error_and_its_cause_cut_short():
     long = internal_error(ValueError("x" * 2000), "the reply could not be encoded")
     assert long.message.startswith("the reply could not be encoded: ValueError: xxx")
     assert len(long.message) == 500
+
+
+def test_the_shared_options_are_one_typed_record():
+    options = check_options({"request_id": 7, "priority": "bulk", "timeout_ms": 2.7, "model_pref": "m",
+                             "protocol": 1, "audio_data": [0.1]})
+    assert isinstance(options, RequestOptions) and (options.request_id, options.timeout_ms) == (7, 2)
+    assert (options.priority_level(default=0), options.timeout_within(1000)) == (1, 2)
+    assert options.timeout_within(1) == 1  # never longer than the server's limit
+    assert check_options({}).priority_level(default=0) == 0 and check_options({}).timeout_within(500) == 500
+    # The first bad option, in the record's order, is the one named.
+    with pytest.raises(BusError, match="^invalid_field: protocol 2 is not served"):
+        check_options({"request_id": [], "protocol": 2})
+    with pytest.raises(BusError) as info:
+        check_options({"timeout_ms": True, "model_pref": 3})
+    assert info.value.message == "timeout_ms must be a number of at least 1, got True"
 
 
 def test_invalid_config_file_stops_the_launcher(tmp_path):
