@@ -85,8 +85,9 @@ class ProtocolOption(BaseModel):
 
 
 class RequestOptions(ProtocolOption):
-    """The options every work action and item shares (see the module docstring), checked once
-    by `check_options`; the first bad one, in this order, is the error."""
+    """The options every work action and item shares (see the module docstring), made by
+    `check_options` at intake, where the first bad one, in this order, is the error; a job is
+    made from the fields intake kept, which give the same record again."""
 
     request_id: RequestId | None = None
     priority: Literal["interactive", "bulk"] | None = None
