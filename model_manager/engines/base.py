@@ -3,8 +3,9 @@
 The model manager knows nothing about Whisper or Kokoro. It asks an engine four things: how
 to check a client's item and turn it into the engine's own request (`prepare`, the one
 validation of its family), which requests may share a forward pass (`batch_key`), what one
-costs (`cost`), and to run a batch (`run_batch`). STT and TTS engines are interchangeable
-behind it, so one batcher and one agent serve both.
+costs (`cost`), and to run a batch (`run_batch`). Optionally, how a long request splits into
+units that are scheduled one by one (`split`) and joined again (`join`). STT and TTS engines
+are interchangeable behind it, so one batcher and one agent serve both.
 
 Each engine family has its own typed request `R` (a dataclass, e.g. Kokoro's
 `SpeechRequest`), made only by its `prepare`; the bus (scheduler, agents) treats requests as
@@ -76,6 +77,24 @@ class Engine(ABC, Generic[R]):
     def cost(self, request: R) -> float:
         """Work units of one request (audio seconds for STT, phoneme tokens for TTS)."""
         return 1.0
+
+    def split(self, request: R) -> Sequence[Any]:
+        """The units a long request runs as, in order (Whisper: its 30 s windows; Kokoro: its
+        text pieces), so that the scheduler can queue and batch each with other requests and
+        let short requests run between them. One unit (the default: the request itself) means
+        the request runs whole.
+
+        Contract: each unit is a request `run_batch` accepts, with the request's `batch_key`
+        and `bucket`; `join(request, results)` of the units' results, in order, is what
+        `run_batch([request])` returns. Cheap: it runs when the job is queued (a `prepare` can
+        do the expensive planning and cache it)."""
+        return [request]
+
+    def join(self, request: R, results: Sequence[Result]) -> Result:
+        """The request's result from its units' results, in `split`'s order."""
+        if len(results) != 1:
+            raise ValueError(f"{self.name}: {len(results)} unit results for a request that does not split")
+        return results[0]
 
     def bucket(self, request: R) -> Hashable:
         """Which kind of request this is for batch-size learning: requests of one bucket cost

@@ -10,6 +10,11 @@ How a batch runs: every request's text is cut into pieces of at most 510 phoneme
 (sentence, then clause, then word boundaries; nothing is ever truncated), ALL pieces of ALL
 requests are sorted by length and run through the batched KModel forward in sub-batches, and
 each request's pieces are joined back in order, with real silence for its pause markers.
+`prepare` plans the text already (the phonemes are cached), so this costs the worker nothing.
+
+With unit scheduling (model_manager/units.py), a text of several pieces is instead `split`
+into one `PieceUnit` per piece, each queued and batched on its own beside other requests,
+and `join` puts their audio back together with the pauses: the audio of the whole request.
 
 Backends ("auto", the default, picks "onnx" on a CPU for the shipped weights and "torch"
 otherwise, e.g. on CUDA or for a user's .pth):
@@ -107,6 +112,15 @@ class PlannedPiece:
 
     text: str
     phonemes: str
+
+
+@dataclass(frozen=True)
+class PieceUnit:
+    """One piece of a long request's text, as a request of its own (`KokoroEngine.split`):
+    `run_batch` speaks it as it speaks that piece of the whole request."""
+
+    request: SpeechRequest
+    piece: PlannedPiece
 
 
 @dataclass(frozen=True)
@@ -214,14 +228,45 @@ class KokoroEngine(Engine[SpeechRequest]):
         voice = fields.get("voice")
         voice = self.default_voice if voice is None else self.voices.normalise(voice)
         speed = fields.get("speed")
-        return SpeechRequest(text, voice, _check_speed(1.0 if speed is None else speed))
+        request = SpeechRequest(text, voice, _check_speed(1.0 if speed is None else speed))
+        # Planned here, on the model manager's prepare threads: a text with nothing to speak is
+        # refused before it queues, and `split` and `run_batch` find its phonemes cached.
+        try:
+            self.plan(request)
+        except BusError:
+            raise
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+            raise BusError(INFERENCE_FAILED, f"{self.name}: planning the text: {cause}") from exc
+        return request
 
-    def batch_key(self, request: SpeechRequest) -> Hashable:
+    def batch_key(self, request: SpeechRequest | PieceUnit) -> Hashable:
+        if isinstance(request, PieceUnit):
+            request = request.request
         return (self.name, request.voice, request.speed)
 
-    def cost(self, request: SpeechRequest) -> float:
+    def split(self, request: SpeechRequest | PieceUnit) -> list[SpeechRequest | PieceUnit]:
+        """One `PieceUnit` per piece of a text of several pieces; any other request is one
+        unit, itself."""
+        if isinstance(request, PieceUnit):
+            return [request]
+        pieces = [p for p in self.plan(request) if isinstance(p, PlannedPiece)]
+        return [request] if len(pieces) < 2 else [PieceUnit(request, piece) for piece in pieces]
+
+    def join(self, request: SpeechRequest, results: Sequence[Any]) -> Speech:
+        """The request's audio from its pieces' audio, in order, with the silence of its pauses."""
+        plan = self.plan(request)
+        if len(results) != sum(isinstance(p, PlannedPiece) for p in plan):
+            raise ValueError(f"{self.name}: {len(results)} pieces of audio for a plan of {len(plan)} parts")
+        audio = iter(results)
+        pieces = {(0, p): next(audio).audio for p, part in enumerate(plan) if isinstance(part, PlannedPiece)}
+        return self._assemble(0, plan, pieces)
+
+    def cost(self, request: SpeechRequest | PieceUnit) -> float:
         """Phoneme tokens, estimated as spoken characters (English runs about one token per
         character; running G2P here would cost milliseconds per sentence on the caller)."""
+        if isinstance(request, PieceUnit):
+            return float(max(1, len(request.piece.text)))
         text = request.text
         try:
             return float(max(1, len(text_split.spoken_text(text))))
@@ -232,13 +277,15 @@ class KokoroEngine(Engine[SpeechRequest]):
         return {**super().describe(), "backend": self.backend, "sample_rate": SAMPLE_RATE,
                 "voices": self.voices.names(), "default_voice": self.default_voice}
 
-    def run_batch(self, requests: Sequence[SpeechRequest]) -> list[Speech]:
-        """One result per request, in order; raises BusError on any failure (never silence)."""
+    def run_batch(self, requests: Sequence[SpeechRequest | PieceUnit]) -> list[Speech]:
+        """One result per request (a piece's audio per `PieceUnit`), in order; raises BusError
+        on any failure (never silence)."""
         try:
-            plans = [self.plan(request) for request in requests]
+            plans = [[r.piece] if isinstance(r, PieceUnit) else self.plan(r) for r in requests]
+            voices = [r.request if isinstance(r, PieceUnit) else r for r in requests]
             jobs = [_Job(r, p, self.phonemizer.token_ids(piece.phonemes),
-                         self.voices.style(requests[r].voice, len(piece.phonemes)),
-                         requests[r].speed)
+                         self.voices.style(voices[r].voice, len(piece.phonemes)),
+                         voices[r].speed)
                     for r, plan in enumerate(plans)
                     for p, piece in enumerate(plan) if isinstance(piece, PlannedPiece)]
             with self._lock:

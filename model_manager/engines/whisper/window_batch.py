@@ -4,6 +4,8 @@
 - `CallPlan`: what the windows of one call share (task, beam size, window length, ...).
 - `WindowText`: one window's text (and segments and words, when asked for).
 - `transcript_of`: a request's `Transcript` from its windows' texts, in order.
+- `WindowUnit` / `WindowPart`: one window of a long request scheduled on its own (the
+  engine's `split`), and what it gives back; the request's parts join with `transcript_of`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,27 @@ class WindowText:
     segments: tuple[Segment, ...] | None = None
     #: With "word" timestamps only.
     words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class WindowUnit:
+    """One window of a long request, as a request of its own: `WhisperEngine.split` makes one
+    per window, and `run_batch` decodes it as it would have decoded that window of the whole
+    request (same audio, same token bound, same call key)."""
+
+    window: Window
+
+
+@dataclass(frozen=True, eq=False)
+class WindowPart:
+    """What `run_batch` answers for a `WindowUnit`. The request's parts, in order, join into
+    its transcript (`transcript_of`); alone, a part reads as the transcript of its window."""
+
+    window: Window
+    text: WindowText
+
+    def to_wire(self) -> dict[str, Any]:
+        return transcript_of(self.window.request, [(self.window, self.text)]).to_wire()
 
 
 @dataclass(frozen=True)
