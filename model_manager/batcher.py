@@ -7,7 +7,13 @@ Contract
 --------
 - `add(item, key, now)` queues an item. Items with equal `key` are compatible: they may
   share one forward pass. Keys are computed from request content by the engine. Raises
-  `QueueFull` at once when `max_queue_size` items are already waiting.
+  `QueueFull` at once when `max_queue_size` items are already waiting, unless the item is
+  `admitted`: a later unit of a request the queue already took (see units.py), which must
+  not fail half-way; such items can hold the queue above `max_queue_size`, by at most one
+  batch per split request.
+- `order` (default: the arrival time) ranks items of equal priority: the scheduler passes
+  each item's expected finish when it orders by it (docs/protocol.md §7); a smaller `order`
+  is more urgent.
 - A group of compatible items becomes *due* when any of these holds:
   - `full`: it holds `max_batch_size` items;
   - `min_reached`: it holds `min_batch_size` items;
@@ -26,10 +32,11 @@ Contract
   - `unbatched`: batching is disabled, so every item is due at once, alone.
 - `group_size(key)`, when set, caps the batch size of one group below `max_batch_size` (the
   caller learns a best size per kind of request); `full` and `min_reached` use the cap.
-- `next_batch(now)` pops the most urgent due group (best priority, then oldest arrival) and
-  returns at most its batch size of its items (or fewer, if `limit` says so), oldest
-  first; None when nothing is due. Items that do not fit stay queued with their arrival
-  times unchanged, so they are due again immediately.
+- `next_batch(now)` pops the most urgent due group (best priority, then smallest `order`)
+  and returns at most its batch size of its items (or fewer, if `limit` says so), most
+  urgent first (by priority, then `order`; ties in arrival order); None when nothing is
+  due. Items that do not fit stay queued with their arrival times unchanged, so they are
+  due again immediately.
 - `seconds_until_due(now)` says how long the caller may sleep before something can be
   due without a new `add`: 0 when something is due now, None when the queue is empty.
 - `drain()` empties the queue and returns every item (for shutdown replies).
@@ -57,8 +64,8 @@ class QueueFull(Exception):
 class BatchPolicy:
     """The batching settings: `batch_processing_config` in config/llm_config.yaml, and what
     `configure` changes at run time. Times are in ms, as configured and as on the wire; the
-    batcher reads them in seconds (`max_wait_s`, `lone_wait_s`). `dynamic_batching` and
-    `warmup` are read by the scheduler and the model manager, not here."""
+    batcher reads them in seconds (`max_wait_s`, `lone_wait_s`). `dynamic_batching`,
+    `unit_scheduling` and `warmup` are read by the scheduler and the model manager, not here."""
 
     enabled: bool = True
     max_batch_size: int = 8
@@ -69,6 +76,9 @@ class BatchPolicy:
     lone_request_wait_ms: float = 2.0
     #: Measure each candidate batch size on synthetic input at start-up (dynamic batching only).
     warmup: bool = True
+    #: Run long requests as units (Whisper windows, Kokoro pieces) that queue and batch with
+    #: other requests, ordered by expected finish (see units.py); false: each request whole.
+    unit_scheduling: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch_size <= self.max_batch_size:
@@ -90,6 +100,7 @@ class _Queued(Generic[T]):
     item: T
     arrival: float
     priority: int
+    order: float
 
 
 @dataclass
@@ -97,7 +108,10 @@ class _Group(Generic[T]):
     entries: list[_Queued[T]] = field(default_factory=list)
 
     def urgency(self) -> tuple[int, float]:
-        return (min(e.priority for e in self.entries), self.entries[0].arrival)
+        return min((e.priority, e.order) for e in self.entries)
+
+    def oldest_arrival(self) -> float:
+        return min(e.arrival for e in self.entries)
 
 
 @dataclass(frozen=True)
@@ -119,14 +133,17 @@ class DynamicBatcher(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def add(self, item: T, key: Hashable, now: float, priority: int = INTERACTIVE) -> None:
-        if self._size >= self.policy.max_queue_size:
+    def add(self, item: T, key: Hashable, now: float, priority: int = INTERACTIVE, order: float | None = None,
+            admitted: bool = False) -> None:
+        if self._size >= self.policy.max_queue_size and not admitted:
             raise QueueFull(f"{self._size} requests already queued")
-        self._groups.setdefault(key, _Group()).entries.append(_Queued(item, now, priority))
+        entry = _Queued(item, now, priority, now if order is None else order)
+        self._groups.setdefault(key, _Group()).entries.append(entry)
         self._size += 1
         self._last_arrival = now
 
-    def _batch_size(self, key: Hashable) -> int:
+    def batch_size(self, key: Hashable) -> int:
+        """The most items one batch of `key`'s group takes (before a caller's `limit`)."""
         size = self.policy.max_batch_size
         return size if self.group_size is None else max(1, min(size, self.group_size(key)))
 
@@ -135,14 +152,14 @@ class DynamicBatcher(Generic[T]):
     ) -> str | None:
         p = self.policy
         n = len(group.entries)
-        size = self._batch_size(key)
+        size = self.batch_size(key)
         if not p.enabled:
             return "unbatched"
         if n >= size:
             return "full"
         if n >= min(p.min_batch_size, size):
             return "min_reached"
-        if now - group.entries[0].arrival >= p.max_wait_s:
+        if now - group.oldest_arrival() >= p.max_wait_s:
             return "timeout"
         if incoming:
             return None
@@ -176,11 +193,11 @@ class DynamicBatcher(Generic[T]):
             return None
         _, key, reason = min(due, key=lambda d: d[0])
         group = self._groups[key]
-        size = 1 if not self.policy.enabled else self._batch_size(key)
+        size = 1 if not self.policy.enabled else self.batch_size(key)
         if limit is not None:
             size = max(1, min(size, limit))
-        # Within a group, urgent items go first; the sort is stable, so arrival order holds.
-        group.entries.sort(key=lambda e: e.priority)
+        # Within a group, urgent items go first; the sort is stable, so arrival order holds on ties.
+        group.entries.sort(key=lambda e: (e.priority, e.order))
         taken, group.entries = group.entries[:size], group.entries[size:]
         if not group.entries:
             del self._groups[key]
@@ -196,7 +213,7 @@ class DynamicBatcher(Generic[T]):
         for key, group in self._groups.items():
             if self._due_reason(key, group, now, idle_since, incoming) is not None:
                 return 0.0
-            waits.append(group.entries[0].arrival + self.policy.max_wait_s - now)
+            waits.append(group.oldest_arrival() + self.policy.max_wait_s - now)
         if not incoming and (self._size == 1 or (idle_since is not None and self._only_singles())):
             waits.append(self._last_arrival + self.policy.lone_wait_s - now)
         return max(0.0, min(waits))

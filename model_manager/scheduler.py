@@ -9,6 +9,15 @@ This is where the pure batching policy meets time, threads and failure:
 - A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
   jobs for this model are still being prepared (`expect` / `expected_left`): they would
   have run alone one after another.
+- With `unit_scheduling` (the default), a request the engine splits (`Engine.split`: a long
+  recording's 30 s windows, a long text's pieces) runs as units (units.py): they enter the
+  queue a batch at a time and batch with other requests of their kind, and the request is
+  joined and answered once, when its last unit is done or at its first failure. Queued work
+  is then ordered by expected finish: when it became ready to run (a whole request: its
+  arrival; a unit: its release) plus what it is measured to take alone, or its target when
+  that is sooner. A short request that arrives while a long one runs thus goes before that
+  one's next units, and a long request still gets a batch in whenever nothing queued is
+  expected to finish sooner (it cannot starve). Without it, the queue runs in arrival order.
 - Expired requests (past their deadline) are answered with a timeout and never run.
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
@@ -21,6 +30,7 @@ This is where the pure batching policy meets time, threads and failure:
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import threading
 import time
@@ -42,6 +52,7 @@ from model_manager.errors import (
 )
 from model_manager.memory import MemoryBudget
 from model_manager.percentiles import percentiles_ms
+from model_manager.units import BatchRun, Failed, SplitBook, UnitRef
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +110,9 @@ class Job:
     bucket: Hashable = None
     #: Seconds the engine's `prepare` took on it (checks, Whisper's speech detection).
     prepare_s: float = 0.0
+    #: Set by the worker on the jobs it makes for the units of a split request: which unit.
+    #: A unit job shares its request's job_id, key, deadline, priority and target.
+    unit: UnitRef | None = None
 
     def due_by(self) -> float:
         return self.deadline if self.target is None else min(self.target, self.deadline)
@@ -138,6 +152,8 @@ class WorkerStats:
     batches: int = 0
     requests: int = 0
     succeeded: int = 0
+    #: Requests that ran as units (see units.py); each is one of `requests`.
+    split_requests: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
     fire_reasons: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)
@@ -162,6 +178,10 @@ class WorkerStats:
             self.compute_s.append(seconds)
             self.compute_histogram.observe(seconds)
 
+    def split_opened(self) -> None:
+        with self.lock:
+            self.split_requests += 1
+
     def fallback(self, reason: str) -> None:
         with self.lock:
             self.fallbacks[reason] += 1
@@ -185,7 +205,7 @@ class WorkerStats:
         """A consistent snapshot that no worker thread writes to."""
         with self.lock:
             return WorkerStats(
-                self.batches, self.requests, self.succeeded, Counter(self.batch_sizes),
+                self.batches, self.requests, self.succeeded, self.split_requests, Counter(self.batch_sizes),
                 Counter(self.fire_reasons), Counter(self.fallbacks), Counter(self.errors),
                 deque(self.queue_wait_s, maxlen=STATS_WINDOW), deque(self.compute_s, maxlen=STATS_WINDOW),
                 self.queue_wait_histogram.copy(), self.compute_histogram.copy(),
@@ -213,6 +233,8 @@ class ModelWorker:
         self.engine = engine
         self.policy = policy  # as configured; the batcher's own policy is the effective one
         self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
+        self.splits: SplitBook[Job] = SplitBook()
+        self._batch_numbers = itertools.count()
         self.dynamic_batching = dynamic_batching
         self._template = cost_model or CostModel()
         self.costs: dict[Hashable, CostModel] = {None: self._template}
@@ -295,13 +317,18 @@ class ModelWorker:
             self._cond.notify()
 
     def submit(self, job: Job) -> None:
+        units = self._units_of(job)  # before the lock: the engine may plan for a few ms
         with self._cond:
             if self._stopping:
                 raise BusError(SHUTTING_DOWN, "the model manager is shutting down")
             job.bucket = self.engine.bucket(job.request)
             self._key_buckets[job.key] = job.bucket
+            now = self._clock()
             try:
-                self.batcher.add(job, job.key, self._clock(), job.priority)
+                if len(units) > 1:
+                    self._open_split_locked(job, units, now)
+                else:
+                    self.batcher.add(job, job.key, now, job.priority, order=self._order_locked(job, now))
             except QueueFull as exc:
                 message = f"{self.engine.name}: queue is full ({exc}); retry later"
                 error = BusError(OVERLOADED, message, retry_after_ms=self._drain_estimate_ms_locked())
@@ -309,15 +336,69 @@ class ModelWorker:
                 raise error from None
             self._cond.notify()
 
+    def _units_of(self, job: Job) -> list[Any]:
+        """The units `job` runs as: its engine's `split`, or the request whole when unit
+        scheduling is off or the split fails (a bug there must not cost the request)."""
+        if not self.policy.unit_scheduling:
+            return [job.request]
+        try:
+            return list(self.engine.split(job.request))
+        except Exception:
+            log.exception("split failed model=%s job=%s; it runs whole", self.engine.name, job.job_id)
+            return [job.request]
+
+    def _open_split_locked(self, job: Job, units: list[Any], now: float) -> None:
+        if len(self.batcher) >= self.batcher.policy.max_queue_size:  # one request, however many units
+            raise QueueFull(f"{len(self.batcher)} requests already queued")
+        split = self.splits.open(job, units)
+        self.stats.split_opened()
+        self._release_locked(split, now)
+
+    def _release_locked(self, split: int, now: float) -> None:
+        """Queue the split's next units: a batch of their kind at a time (see units.py)."""
+        parent = self.splits.parent(split)
+        if parent is None:
+            return
+        room = self.batcher.batch_size(parent.key) if self.batcher.policy.enabled else 1
+        for ref, request in self.splits.release(split, room):
+            unit = replace(parent, request=request, cost=self.engine.cost(request),
+                           bucket=self.engine.bucket(request), prepare_s=0.0, unit=ref)
+            self.batcher.add(unit, unit.key, now, unit.priority, order=self._order_locked(unit, now),
+                             admitted=True)
+
+    def _order_locked(self, job: Job, now: float) -> float | None:
+        """Where `job` goes in the queue among jobs of its priority: with unit scheduling, its
+        expected finish (ready now, plus what it takes alone; its target when sooner); else
+        None, its arrival."""
+        if not self.policy.unit_scheduling:
+            return None
+        expected = now + self._solo_seconds_locked(job)
+        return expected if job.target is None else min(expected, job.target)
+
+    def _solo_seconds_locked(self, job: Job) -> float:
+        """About how long `job` takes alone: its bucket's measured rate alone, else the best
+        rate measured for any of its buckets at any size (cost units are comparable across
+        buckets: encoder seconds, characters); 0 before anything was measured."""
+        alone = self._cost(job.bucket).predict(1, job.cost)
+        if alone is not None:
+            return alone
+        top = self.policy.max_batch_size
+        rates = [r for cost in self.costs.values() for size in range(1, top + 1)
+                 if (r := cost.throughput(size)) is not None]
+        return job.cost / max(rates) if rates else 0.0
+
     def count_refused(self, error: BusError) -> None:
         """Count a request refused before it was queued (invalid for this model, queue full)
         with the errors of the ones that ran, so `stats` and the metrics see every failure."""
         self.stats.request_finished(error.code, refused=True)
 
     def cancel(self, job_ids: set[str]) -> int:
-        """Drop queued jobs whose client has gone; they are not answered."""
+        """Drop queued jobs whose client has gone, and the rest of split ones (a unit that is
+        running finishes for nobody); they are not answered. How many requests were dropped."""
         with self._cond:
-            return len(self.batcher.remove(lambda j: j.job_id in job_ids))
+            removed = self.batcher.remove(lambda j: j.job_id in job_ids)
+            splits = self.splits.cancel(lambda parent: parent.job_id in job_ids)
+            return sum(j.unit is None for j in removed) + len(splits)
 
     @property
     def alive(self) -> bool:
@@ -327,7 +408,7 @@ class ModelWorker:
         """Stop taking work: queued jobs get a shutting_down error, the running batch finishes."""
         with self._cond:
             self._stopping = True
-            left = self.batcher.drain()
+            left = [job for job in self.batcher.drain() if job.unit is None] + self.splits.drain()
             self._cond.notify_all()
         for job in left:
             self._finish(job, BusError(SHUTTING_DOWN, "the model manager shut down before this request ran"))
@@ -352,14 +433,29 @@ class ModelWorker:
                 if batch is None:
                     return
                 self._busy += 1
-            try:
-                self._run(batch)
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    if self._busy == 0:
-                        self._idle_since = self._clock()
-                    self._refresh_choice_locked()
+            self._run_counted(batch)
+
+    def run_next(self) -> bool:
+        """Run the batch that is due now, if any, on the calling thread; False when none is.
+        For driving a worker step by step with an explicit clock (tests, tools): call it on
+        a worker whose threads were never started."""
+        with self._cond:
+            batch = self._due_batch_locked(self._clock())
+            if batch is None:
+                return False
+            self._busy += 1
+        self._run_counted(batch)
+        return True
+
+    def _run_counted(self, batch: Batch[Job]) -> None:
+        try:
+            self._run(batch)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle_since = self._clock()
+                self._refresh_choice_locked()
 
     def _drain_estimate_ms_locked(self) -> int:
         """About how long until the queue has room: its cost at the current batch size's
@@ -421,13 +517,10 @@ class ModelWorker:
     def _next_batch_locked(self) -> Batch[Job] | None:
         while not self._stopping:
             now = self._clock()
-            for job in self.batcher.remove(lambda j, now=now: j.deadline <= now):
-                self._finish(job, BusError(TIMEOUT, "request expired in the queue before it could run"))
-            idle_since = self._idle_since if self._busy == 0 else None
-            batch = self.batcher.next_batch(now, limit=self._batch_limit_locked(now), idle_since=idle_since,
-                                            incoming=self._incoming)
+            batch = self._due_batch_locked(now)
             if batch is not None:
                 return batch
+            idle_since = self._idle_since if self._busy == 0 else None
             wait = self.batcher.seconds_until_due(now, idle_since, self._incoming)
             deadlines = [j.deadline for j in self.batcher.queued()]
             if deadlines:
@@ -435,6 +528,25 @@ class ModelWorker:
                 wait = soonest if wait is None else min(wait, soonest)
             self._cond.wait(timeout=wait)
         return None
+
+    def _due_batch_locked(self, now: float) -> Batch[Job] | None:
+        """Answer what expired in the queue, then take the batch that is due, if one is."""
+        for job in self.batcher.remove(lambda j, now=now: j.deadline <= now):
+            expired = BusError(TIMEOUT, "request expired in the queue before it could run")
+            if job.unit is None:
+                self._finish(job, expired)
+            elif (failed := self._fail_split_locked(job.unit, expired)) is not None:
+                self._finish(failed.parent, failed.error)
+        idle_since = self._idle_since if self._busy == 0 else None
+        return self.batcher.next_batch(now, limit=self._batch_limit_locked(now), idle_since=idle_since,
+                                       incoming=self._incoming)
+
+    def _fail_split_locked(self, ref: UnitRef, error: BusError) -> Failed[Job] | None:
+        """Close a split at its first failed unit and take its other units out of the queue."""
+        failed = self.splits.failed(ref, error)
+        if failed is not None:
+            self.batcher.remove(lambda j: j.unit is not None and j.unit.split == ref.split)
+        return failed
 
     def _run(self, batch: Batch[Job]) -> None:
         s = self.stats
@@ -463,13 +575,47 @@ class ModelWorker:
             len(outcomes),
             elapsed * 1000,
         )
+        run = BatchRun(next(self._batch_numbers), elapsed, len(outcomes))
         for job, waited_s, outcome in zip(batch.items, batch.waited_s, outcomes, strict=True):
+            if job.unit is not None:
+                self._unit_done(job.unit, waited_s, outcome, run)
+                continue
             if not isinstance(outcome, BusError):
                 outcome = Timed(outcome, Timing(prepare_ms=round(job.prepare_s * 1000, 3),
                                                 queue_ms=round(waited_s * 1000, 3),
                                                 compute_ms=round(elapsed * 1000, 3),
                                                 batch_size=len(outcomes)))
             self._finish(job, outcome)
+
+    def _unit_done(self, ref: UnitRef, waited_s: float, outcome: Outcome, run: BatchRun) -> None:
+        """Record one unit's outcome; release the split's next units, or answer its request
+        once: joined when this was its last unit, or failed with this unit's cause."""
+        with self._cond:
+            if isinstance(outcome, BusError):
+                failed = self._fail_split_locked(ref, outcome)
+                joined = None
+            else:
+                failed = None
+                joined = self.splits.completed(ref, outcome, waited_s, run)
+                if joined is None:
+                    self._release_locked(ref.split, self._clock())
+                    self._cond.notify()
+        if failed is not None:
+            self._finish(failed.parent, failed.error)
+        if joined is None:
+            return
+        parent = joined.parent
+        try:
+            result = self.engine.join(parent.request, joined.results)
+        except Exception as exc:  # a bug in join costs this request, answered with its cause
+            log.exception("join failed model=%s job=%s", self.engine.name, parent.job_id)
+            failure = BusError(INFERENCE_FAILED, f"joining its parts: {type(exc).__name__}: {exc}")
+            self._finish(parent, failure)
+            return
+        timing = Timing(prepare_ms=round(parent.prepare_s * 1000, 3),
+                        queue_ms=round(joined.queue_s * 1000, 3),
+                        compute_ms=round(joined.compute_s * 1000, 3), batch_size=joined.batch_size)
+        self._finish(parent, Timed(result, timing))
 
     def _run_resilient(self, jobs: list[Job]) -> list[Outcome]:
         try:
@@ -552,7 +698,9 @@ class ModelWorker:
                 "min_batch_size": policy.min_batch_size,
                 "max_batch_size": policy.max_batch_size,
                 "max_batch_wait_ms": round(policy.max_wait_s * 1000, 3),
+                "unit_scheduling": policy.unit_scheduling,
             },
+            "split_requests": s.split_requests,
             "chosen_batch_size": choice.size,
             "choice_reason": choice.reason,
             "throughput_by_size": throughput,
