@@ -81,6 +81,33 @@ def test_interactive_beats_bulk():
     assert b.next_batch(1.0).items == ["now"]
 
 
+def test_order_ranks_groups_and_items_of_one_priority_and_the_wait_still_counts_from_arrival():
+    # The scheduler passes each item's expected finish as its order: a short request that
+    # arrives later but will finish sooner goes before a long request's next unit.
+    b = make(min_batch_size=1, max_batch_size=2)
+    b.add("unit", "long", 1.0, order=2.2)
+    b.add("short", "short", 1.5, order=1.8)
+    b.add("urgent unit", "long", 1.6, order=1.7)
+    first = b.next_batch(1.6)
+    assert first.key == "long" and first.items == ["urgent unit", "unit"]  # most urgent first
+    assert first.waited_s == [pytest.approx(0.0), pytest.approx(0.6)]
+    assert b.next_batch(1.6).items == ["short"]
+    # The batching wait is counted from the oldest arrival, whatever the order.
+    b = make(min_batch_size=3)
+    b.add("old", "k", 0.0, order=5.0)
+    b.add("new", "k", 0.05, order=1.0)
+    assert b.next_batch(0.1).items == ["new", "old"]
+
+
+def test_admitted_items_are_never_refused_by_a_full_queue():
+    b = make(max_queue_size=1)
+    b.add("request", "k", 0.0)
+    b.add("its next unit", "k", 0.0, admitted=True)  # part of a request already taken
+    assert len(b) == 2
+    with pytest.raises(QueueFull):
+        b.add("another request", "k", 0.0)
+
+
 def test_disabled_batching_runs_every_item_alone_at_once():
     b = make(enabled=False)
     b.add("a", "k", 0.0)

@@ -182,6 +182,21 @@ def test_long_text_is_split_not_truncated(onnx_engine):
     assert 0.6 < ratio < 1.6, ratio
 
 
+def test_a_long_text_split_into_piece_units_joins_to_its_whole_audio(onnx_engine):
+    text = " ".join(SENTENCES * 4) + " [pause:0.4] " + " ".join(SENTENCES * 3)
+    request = onnx_engine.prepare({"text": text, "voice": "jm_kumo", "speed": 4.0})
+    units = onnx_engine.split(request)
+    pieces = [p for p in onnx_engine.plan(request) if isinstance(p, PlannedPiece)]
+    assert [u.piece for u in units] == pieces and len(units) > 1
+    assert {onnx_engine.batch_key(u) for u in units} == {onnx_engine.batch_key(request)}
+    (whole,) = onnx_engine.run_batch([request])
+    short = onnx_engine.prepare({"text": SENTENCES[0], "voice": "jm_kumo", "speed": 4.0})
+    parts = onnx_engine.run_batch([units[0], short]) + onnx_engine.run_batch(units[1:])
+    joined = onnx_engine.join(request, [parts[0], *parts[2:]])
+    assert np.array_equal(joined.audio, whole.audio)  # the pause's silence included
+    assert onnx_engine.split(short) == [short]
+
+
 @pytest.mark.parametrize(
     ("weights", "device", "dtype", "expected"),
     [

@@ -178,6 +178,22 @@ def test_long_audio_keeps_30_s_windows(engine, calls, clips):
     assert word_error_rate(reference, result.text) <= GREEDY_WER_BOUND
 
 
+def test_a_long_request_split_into_window_units_joins_to_its_whole_transcript(engine, calls, clips):
+    audio, _ = long_speech(clips, 65)
+    request = engine.prepare({"audio": audio})
+    (whole,) = engine.run_batch([request])
+    units = engine.split(request)
+    assert len(units) == request.windows == 3
+    assert {engine.batch_key(u) for u in units} == {engine.batch_key(request)}  # batch as it would
+    assert {engine.bucket(u) for u in units} == {FULL_WINDOW_S}
+    assert sum(engine.cost(u) for u in units) == engine.cost(request)
+    # Units run in any batches (here one alone, then two with a short request between them).
+    short = engine.prepare({"audio": clips[0]})
+    parts = engine.run_batch(units[:1]) + engine.run_batch([units[1], short, units[2]])[::2]
+    assert engine.join(request, parts) == whole
+    assert engine.split(short) == [short] and engine.join(short, [whole]) is whole
+
+
 def test_each_window_length_runs_in_its_own_call(engine, calls, clips):
     short, medium = clips[0], np.concatenate(clips[1:5])
     requests = [engine.prepare({"audio": a}) for a in (short, medium, short)]
