@@ -43,6 +43,14 @@ bus's share of each request's latency (transport, intake, dispatch).
 utterances (1-6 s) and a mix with long recordings, at 8 clients, the default policy against
 `min_window_s: 30`, interleaved in rounds: throughput, WER and their ratio per round.
 
+--mixed runs instead short requests beside long ones (bench/mixed.py): voice commands (1-4 s,
+8 clients), recordings of 2-5 minutes (2 clients), one-sentence TTS replies (4 clients) and
+a long text (1 client) at once, on the bus running long requests as units, on the same bus
+running every request whole (`unit_scheduling: false`) and on the Ray Serve peer, in
+interleaved rounds (--mixed-rounds, default 3), with each short class alone as the
+reference: latency p50/p95/p99 and audio-seconds/s per class, and the goals' ratios. About
+15 minutes on 2 cores (--quick: one short round).
+
 Every number is measured in the run that prints it; nothing is compared across runs. The
 bus, the peer and the raw engine run one after the other, never at the same time. Test
 audio is spoken by espeak-ng (scripts/test.sh installs it). Needs the `bench` extra (tqdm,
@@ -135,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: tuple(int(c) for c in s.split(",")),
         help="live STT stream counts (default 1,4,8,16; --quick: 1,4)",
     )
+    parser.add_argument("--mixed", action="store_true",
+                        help="only short requests beside long ones: units vs whole requests vs the peer")
+    parser.add_argument("--mixed-rounds", type=int, help="rounds of --mixed (default 3; --quick: 1)")
     parser.add_argument("--managers", help="model manager counts to compare, e.g. 1,2 (runs only that stage)")
     parser.add_argument("--managers-rounds", type=int, default=3)
     parser.add_argument("--managers-clients", type=int, default=8)
@@ -170,6 +181,35 @@ def windows_main(args: argparse.Namespace) -> int:
                                                                           args.seed)}
     report["meta"]["load_average_end"] = os.getloadavg()[0]
     print(window_table(report["windows"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def mixed_main(args: argparse.Namespace) -> int:
+    """--mixed: bench/mixed.py's stage alone, printed and written like the main report."""
+    from dataclasses import replace
+
+    from bench.mixed import MixPlan, mixed_stage, mixed_table, quick_plan
+
+    config = load_config()
+    specs: dict[Task, ModelSpec] = {"stt": config.models("stt")[0], "tts": config.models("tts")[0]}
+    plan = quick_plan() if args.quick else MixPlan()
+    if args.mixed_rounds:
+        plan = replace(plan, rounds=args.mixed_rounds)
+    skipped = peer_skip_reason(args)
+    factory = None
+    if skipped is None:
+        from bench.peer import Peer
+
+        batch = config.batch_processing_config
+        factory = lambda: Peer(specs, batch.max_batch_size, args.peer_batch_wait_ms / 1000)  # noqa: E731
+    report: dict[str, Any] = {"meta": meta(args)}
+    report["mixed"] = mixed_stage(specs, plan, factory, skipped, lambda _n: None, args.seed)
+    report["meta"]["load_average_end"] = os.getloadavg()[0]
+    print(mixed_table(report["mixed"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))
@@ -385,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         return managers_main(args)
     if args.windows:
         return windows_main(args)
+    if args.mixed:
+        return mixed_main(args)
     plan = make_plan(args)
     config = load_config()
     live_only = args.task == "live"
