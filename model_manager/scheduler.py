@@ -11,8 +11,9 @@ This is where the pure batching policy meets time, threads and failure:
   have run alone one after another.
 - With `unit_scheduling` (the default), a request the engine splits (`Engine.split`: a long
   recording's 30 s windows, a long text's pieces) runs as units (units.py): they enter the
-  queue a batch at a time and batch with other requests of their kind, and the request is
-  joined and answered once, when its last unit is done or at its first failure. Queued work
+  queue a batch at a time (a short slice while short requests are about) and batch with
+  other requests of their kind, and the request is joined and answered once, when its last
+  unit is done or at its first failure. Queued work
   is then ordered by expected finish: when it became ready to run (a whole request: its
   arrival; a unit: its release) plus what it is measured to take alone, or its target when
   that is sooner. A short request that arrives while a long one runs thus goes before that
@@ -66,6 +67,13 @@ STATS_WINDOW = 1000
 QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Seconds. One engine call: tens of ms for a short TTS sentence, seconds for a large STT batch.
 COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Seconds. While requests that run whole came this recently, a split request's units are
+# released in slices (see `_unit_room_locked`): short requests come in bursts (a user speaks,
+# is answered and speaks again), so one seen lately means more are on their way.
+SHORT_WORK_MEMORY_S = 10.0
+#: A slice of units takes at most this many times one unit alone: a short request that
+#: arrives while it runs waits for no more than that.
+UNIT_SLICE = 2.0
 # Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
 # histogram is exact for the default configuration; larger limits get coarser buckets.
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -243,6 +251,7 @@ class ModelWorker:
         self._key_buckets: dict[Hashable, Hashable] = {}
         self._idle_since = float("-inf")
         self._incoming = 0  # jobs on their way (being prepared): see expect()
+        self._whole_seen = float("-inf")  # when a request that runs whole last arrived
         self._last_bucket: Hashable = None  # what `choice` and the snapshot's sizes describe
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
@@ -329,6 +338,7 @@ class ModelWorker:
                     self._open_split_locked(job, units, now)
                 else:
                     self.batcher.add(job, job.key, now, job.priority, order=self._order_locked(job, now))
+                    self._whole_seen = now
             except QueueFull as exc:
                 message = f"{self.engine.name}: queue is full ({exc}); retry later"
                 error = BusError(OVERLOADED, message, retry_after_ms=self._drain_estimate_ms_locked())
@@ -355,16 +365,36 @@ class ModelWorker:
         self._release_locked(split, now)
 
     def _release_locked(self, split: int, now: float) -> None:
-        """Queue the split's next units: a batch of their kind at a time (see units.py)."""
+        """Queue the split's next units (see units.py and `_unit_room_locked`)."""
         parent = self.splits.parent(split)
         if parent is None:
             return
-        room = self.batcher.batch_size(parent.key) if self.batcher.policy.enabled else 1
-        for ref, request in self.splits.release(split, room):
+        for ref, request in self.splits.release(split, self._unit_room_locked(split, parent, now)):
             unit = replace(parent, request=request, cost=self.engine.cost(request),
                            bucket=self.engine.bucket(request), prepare_s=0.0, unit=ref)
             self.batcher.add(unit, unit.key, now, unit.priority, order=self._order_locked(unit, now),
                              admitted=True)
+
+    def _unit_room_locked(self, split: int, parent: Job, now: float) -> int:
+        """How many of a split's units may be queued or running at once: a batch of their kind
+        (the size the cost model chose), so that a long request alone runs at the best
+        measured throughput. While short requests are about (one arrived within
+        SHORT_WORK_MEMORY_S), a slice instead: the largest batch predicted to take at most
+        UNIT_SLICE times one unit alone (a GPU, where batching is nearly free, still batches;
+        a CPU, where a batch of n takes n times as long, runs a unit or two), so that a short
+        request arriving meanwhile is not held behind a long batch of units."""
+        if not self.batcher.policy.enabled:
+            return 1
+        room = self.batcher.batch_size(parent.key)
+        if now - self._whole_seen >= SHORT_WORK_MEMORY_S or room == 1:
+            return room
+        cost = self._cost(self.engine.bucket(parent.request))
+        per_unit = parent.cost / max(1, self.splits.units(split))
+        alone = cost.predict(1, per_unit)
+        if alone is None:
+            return 1
+        return next((size for size in range(room, 1, -1)
+                     if (cost.predict(size, size * per_unit) or float("inf")) <= UNIT_SLICE * alone), 1)
 
     def _order_locked(self, job: Job, now: float) -> float | None:
         """Where `job` goes in the queue among jobs of its priority: with unit scheduling, its

@@ -151,6 +151,11 @@ class SplitBook(Generic[P]):
         cause = BusError(error.code, f"{ref.describe()} failed: {error.message}", error.retry_after_ms)
         return Failed(record.parent, cause)
 
+    def units(self, split: int) -> int:
+        """How many units an open split has (0: it is closed)."""
+        record = self._splits.get(split)
+        return 0 if record is None else len(record.units)
+
     def parent(self, split: int) -> P | None:
         record = self._splits.get(split)
         return None if record is None else record.parent

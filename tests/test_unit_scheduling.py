@@ -223,3 +223,21 @@ def test_stop_answers_a_request_with_units_left_once():
     bus.worker.stop(1)
     error = bus.answer("L")
     assert isinstance(error, BusError) and error.code == SHUTTING_DOWN
+
+
+@pytest.mark.parametrize(("seconds_by_size", "slice_size"), [
+    ({1: 1.0, 2: 2.0, 4: 4.0}, 2),  # a CPU: a batch of n takes n times one; a slice of two
+    ({1: 1.0, 2: 1.1, 4: 1.3}, 4),  # a GPU: batching is nearly free; the whole batch
+])
+def test_while_short_requests_are_about_units_go_in_slices_that_hold_them_back_little(
+        seconds_by_size, slice_size):
+    bus = Harness(max_batch_size=4, min_batch_size=4)
+    long_cost = bus.worker._cost("long")
+    for size, seconds in seconds_by_size.items():
+        long_cost.observe(size, 30.0 * size, seconds)
+    bus.submit("L", parts=6)
+    assert bus.worker.queue_depth() == 4  # alone: a whole batch of units at once
+    bus.worker.cancel({"L"})
+    bus.submit("S")  # a short request: more may follow
+    bus.submit("M", parts=6)
+    assert bus.worker.queue_depth() == 1 + slice_size
