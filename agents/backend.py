@@ -105,6 +105,10 @@ class Backend:
         """A job answered by the agent itself (its timeout): no credit stays taken for it."""
         self.dispatcher.forget(job_id)
 
+    def waiting(self) -> list[str]:
+        """The jobs no model manager holds yet."""
+        return [job_id for job_id in self.dispatcher.entries if self.registry.holder(job_id) is None]
+
     def broadcast(self, message: dict[str, Any]) -> list[bytes]:
         """Send a control message (stats, configure) to every live manager; who got it."""
         return [identity for identity in list(self.registry.managers) if self._send(identity, message)]

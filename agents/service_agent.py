@@ -165,7 +165,8 @@ class ServiceAgent:
                 if stop.is_set() and not self.stopping:
                     self.stopping = True
                     shutdown_by = now + SHUTDOWN_GRACE_S
-                    log.info("shutting down: %d requests in flight will finish", len(self.inflight))
+                    self._guarded(self._refuse_waiting_work)
+                    log.info("shutting down: %d requests at model managers will finish", len(self.inflight))
                 if self.stopping and (not self._clients_waiting() or now >= shutdown_by):
                     break
                 for sock, _ in poller.poll(POLL_MS):
@@ -208,6 +209,17 @@ class ServiceAgent:
         return (self.inflight.waiting_clients() or bool(self.control) or self.intake.in_progress > 0
                 or self.stream_driver.readers_waiting()
                 or (self.live is not None and self.live.waiting_clients()))
+
+    def _refuse_waiting_work(self) -> None:
+        """Work no model manager holds yet will not run before this agent stops: its clients
+        hear so at once. Journaled queue_for_batch jobs stay pending for the next start."""
+        gone = BusError(SHUTTING_DOWN, "the agent is shutting down; this request had not started")
+        for job_id in self.backend.waiting():
+            job = self.inflight.get(job_id)
+            if job is not None and job.sink.owner is not None:
+                self.inflight.pop(job_id)
+                self.backend.forget(job_id)
+                job.sink.deliver(protocol.error_reply(gone, job.fields.get("request_id")))
 
     def _answer_clients_at_shutdown(self) -> None:
         # Journaled queue_for_batch jobs stay pending: the next start resubmits them.
