@@ -1,6 +1,6 @@
 """The model managers an agent knows: who is alive, what each holds, and its credit.
 
-Pure bookkeeping with an explicit clock, tested without sockets (tests/test_dispatch.py).
+Pure bookkeeping with an explicit clock, tested without sockets (tests/unit/test_dispatch.py).
 
 Contract:
 - a manager counts once it has said READY (its models are loaded) with this agent's

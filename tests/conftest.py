@@ -1,4 +1,8 @@
-"""Shared fixtures: a real bus (launcher, model manager, agents as processes) on free ports."""
+"""Shared fixtures: a real bus (launcher, model manager, agents as processes) on free ports.
+
+Tests come in two tiers: tests/unit/ (no models, no sockets: seconds, `scripts/test.sh unit`)
+and tests/bus/ (real sockets and real models).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import pytest
 import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Helpers (speech.py) sit here; a few tests share stand-ins across the two tiers.
+for folder in ("", "unit", "bus"):
+    sys.path.insert(0, str(Path(__file__).resolve().parent / folder))
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Pure arithmetic of the benchmark: percentiles, arrival schedules, histogram deltas, rates.
 
 No clocks, threads, sockets or models here, so that all of it is unit-tested
-(tests/test_benchmark_logic.py) and the measuring code stays small.
+(tests/unit/test_benchmark_logic.py) and the measuring code stays small.
 """
 
 from __future__ import annotations

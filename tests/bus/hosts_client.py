@@ -1,4 +1,4 @@
-"""A client run inside the agents' simulated host (tests/hosts.py): plain zmq REQ sockets,
+"""A client run inside the agents' simulated host (tests/bus/hosts.py): plain zmq REQ sockets,
 as seed clients use. One JSON argument says what to do; each answer is printed as a JSON
 line, so the test sees every reply each request got.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # speech.py
 
 from speech import SENTENCES, speak  # noqa: E402
 

@@ -20,7 +20,8 @@ def transcribe(bus, audio: np.ndarray) -> dict:
 
 
 def split_requests(bus) -> int:
-    return next(m for m in bus.request({"action": "stats"})["models"] if m["model"] == MODEL)["split_requests"]
+    models = bus.request({"action": "stats"})["models"]
+    return next(m for m in models if m["model"] == MODEL)["split_requests"]
 
 
 def long_recording(seconds: float) -> np.ndarray:

@@ -23,16 +23,16 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
 COMPONENTS = ("backend-curve",)
 K8S_VERSION = "1.32"
-KEDA_SCHEMA = Path(__file__).parent / "data" / "keda_scaledobject_v1alpha1.yaml"
+KEDA_SCHEMA = Path(__file__).parent.parent / "data" / "keda_scaledobject_v1alpha1.yaml"
 #: The Compose Specification's schema, as `docker compose` checks a file: vendored from
 #: github.com/compose-spec/compose-spec, schema/compose-spec.json at commit 170098ba07d9.
-COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+COMPOSE_SCHEMA = Path(__file__).parent.parent / "data" / "compose-spec.json"
 #: The prometheus scaler's metadata keys (kedacore/keda v2.20.2, pkg/scalers/prometheus_scaler.go):
 #: the CRD takes any string map, so a misspelt key would pass its schema and be ignored.
 PROMETHEUS_SCALER_KEYS = frozenset({

@@ -1,6 +1,6 @@
 """The agent side of live streams (agents/live/streams.py) with a fake host and an explicit
 clock: delivery of events, close, cancel, hang-up, idle expiry, bounds and bad input. No
-sockets and no model here; tests/test_live_stt.py runs the same over real sockets."""
+sockets and no model here; tests/bus/test_live_stt.py runs the same over real sockets."""
 
 from __future__ import annotations
 

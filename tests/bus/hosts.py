@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUBNET = "10.77.0"
 AGENTS_IP = f"{SUBNET}.1"
 
@@ -139,16 +139,16 @@ class Hosts:
                          })
 
     def client(self, script: dict, timeout_s: float = 240.0) -> list[dict]:
-        """Run tests/hosts_client.py in the agents' namespace with `script`; its JSON lines."""
+        """Run tests/bus/hosts_client.py in the agents' namespace with `script`; its JSON lines."""
         done = subprocess.run(["ip", "netns", "exec", self.agents_ns, sys.executable,
-                               str(ROOT / "tests" / "hosts_client.py"), json.dumps(script)],
+                               str(ROOT / "tests" / "bus" / "hosts_client.py"), json.dumps(script)],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
         assert done.returncode == 0, done.stderr[-3000:]
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     def client_async(self, script: dict) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.agents_ns, sys.executable,
-                                 str(ROOT / "tests" / "hosts_client.py"), json.dumps(script)],
+                                 str(ROOT / "tests" / "bus" / "hosts_client.py"), json.dumps(script)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stop(self, process: Process, sig: int = signal.SIGTERM, timeout_s: float = 90.0) -> int:

@@ -1,8 +1,8 @@
-"""voicebus across machines, on simulated hosts (tests/hosts.py): the agents in one network
+"""voicebus across machines, on simulated hosts (tests/bus/hosts.py): the agents in one network
 namespace, model managers in others, joined by veth pairs and a bridge; real processes and
 real models. Each test leaves the hosts serving with two model managers, as it found them.
 
-Clients are plain zmq REQ sockets inside the agents' host (tests/hosts_client.py). What is
+Clients are plain zmq REQ sockets inside the agents' host (tests/bus/hosts_client.py). What is
 checked for every request: exactly one reply, a success, with the right text; for a
 queue_for_batch job: one final result, and a second fetch finds nothing.
 """

@@ -278,3 +278,32 @@ def test_health_flips_when_the_model_manager_dies_and_back_when_it_returns(monit
     assert model_manager_process(bus.process.pid).pid != victim.pid
     # The new process serves metrics on the same port, counting from zero again.
     assert scrape(bus.metrics_url)[("voicebus_request_success_total", (("model", TINY),))] == 0
+
+
+def test_the_autoscalers_queries_find_their_series_on_a_running_bus(bus):
+    """deploy/k8s's KEDA ScaledObjects scale on `sum(voicebus_model_demand{model=...})`: that
+    series exists, with those labels, on the agents' exporters from the start (0 when idle)."""
+    import re
+    import urllib.request
+    from pathlib import Path
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = set()
+    for url in (bus.stt_metrics_url, bus.tts_metrics_url):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.add((sample.name, tuple(sorted(sample.labels.items()))))
+    root = Path(__file__).resolve().parents[2]
+    documents = yaml.safe_load_all((root / "deploy/k8s/base/scaledobjects.yaml").read_text())
+    queries = [trigger["metadata"]["query"] for doc in documents if doc and doc.get("kind") == "ScaledObject"
+               for trigger in doc["spec"]["triggers"]]
+    assert queries
+    for query in queries:
+        name, matchers = re.fullmatch(r"sum\((\w+)\{(.*)\}\)", query).groups()
+        wanted = dict(re.findall(r'(\w+)="([^"]*)"', matchers))
+        assert any(n == name and wanted.items() <= dict(labels).items() for n, labels in samples), query
+    assert ("voicebus_model_managers", (("model", "whisper-tiny.en"),)) in samples
+    assert ("voicebus_jobs_resent_total", (("task", "stt"),)) in samples

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench import report as report_mod  # noqa: E402
 from bench.engine import batch_table, best_throughput, table_items  # noqa: E402
