@@ -195,7 +195,13 @@ def mixed_main(args: argparse.Namespace) -> int:
     from bench.mixed import MixPlan, mixed_stage, mixed_table, quick_plan
 
     config = load_config()
-    specs: dict[Task, ModelSpec] = {"stt": config.models("stt")[0], "tts": config.models("tts")[0]}
+    # The two models share the cores: each engine gets its half (the bus and the peer alike),
+    # so that neither oversubscribes them while both run.
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    configured = {task: config.models(task)[0] for task in ("stt", "tts")}
+    specs: dict[Task, ModelSpec] = {
+        task: spec.model_copy(update={"options": {**spec.options, "cpu_threads": threads}})
+        for task, spec in configured.items()}
     plan = quick_plan() if args.quick else MixPlan()
     if args.mixed_rounds:
         plan = replace(plan, rounds=args.mixed_rounds)
