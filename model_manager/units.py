@@ -13,7 +13,8 @@ Contract
 - `open(parent, units)` records a request and its units (in order); `release(split, room)`
   hands out its next units, in order, as many as keep `room` of them queued or running at
   once (the worker passes the batch size of their kind, so a lone long request still fills
-  its batches, and a short request that arrives waits for at most one batch of them).
+  its batches, or a shorter slice while short requests are about: a short request that
+  arrives waits for at most that many of them).
 - `completed(ref, result, waited_s, batch)` records one unit's result. When it was the
   last, the split closes and a `Joined` comes back: the results in unit order (whatever
   order they finished in) and the request's timing: the sum of its units' waits in the
