@@ -53,3 +53,20 @@ def test_sigterm_finishes_running_work_and_answers_everything_else(tmp_path):
     assert "shutting_down" in outcomes, "queued work should get an error reply"
     log = bus.log_path.read_text()
     assert "voicebus stopped" in log
+
+
+def test_the_processes_a_launcher_starts_die_with_it_even_on_sigkill(tmp_path):
+    """A launcher killed with SIGKILL must not leave its agents and model manager running as
+    orphans that hold the bus's ports: the kernel tells each child (PR_SET_PDEATHSIG)."""
+    import psutil
+
+    bus = start_bus(tmp_path, {"VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "false"}, wait=False)
+    launcher = psutil.Process(bus.process.pid)
+    deadline = time.monotonic() + 60
+    while len(children := launcher.children()) < 4:  # two agents, the gateway, a model manager
+        assert time.monotonic() < deadline, "the launcher did not start its processes"
+        time.sleep(0.1)
+    bus.process.send_signal(signal.SIGKILL)
+    bus.process.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
