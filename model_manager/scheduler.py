@@ -11,9 +11,9 @@ This is where the pure batching policy meets time, threads and failure:
   have run alone one after another.
 - With `unit_scheduling` (the default), a request the engine splits (`Engine.split`: a long
   recording's 30 s windows, a long text's pieces) runs as units (units.py): they enter the
-  queue a batch at a time (a short slice while short requests are about) and batch with
-  other requests of their kind, and the request is joined and answered once, when its last
-  unit is done or at its first failure. Queued work
+  queue a batch at a time and batch with other requests of their kind (while short requests
+  are about, in batches measured to take at most UNIT_SLICE times one), and the request is
+  joined and answered once, when its last unit is done or at its first failure. Queued work
   is then ordered by expected finish: when it became ready to run (a whole request: its
   arrival; a unit: its release) plus what it is measured to take alone, or its target when
   that is sooner. A short request that arrives while a long one runs thus goes before that
@@ -71,9 +71,9 @@ COMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # released in slices (see `_unit_room_locked`): short requests come in bursts (a user speaks,
 # is answered and speaks again), so one seen lately means more are on their way.
 SHORT_WORK_MEMORY_S = 10.0
-#: A slice of units takes at most this many times one unit alone: a short request that
-#: arrives while it runs waits for no more than that.
-UNIT_SLICE = 2.0
+#: A batch of units takes at most this many times one unit alone while short requests are
+#: about: a short request that arrives while it runs waits for no more than that.
+UNIT_SLICE = 1.5
 # Items. Every size up to 8 (the default max_batch_size) has a bucket of its own, so the
 # histogram is exact for the default configuration; larger limits get coarser buckets.
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -365,36 +365,16 @@ class ModelWorker:
         self._release_locked(split, now)
 
     def _release_locked(self, split: int, now: float) -> None:
-        """Queue the split's next units (see units.py and `_unit_room_locked`)."""
+        """Queue the split's next units: a batch of their kind (see `_group_size_locked`)."""
         parent = self.splits.parent(split)
         if parent is None:
             return
-        for ref, request in self.splits.release(split, self._unit_room_locked(split, parent, now)):
+        room = self.batcher.batch_size(parent.key) if self.batcher.policy.enabled else 1
+        for ref, request in self.splits.release(split, room):
             unit = replace(parent, request=request, cost=self.engine.cost(request),
                            bucket=self.engine.bucket(request), prepare_s=0.0, unit=ref)
             self.batcher.add(unit, unit.key, now, unit.priority, order=self._order_locked(unit, now),
                              admitted=True)
-
-    def _unit_room_locked(self, split: int, parent: Job, now: float) -> int:
-        """How many of a split's units may be queued or running at once: a batch of their kind
-        (the size the cost model chose), so that a long request alone runs at the best
-        measured throughput. While short requests are about (one arrived within
-        SHORT_WORK_MEMORY_S), a slice instead: the largest batch predicted to take at most
-        UNIT_SLICE times one unit alone (a GPU, where batching is nearly free, still batches;
-        a CPU, where a batch of n takes n times as long, runs a unit or two), so that a short
-        request arriving meanwhile is not held behind a long batch of units."""
-        if not self.batcher.policy.enabled:
-            return 1
-        room = self.batcher.batch_size(parent.key)
-        if now - self._whole_seen >= SHORT_WORK_MEMORY_S or room == 1:
-            return room
-        cost = self._cost(self.engine.bucket(parent.request))
-        per_unit = parent.cost / max(1, self.splits.units(split))
-        alone = cost.predict(1, per_unit)
-        if alone is None:
-            return 1
-        return next((size for size in range(room, 1, -1)
-                     if (cost.predict(size, size * per_unit) or float("inf")) <= UNIT_SLICE * alone), 1)
 
     def _order_locked(self, job: Job, now: float) -> float | None:
         """Where `job` goes in the queue among jobs of its priority: with unit scheduling, its
@@ -515,10 +495,29 @@ class ModelWorker:
             self.batcher.group_size = None
 
     def _group_size_locked(self, key: Hashable) -> int:
+        """The batch size of `key`'s group: its bucket's chosen size; for a group that units
+        of split requests join while short requests are about, a slice of it (`_slice_locked`)."""
         bucket = self._key_buckets.get(key)
         if bucket not in self.choices:  # first seen since the last refresh
             self.choices[bucket] = self._cost(bucket).choose(1, self.policy.max_batch_size)
-        return self.choices[bucket].size
+        size = self.choices[bucket].size
+        if size > 1 and self._clock() - self._whole_seen < SHORT_WORK_MEMORY_S \
+                and any(parent.key == key for parent in self.splits.parents()):
+            return self._slice_locked(bucket, size)
+        return size
+
+    def _slice_locked(self, bucket: Hashable, size: int) -> int:
+        """The largest batch, up to `size`, measured to take at most UNIT_SLICE times one item
+        alone: on a GPU, where batching is nearly free, the batch; on a CPU, where a batch of
+        n takes n times as long, one. So a short request that arrives while units run is not
+        held behind a long batch of them, and a long request alone (no short request within
+        SHORT_WORK_MEMORY_S) still runs at the best measured throughput."""
+        cost = self._cost(bucket)
+        one = cost.predict(1, 1.0)
+        if one is None:
+            return 1
+        return next((n for n in range(size, 1, -1)
+                     if (took := cost.predict(n, float(n))) is not None and took <= UNIT_SLICE * one), 1)
 
     def _batch_limit_locked(self, now: float) -> int:
         limit = self.batcher.policy.max_batch_size

@@ -13,8 +13,7 @@ Contract
 - `open(parent, units)` records a request and its units (in order); `release(split, room)`
   hands out its next units, in order, as many as keep `room` of them queued or running at
   once (the worker passes the batch size of their kind, so a lone long request still fills
-  its batches, or a shorter slice while short requests are about: a short request that
-  arrives waits for at most that many of them).
+  its batches; while short requests are about, that size is a short slice).
 - `completed(ref, result, waited_s, batch)` records one unit's result. When it was the
   last, the split closes and a `Joined` comes back: the results in unit order (whatever
   order they finished in) and the request's timing: the sum of its units' waits in the
@@ -152,10 +151,9 @@ class SplitBook(Generic[P]):
         cause = BusError(error.code, f"{ref.describe()} failed: {error.message}", error.retry_after_ms)
         return Failed(record.parent, cause)
 
-    def units(self, split: int) -> int:
-        """How many units an open split has (0: it is closed)."""
-        record = self._splits.get(split)
-        return 0 if record is None else len(record.units)
+    def parents(self) -> list[P]:
+        """The requests of the open splits."""
+        return [record.parent for record in self._splits.values()]
 
     def parent(self, split: int) -> P | None:
         record = self._splits.get(split)
