@@ -6,11 +6,11 @@ Four classes run at once, each a closed loop of its own clients:
   stt_long   recordings of 2-5 minutes, 2 clients
   tts_short  one-sentence replies, 4 clients
   tts_long   texts of several paragraphs, 1 client
-A run ends when every long client has had its requests answered (`MixPlan.long_per_client`);
-the short clients send until then (their requests in flight still count). So every system
-does the same long work, and the short classes get as many requests in as its scheduling
-lets them. Throughput is audio-seconds per second: STT's input, TTS's output, over the time
-from the run's start to the class's last answer.
+Every client sends for `MixPlan.mixed_s` seconds (a long client starts no request it would
+not finish by then at the pace of its last one, but always sends one), and the requests in
+flight then are answered and counted: long work is there for the whole run, as a backlog of
+recordings and articles would be. Throughput is audio-seconds per second: STT's input,
+TTS's output, over the time from the run's start to the class's last answer.
 
 Systems, each round in a rotated order, so that drifting machine load hits them alike:
   units  the bus as configured (`unit_scheduling: true`): long requests run as units
@@ -82,8 +82,8 @@ SHORT = ("stt_short", "tts_short")
 @dataclass(frozen=True)
 class MixPlan:
     rounds: int = 3
-    #: Requests each long client sends per mixed run.
-    long_per_client: int = 1
+    #: Seconds each mixed run sends requests for.
+    mixed_s: float = 40.0
     #: Requests of each short class alone, per round (a few batches' worth).
     alone_requests: tuple[tuple[str, int], ...] = (("stt_short", 24), ("tts_short", 8))
     #: Seconds the two short classes run together, per round.
@@ -94,8 +94,8 @@ class MixPlan:
 
 def quick_plan() -> MixPlan:
     """A smoke run: one round, shorter recordings."""
-    return MixPlan(rounds=1, alone_requests=(("stt_short", 8), ("tts_short", 4)), shorts_together_s=5.0,
-                   recording_s=(65.0, 95.0))
+    return MixPlan(rounds=1, mixed_s=20.0, alone_requests=(("stt_short", 8), ("tts_short", 4)),
+                   shorts_together_s=5.0, recording_s=(65.0, 95.0))
 
 
 # --- the items ----------------------------------------------------------------------------
@@ -209,48 +209,38 @@ def start_bus(specs: dict[Task, ModelSpec]) -> Bus:
 
 
 def mixed_run(connect: Connect, items: dict[str, list[dict[str, Any]]], classes: Sequence[MixClass],
-              long_per_client: int, tick: Tick, short_for_s: float | None = None) -> dict[str, Any]:
-    """`classes` at once, each client in a closed loop on its class's items; the long clients
-    send `long_per_client` requests each, the short ones send until the long ones are done
-    (or for `short_for_s` seconds when no class is long). Per class: `summarize`'s row over
-    the time from the start to that class's last answer."""
+              seconds: float, tick: Tick) -> dict[str, Any]:
+    """`classes` at once for `seconds`, each client in a closed loop on its class's items (a
+    long client starts no request it would not finish in time at its last one's pace, but
+    always one). Per class: `summarize`'s row over the time from the start to its last answer."""
     lock = threading.Lock()
     samples: dict[str, list[Sample]] = {c.name: [] for c in classes}
-    done = threading.Event()
-    long_left = [sum(c.clients for c in classes if c.long)]
     crashed: list[BaseException] = []
+    started = time.perf_counter()
+    until = started + seconds
 
     def client(cls: MixClass, index: int) -> None:
         connection = connect(cls.task)
         pool = items[cls.name]
         try:
-            sent = 0
-            while (sent < long_per_client) if cls.long else not done.is_set():
+            sent, last_s = 0, 0.0
+            while (now := time.perf_counter()) < until and not (cls.long and sent and now + last_s > until):
                 item = pool[(index + sent * cls.clients) % len(pool)]
-                start = time.perf_counter()
                 outcome = connection.call(item)
+                last_s = outcome.end - now
                 with lock:
-                    samples[cls.name].append(Sample(start, outcome))
+                    samples[cls.name].append(Sample(now, outcome))
                 sent += 1
                 tick(1)
         except BaseException as exc:  # a bug in a connection: re-raised below, never lost
             crashed.append(exc)
         finally:
             connection.close()
-            if cls.long:
-                with lock:
-                    long_left[0] -= 1
-                    if long_left[0] == 0:
-                        done.set()
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c, i), daemon=True)
                for c in classes for i in range(c.clients)]
     for thread in threads:
         thread.start()
-    if not long_left[0]:
-        done.wait(short_for_s)
-        done.set()
     for thread in threads:
         thread.join()
     if crashed:
@@ -284,13 +274,13 @@ def one_round(index: int, systems: Sequence[Any], units: BusSystem, whole: BusSy
                               "mixed": {}, "alone": {}}
     for system in order:
         system.before()
-        result["mixed"][system.name] = mixed_run(system.connect, items, CLASSES, plan.long_per_client, tick)
+        result["mixed"][system.name] = mixed_run(system.connect, items, CLASSES, plan.mixed_s, tick)
         print(f"round {index + 1}: {system.name} mixed {_brief(result['mixed'][system.name])}", flush=True)
     units.before()
     for name, requests in plan.alone_requests:
         result["alone"][name] = alone_run(units.connect, items, name, requests, tick)
     shorts = [BY_NAME[name] for name in SHORT]
-    result["shorts_together"] = mixed_run(units.connect, items, shorts, 0, tick, plan.shorts_together_s)
+    result["shorts_together"] = mixed_run(units.connect, items, shorts, plan.shorts_together_s, tick)
     recordings = len(items["stt_long"])
     long_alone = {}
     for system in ((units, whole) if index % 2 == 0 else (whole, units)):
@@ -318,7 +308,7 @@ def mixed_stage(specs: dict[Task, ModelSpec], plan: MixPlan, peer_factory: Calla
     `peer_skipped` says why)."""
     items = make_items(plan, seed)
     report: dict[str, Any] = {
-        "plan": {"rounds": plan.rounds, "long_per_client": plan.long_per_client,
+        "plan": {"rounds": plan.rounds, "mixed_s": plan.mixed_s,
                  "alone_requests": dict(plan.alone_requests), "shorts_together_s": plan.shorts_together_s,
                  "classes": {c.name: {"task": c.task, "clients": c.clients} for c in CLASSES},
                  "stt_short_seconds": [min(audio_seconds(items["stt_short"])),
