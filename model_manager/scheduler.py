@@ -15,10 +15,11 @@ This is where the pure batching policy meets time, threads and failure:
   are about, in batches measured to take at most UNIT_SLICE times one), and the request is
   joined and answered once, when its last unit is done or at its first failure. Queued work
   is then ordered by expected finish: when it became ready to run (a whole request: its
-  arrival; a unit: its release) plus what it is measured to take alone, or its target when
-  that is sooner. A short request that arrives while a long one runs thus goes before that
-  one's next units, and a long request still gets a batch in whenever nothing queued is
-  expected to finish sooner (it cannot starve). Without it, the queue runs in arrival order.
+  arrival; a unit: its release) plus what it is measured to take alone (a unit: times the
+  long requests of its kind sharing the worker), or its target when that is sooner. A short
+  request that arrives while a long one runs thus goes before that one's next units, and a
+  long request still gets a batch in whenever nothing queued is expected to finish sooner
+  (it cannot starve). Without it, the queue runs in arrival order.
 - Expired requests (past their deadline) are answered with a timeout and never run.
 - A batch that fails with out-of-memory is split in halves and retried, down to single items.
 - A batch that fails any other way is retried one item at a time, so one bad item fails
@@ -370,19 +371,23 @@ class ModelWorker:
         if parent is None:
             return
         room = self.batcher.batch_size(parent.key) if self.batcher.policy.enabled else 1
+        # Long requests of one kind share the worker: each unit's expected finish counts one
+        # unit of each of them, so that they take turns with each other and with short
+        # requests, instead of one after another ahead of them.
+        sharing = sum(p.key == parent.key for p in self.splits.parents())
         for ref, request in self.splits.release(split, room):
             unit = replace(parent, request=request, cost=self.engine.cost(request),
                            bucket=self.engine.bucket(request), prepare_s=0.0, unit=ref)
-            self.batcher.add(unit, unit.key, now, unit.priority, order=self._order_locked(unit, now),
+            self.batcher.add(unit, unit.key, now, unit.priority, order=self._order_locked(unit, now, sharing),
                              admitted=True)
 
-    def _order_locked(self, job: Job, now: float) -> float | None:
+    def _order_locked(self, job: Job, now: float, sharing: int = 1) -> float | None:
         """Where `job` goes in the queue among jobs of its priority: with unit scheduling, its
-        expected finish (ready now, plus what it takes alone; its target when sooner); else
-        None, its arrival."""
+        expected finish (ready now, plus what it takes alone, `sharing` times over; its target
+        when sooner); else None, its arrival."""
         if not self.policy.unit_scheduling:
             return None
-        expected = now + self._solo_seconds_locked(job)
+        expected = now + sharing * self._solo_seconds_locked(job)
         return expected if job.target is None else min(expected, job.target)
 
     def _solo_seconds_locked(self, job: Job) -> float:

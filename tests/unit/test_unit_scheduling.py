@@ -160,6 +160,26 @@ def test_a_long_request_keeps_its_turn_against_a_stream_of_short_ones():
     assert all(bus.answer(f"S{i}").result == Text(f"S{i}") for i in range(1, 7))
 
 
+def test_long_requests_of_one_kind_take_turns_with_each_other_and_with_short_ones():
+    # Measured: a unit takes 1 s alone, a short request 0.1 s. Two long requests share the
+    # worker, so each unit's expected finish counts two units: a short request that arrives
+    # while the first long request's unit runs goes before the second one's waiting unit.
+    bus = Harness(dynamic=True, max_batch_size=1)
+    for bucket, cost, seconds in (("long", 30.0, 1.0), ("short", 2.0, 0.1)):
+        for _ in range(bus.worker.cost.min_observations):
+            bus.worker._cost(bucket).observe(1, cost, seconds)
+
+    def short_arrives() -> None:
+        bus.clock.now = 0.95
+        bus.submit("S")
+
+    bus.submit("A", parts=3)  # A0 expected at 1.0 (alone then)
+    bus.submit("B", parts=3)  # B0 expected at 2.0 (sharing with A)
+    bus.engine.during[1] = short_arrives  # S expected at 1.05
+    assert bus.run()[:3] == [["A0"], ["S"], ["B0"]]
+    assert bus.answer("A").result == Text("A0 A1 A2") and bus.answer("B").result == Text("B0 B1 B2")
+
+
 def test_units_of_one_request_fill_its_batches_and_join_in_order_into_one_answer():
     bus = Harness(max_batch_size=2, min_batch_size=2)
     bus.submit("L", parts=5)
