@@ -43,7 +43,7 @@ class Agent:
         self.thread.start()
 
     def send(self, message: dict) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a loaded machine starts the manager slowly
         while True:  # until the manager's connection is up
             try:
                 self.sock.send_multipart([self.manager.instance.encode(), *link_protocol.encode(message)])
@@ -52,7 +52,7 @@ class Agent:
                 assert time.monotonic() < deadline, "the model manager did not connect"
                 time.sleep(0.05)
 
-    def replies(self, count: int, timeout_s: float = 10.0) -> list[dict]:
+    def replies(self, count: int, timeout_s: float = 60.0) -> list[dict]:
         got: list[dict] = []
         deadline = time.monotonic() + timeout_s
         while len(got) < count and self.sock.poll(max(1, int(1000 * (deadline - time.monotonic())))):
