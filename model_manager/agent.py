@@ -61,7 +61,9 @@ from model_manager.scheduler import Job, Outcome
 
 log = logging.getLogger(__name__)
 
-RESULTS_ENDPOINT = "inproc://model-manager-results"
+#: Where worker threads hand results to the socket thread; one per instance, so that two
+#: model managers in one process (tests, say) never share it.
+RESULTS_ENDPOINT = "inproc://model-manager-results-{instance}"
 POLL_MS = 100
 #: /livez fails once the socket loop has not come round for this long: a hung manager.
 LOOP_STALL_S = 30.0
@@ -128,7 +130,7 @@ class ModelManagerAgent:
     def serve(self, stop: threading.Event) -> None:
         self.links = AgentLinks(self.context, self.agent_addresses(), self.instance, self.config.security)
         results = self.context.socket(zmq.PULL)
-        results.bind(RESULTS_ENDPOINT)
+        results.bind(RESULTS_ENDPOINT.format(instance=self.instance))
         exporter = self._start_exporter()
         if self._preloaded:
             self.models.start_workers()
@@ -261,7 +263,7 @@ class ModelManagerAgent:
         push = getattr(self._local, "push", None)
         if push is None:
             push = self._local.push = self.context.socket(zmq.PUSH)
-            push.connect(RESULTS_ENDPOINT)
+            push.connect(RESULTS_ENDPOINT.format(instance=self.instance))
         push.send_multipart([identity, str(job_id).encode(), link.encode(message)[1]])
 
     def _handle(self, identity: bytes, message: Any, stopping: bool) -> None:
