@@ -18,10 +18,7 @@ from model_manager.engines.whisper.features import N_FRAMES, log_mel_batch
 from model_manager.engines.whisper.oom import out_of_memory_as_bus_error
 from model_manager.engines.whisper.request import SAMPLE_RATE, SttRequest
 from model_manager.engines.whisper.result import Transcript
-from model_manager.engines.whisper.window_policy import (
-    DEFAULT_MIN_WINDOW_S,
-    SHORT_WINDOW_REPETITION_PENALTY,
-)
+from model_manager.engines.whisper.window_policy import DEFAULT_MIN_WINDOW_S, WindowPolicy
 from model_manager.errors import BusError
 
 # Mean WER of tiny.en int8, greedy, over the 8 espeak-ng (en-us) SENTENCES: measured 0.157
@@ -122,7 +119,8 @@ def test_prepare_normalises_and_keys_match(tiny):
     b = tiny.prepare({"audio": audio64.astype(np.float32), "language": "EN", "beam_size": 1, "vad": False})
     assert isinstance(a, SttRequest) and a.audio.dtype == np.float32
     assert (a.language, a.task, a.beam_size, a.vad) == ("en", "transcribe", 1, False)
-    key = ("whisper-tiny.en", "en", "transcribe", 1, DEFAULT_MIN_WINDOW_S, SHORT_WINDOW_REPETITION_PENALTY)
+    key = ("whisper-tiny.en", "en", "transcribe", 1, DEFAULT_MIN_WINDOW_S,
+           WindowPolicy().repetition_penalty(DEFAULT_MIN_WINDOW_S))
     assert tiny.batch_key(a) == tiny.batch_key(b) == key
     assert tiny.batch_key(tiny.prepare({"audio": audio64, "beam_size": 5, "vad": False})) != tiny.batch_key(a)
     assert tiny.cost(a) == pytest.approx(DEFAULT_MIN_WINDOW_S)  # encoder seconds, not audio seconds

@@ -20,6 +20,7 @@ from model_manager.engines.whisper.request import SAMPLE_RATE
 from model_manager.engines.whisper.result import Transcript
 from model_manager.engines.whisper.window_policy import (
     BUCKETS_S,
+    DEFAULT_LEAD_IN_S,
     DEFAULT_MIN_WINDOW_S,
     FULL_WINDOW_S,
     WindowPolicy,
@@ -94,7 +95,7 @@ def test_policy_windows_fit_the_audio_within_floor_and_cap():
 def test_a_short_clip_gets_a_short_window(engine, calls, clips):
     request = engine.prepare({"audio": clips[1]})
     assert request.window_s == DEFAULT_MIN_WINDOW_S < FULL_WINDOW_S
-    assert len(request.audio) <= len(clips[1])  # trimmed to the speech
+    assert len(request.audio) <= len(clips[1]) + DEFAULT_LEAD_IN_S * SAMPLE_RATE  # trimmed to the speech
     (result,) = engine.run_batch([request])
     assert word_error_rate(SENTENCES[1], result.text) == 0 and result.truncated is False
     expected = [("generate", window_frames(DEFAULT_MIN_WINDOW_S))]

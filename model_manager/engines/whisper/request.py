@@ -1,8 +1,9 @@
 """The Whisper family's typed request, and the one place a request's fields are checked.
 
 `prepare_request` turns a client's fields into an `SttRequest`: audio validated, trimmed to
-its speech (unless `vad` is off), and given its encoder window and token bound by the
-model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads the dataclass.
+its speech (unless `vad` is off), and given its lead-in of silence, encoder window and token
+bound by the model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads
+the dataclass.
 
 Light on purpose: the agents import `beam_size_of` and `flag_of` from here, so nothing at
 module level pulls in faster-whisper, CTranslate2 or torch.
@@ -55,7 +56,8 @@ class Details:
 class SttRequest:
     """One transcription, validated and planned.
 
-    audio: float32 16 kHz, only the speech when `vad` is on (empty when there is none).
+    audio: float32 16 kHz, only the speech when `vad` is on (empty when there is none), after
+    the policy's lead-in of silence.
     language: a code, or None to detect it (multilingual models only). task: "transcribe" or
     "translate". beam_size: 1 is greedy. window_s: the encoder window of each of its windows
     (0 when there is no speech to run). max_tokens: text tokens one window may decode (None:
@@ -207,6 +209,9 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
     if use_vad:
         span = speech_detector.speech_span(audio)
         audio = audio[span[0]:span[1]] if span is not None else audio[:0]
+    lead = round(policy.lead_s(len(audio) / SAMPLE_RATE) * SAMPLE_RATE) if len(audio) and language else 0
+    if lead:  # silence before the speech: see window_policy
+        audio = np.concatenate([np.zeros(lead, np.float32), audio])
     speech_s = len(audio) / SAMPLE_RATE
     window_s = policy.window_s(speech_s) if len(audio) else 0.0
     return SttRequest(

@@ -4,11 +4,16 @@ Whisper was trained on 30 s windows, and the encoder's cost grows with the windo
 command padded to 30 s pays fifteen times the encoder work it needs. CTranslate2 (and the
 transformers engine, with its positional table sliced) accept shorter windows; what breaks
 short windows is the decoder, which loops on a window much shorter than those it was
-trained on. Three things keep it in check, all measured on scripts/wer_set.py's set:
+trained on. Four things keep it in check, all measured on scripts/wer_set.py's set:
 
 - a floor (`min_window_s`, per model): no window is shorter than this;
 - a bound on decoded tokens from the audio's length: a loop ends there, flagged truncated;
-- a mild repetition penalty on short windows, which stops most loops before the bound.
+- a mild repetition penalty on short windows, which stops most loops before the bound, and a
+  stronger one on the shortest, which loop most and hold too little speech to repeat a word
+  often;
+- a lead-in: silence before the speech. Whisper rarely saw speech start at a window's first
+  frame, and clips cut to their speech (by the speech detector, or by the client) do: it
+  then misreads the first word ("Hello there." as "The lone air" at 8 and 10 s windows).
 
 Window lengths come from a few fixed buckets, so requests of similar length share one window
 length and one batch, and a 2 s clip never pads to a 25 s neighbour's window.
@@ -21,9 +26,14 @@ Contract
 - `window_s(audio_s)` is the bucket that holds `audio_s + margin_s`, at least `min_window_s`,
   at most 30 s. Audio longer than 30 s is cut into 30 s windows and keeps them (short windows
   on long audio wreck its accuracy).
+- `lead_s(speech_s)` is the silence to put before `speech_s` seconds of speech: `lead_in_s`
+  when that gets a short window, else 0 (30 s windows and long audio are left as they were).
+  `audio_s` above counts it. (prepare_request adds it where the language is known: language
+  detection with it was not measured better.)
 - `max_tokens(audio_s)` bounds the text tokens decoded from `audio_s` seconds of one window;
   None when the policy is off.
-- `repetition_penalty(window_s)` is 1.0 (none) on 30 s windows.
+- `repetition_penalty(window_s)` is 1.0 (none) on 30 s windows, `shortest_window_repetition_
+  penalty` on windows of at most SHORTEST_WINDOWS_S, `short_window_repetition_penalty` between.
 
 Pure: no I/O, no model.
 """
@@ -46,14 +56,14 @@ BUCKETS_S = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0)
 #: Zero-padded frames after the speech: Whisper needs to "hear" the end of the utterance to
 #: emit its last word and <|endoftext|> rather than trailing off or looping.
 DEFAULT_MARGIN_S = 1.0
-#: The floor when a model's options do not set one, chosen with tiny.en on scripts/wer_set.py's
-#: set and on the clips the tests use. WER %, whole set / Kokoro voices / test clips:
-#: 30 s windows 23.7 / 13.4 / 11.1; floor 10: 22.0 / 14.3 / 9.9; 8: 22.8 / 13.7 / 11.5 (and
-#: one test sentence half wrong); 6: 23.7 / 18.8 / 9.9 (a loop, misheard commands); 4: 28.6 /
-#: 22.7 / 9.9. Long recordings: 10.1 with every floor. 10 is the shortest floor no worse than
-#: 30 s on the set and on the tests' clips; multilingual base detected the language of as
-#: many short espeak-ng clips at 10 s as at 30 s (9 of 15), one fewer at 8 s.
+#: The floor of a model whose options do not set one: 10 s kept multilingual base's language
+#: detection on short clips as at 30 s. tiny.en's floor is in config/llm_config.yaml, chosen
+#: with `scripts/test_batch_processing.py --windows` (throughput beside WER for every floor)
+#: and `scripts/wer_set.py eval --held-out 1000` (WER by policy, deterministic).
 DEFAULT_MIN_WINDOW_S = 10.0
+#: Silence before the speech of a short window (see the module docstring): 0.3 s, the speech
+#: detector's own padding, is what the set measured best (0.6 s helped less).
+DEFAULT_LEAD_IN_S = 0.3
 #: Text tokens a window may decode: TOKENS_BASE + TOKENS_PER_S x its audio seconds; about
 #: twice what the fastest clean speech of the set needs, and far below the 224 a looping
 #: decoder reaches. (9 a second let more of a loop through: WER 19.7 against 18.8 at floor 6.)
@@ -62,6 +72,11 @@ TOKENS_PER_S = 7.0
 #: Mild, and only on short windows: it stops most loops before the bound. Floor 8 without
 #: it: WER 28.3 against 22.8 with it; no floor without it 42.6 (not applied on 30 s windows).
 SHORT_WINDOW_REPETITION_PENALTY = 1.1
+#: Windows this short loop most ("Goodbye." decoded as the word 19 times at 6 s with 1.1) and
+#: hold at most about 5 s of speech, where a repeated word is rare; longer speech (phone
+#: numbers, lists) loses more to a stronger penalty than it gains.
+SHORTEST_WINDOWS_S = 6.0
+SHORTEST_WINDOW_REPETITION_PENALTY = 1.2
 
 
 @dataclass(frozen=True)
@@ -72,12 +87,16 @@ class WindowPolicy:
     tokens_base: int = TOKENS_BASE
     tokens_per_s: float = TOKENS_PER_S
     short_window_repetition_penalty: float = SHORT_WINDOW_REPETITION_PENALTY
+    shortest_window_repetition_penalty: float = SHORTEST_WINDOW_REPETITION_PENALTY
+    lead_in_s: float = DEFAULT_LEAD_IN_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_window_s <= FULL_WINDOW_S:
             raise ValueError(f"min_window_s must be in 0..{FULL_WINDOW_S:g}, got {self.min_window_s!r}")
         if not 0 <= self.margin_s <= FULL_WINDOW_S:
             raise ValueError(f"window margin must be in 0..{FULL_WINDOW_S:g} s, got {self.margin_s!r}")
+        if not 0 <= self.lead_in_s <= FULL_WINDOW_S:
+            raise ValueError(f"window lead-in must be in 0..{FULL_WINDOW_S:g} s, got {self.lead_in_s!r}")
 
     @property
     def short_windows(self) -> bool:
@@ -90,13 +109,22 @@ class WindowPolicy:
         needed = max(self.min_window_s, audio_s + self.margin_s)
         return next((b for b in BUCKETS_S if b >= needed), FULL_WINDOW_S)
 
+    def lead_s(self, speech_s: float) -> float:
+        if not self.short_windows or self.window_s(speech_s + self.lead_in_s) >= FULL_WINDOW_S:
+            return 0.0
+        return self.lead_in_s
+
     def max_tokens(self, audio_s: float) -> int | None:
         if not self.short_windows:
             return None
         return self.tokens_base + math.ceil(self.tokens_per_s * min(audio_s, FULL_WINDOW_S))
 
     def repetition_penalty(self, window_s: float) -> float:
-        return self.short_window_repetition_penalty if window_s < FULL_WINDOW_S else 1.0
+        if window_s >= FULL_WINDOW_S:
+            return 1.0
+        if window_s <= SHORTEST_WINDOWS_S:
+            return self.shortest_window_repetition_penalty
+        return self.short_window_repetition_penalty
 
 
 def window_frames(window_s: float) -> int:
