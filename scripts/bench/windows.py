@@ -1,18 +1,19 @@
-"""Whisper's window policy through the bus: short utterances (and a mix with long audio) at 8
-clients, the default policy against `min_window_s: 30` (every window 30 s, as before).
+"""Whisper's window policy through the bus, at 8 clients.
 
-One bus serves the same weights as two models: the configured one (default policy) and a
-copy named "<name>-30s" with `min_window_s: 30`; clients pick one by `model_pref`. Both
-therefore run on one bus, one machine and one set of clips, in rounds, each round in a
-rotated order, so that drifting machine load hits them alike. Each round yields one
-throughput ratio; the report gives their median and spread, and the WER of each side
-(jiwer after Whisper's English normaliser; deterministic).
+One bus serves the same weights as several models: the configured one (default policy) and
+copies named "<name>-<floor>s" with `min_window_s` set to each floor; clients pick one by
+`model_pref`. All therefore run on one bus, one machine and one set of clips, in rounds, each
+round in a rotated order, so that drifting machine load hits them alike. Each round yields
+one throughput ratio per model against 30 s windows; the report gives their median and
+spread, and the WER of each (jiwer after Whisper's English normaliser).
 
-Workloads (espeak-ng voices of scripts/wer_set.py, a seed per run):
-- short: utterances of 1-6 s, what voice agents send;
-- mixed: the same with one recording of 12-45 s in every four requests; the bucketing keeps
-  the short ones out of the long ones' batches. Where Ray Serve is installed, the peer runs
-  the same engine (default policy) on it, and the report gives the bus over the peer.
+Stages:
+- burst (bench/burst.py): the batch sizes of the first batches after start-up;
+- floors (bench/floors.py): every floor on 1-4 s commands, the WER set's and held-out ones;
+- mixed: the default policy against 30 s windows on utterances of 1-6 s with one recording
+  of 12-45 s in every four requests (espeak-ng voices of scripts/wer_set.py, a seed per
+  run); the bucketing keeps the short ones out of the long ones' batches;
+- lone: one client, the bus's time outside the engine.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ import msgpack
 import numpy as np
 import zmq
 
+from bench.burst import burst_stage, burst_table
 from bench.bus import CLIENT_TIMEOUT_S, error_code, wire_fields
+from bench.floors import FLOORS, command_sets, floor_stage, floor_table, model_name
 from bench.load import Outcome, Tick, closed_loop_samples, summarize
 from bench.workload import STT_RATE, Workload
 from model_manager.config import ModelSpec
+from model_manager.engines.whisper.window_policy import DEFAULT_MIN_WINDOW_S
 
 CLIENTS = 8
 SHORT_RANGE_S = (1.0, 6.0)
@@ -76,6 +80,8 @@ class TextConnection:
         self._socket: zmq.Socket | None = None
         self.queue_ms: float | None = None  # the last reply's wait in the batcher
         self.prepare_ms: float | None = None  # the last reply's checks and speech detection
+        self.compute_ms: float | None = None  # the last reply's batch's engine time
+        self.batch_size: int | None = None  # and its batch's size
 
     def call(self, item: dict[str, Any]) -> Outcome:
         if self._socket is None:
@@ -93,9 +99,11 @@ class TextConnection:
         if code is None:
             with self.lock:
                 self.texts.append((item["reference"], reply.get("text", "")))
-        compute_ms = (reply.get("timing") or {}).get("compute_ms")
-        self.queue_ms = (reply.get("timing") or {}).get("queue_ms")
-        self.prepare_ms = (reply.get("timing") or {}).get("prepare_ms")
+        timing = reply.get("timing") or {}
+        compute_ms = self.compute_ms = timing.get("compute_ms")
+        self.queue_ms = timing.get("queue_ms")
+        self.prepare_ms = timing.get("prepare_ms")
+        self.batch_size = timing.get("batch_size")
         return Outcome(end=end, audio_s=len(item["audio"]) / STT_RATE, error=code,
                        engine_s=None if compute_ms is None else compute_ms / 1000)
 
@@ -106,9 +114,10 @@ class TextConnection:
 
 
 class WindowBus:
-    """A bus serving `spec` twice: as configured, and as "<name>-30s" with min_window_s 30."""
+    """A bus serving `spec` as configured, and as "<name>-<floor>s" with min_window_s at each
+    of `floors`."""
 
-    def __init__(self, spec: ModelSpec, warmup: bool) -> None:
+    def __init__(self, spec: ModelSpec, warmup: bool, floors: tuple[float, ...] = (30.0,)) -> None:
         import sys
 
         from bench.workload import ROOT
@@ -117,18 +126,24 @@ class WindowBus:
         from conftest import start_bus
 
         self.default = spec.name
-        self.full = f"{spec.name}-30s"
-        options = {**spec.options, "min_window_s": 30}
-        full_spec = spec.model_copy(update={"name": self.full, "options": options})
+        self.full = model_name(spec.name, 30.0)
+        copies = [spec.model_copy(update={"name": model_name(spec.name, floor),
+                                          "options": {**spec.options, "min_window_s": floor}})
+                  for floor in floors]
         tmp = Path(tempfile.mkdtemp(prefix="voicebus-windows-"))
         env = {
-            "VOICEBUS__MODELS__STT": json.dumps([spec.model_dump(), full_spec.model_dump()]),
+            "VOICEBUS__MODELS__STT": json.dumps([spec.model_dump(), *(c.model_dump() for c in copies)]),
             "VOICEBUS__MODELS__TTS": "[]",
             "VOICEBUS__BATCH_PROCESSING_CONFIG__WARMUP": "true" if warmup else "false",
             "VOICEBUS__LIMITS__JOURNAL_DIR": str(tmp / "journal"),
         }
         self._bus = start_bus(tmp, env)
         self.address = self._bus.stt_address
+
+    def stats(self, model: str) -> dict[str, Any]:
+        """The model manager's `stats` entry of `model`."""
+        reply = self._bus.request({"action": "stats"})
+        return next((m for m in reply.get("models", []) if m.get("model") == model), {})
 
     def stop(self) -> None:
         from conftest import stop_bus
@@ -217,23 +232,26 @@ def _delta(rows: dict[str, dict[str, Any]]) -> float | None:
 
 
 def window_stage(spec: ModelSpec, quick: bool, tick: Tick, seed: int = 0) -> dict[str, Any]:
-    """Both workloads on one bus; see the module docstring."""
+    """Every stage; see the module docstring."""
     rounds = 2 if quick else 4
     requests = 16 if quick else 48
     short = make_clips(24, seed=seed)
     mixed = make_clips(24, long_every=4, seed=seed + 1)
-    bus = WindowBus(spec, warmup=not quick)
+    commands = command_sets(seed, quick)
+    report: dict[str, Any] = {
+        "burst": burst_stage(spec, commands["held-out"], 64 if quick else 320, span_s=10 if quick else 30),
+    }
+    configured = float(spec.options.get("min_window_s", DEFAULT_MIN_WINDOW_S))
+    bus = WindowBus(spec, warmup=not quick, floors=FLOORS)
     try:
         for items in (short, mixed):  # untimed: first calls of every window length
             compare(bus, items[:CLIENTS], CLIENTS, 1, lambda _n: None)
-        report = {
-            "short": compare(bus, short, requests, rounds, tick),
-            "mixed": compare(bus, mixed, requests, rounds, tick),
-            "lone": lone_overhead(bus, short, 16 if quick else 48),
-        }
+        report["floors"] = floor_stage(bus.address, spec.name, FLOORS, commands, 1 if quick else 3, tick,
+                                       configured)
+        report["mixed"] = compare(bus, mixed, requests, rounds, tick)
+        report["lone"] = lone_overhead(bus, short, 16 if quick else 48)
     finally:
         bus.stop()
-    report["short"]["clip_seconds"] = _seconds(short)
     report["mixed"]["clip_seconds"] = _seconds(mixed)
     return report
 
@@ -244,7 +262,12 @@ def _seconds(items: list[dict[str, Any]]) -> list[float]:
 
 
 def window_table(report: dict[str, Any]) -> str:
-    lines = ["Whisper window policy through the bus, 8 clients (default vs min_window_s: 30)"]
+    lines = []
+    if report.get("burst"):
+        lines.append(burst_table(report["burst"]))
+    if report.get("floors"):
+        lines.append(floor_table(report["floors"]))
+    lines.append("Whisper window policy through the bus, 8 clients (default vs min_window_s: 30)")
     for name in ("short", "mixed"):
         entry = report.get(name)
         if not entry:
