@@ -15,7 +15,6 @@ and agents/dispatch.py (which job goes where, and when). Guarantees:
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +74,6 @@ class Backend:
         self.socket.bind(f"tcp://{endpoints.backend_host}:{port}")
         self.address = f"{endpoints.backend_host}:{port}"
         self._next_beat = 0.0
-        self.hostname = socket.gethostname()
 
     def close(self) -> None:
         self.socket.close()
