@@ -165,8 +165,11 @@ class ServiceAgent:
                 if stop.is_set() and not self.stopping:
                     self.stopping = True
                     shutdown_by = now + SHUTDOWN_GRACE_S
-                    self._guarded(self._refuse_waiting_work)
                     log.info("shutting down: %d requests at model managers will finish", len(self.inflight))
+                if self.stopping:
+                    # Every turn, not once: a job a draining or lost manager gives back comes
+                    # into the waiting line after the stop, and no manager will take it now.
+                    self._guarded(self._refuse_waiting_work)
                 if self.stopping and (not self._clients_waiting() or now >= shutdown_by):
                     break
                 for sock, _ in poller.poll(POLL_MS):
