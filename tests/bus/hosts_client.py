@@ -7,6 +7,7 @@ line, so the test sees every reply each request got.
     {"do": "fetch", "ids": ["q0", ...]}                        get_result until final
     {"do": "call", "message": {...}}                           one request, its reply
     {"do": "metrics"}                                          the STT agent's /metrics samples
+    {"do": "live", "sentences": [0, 1, 2, 3]}                  one live stream, paced as recorded
 """
 
 from __future__ import annotations
@@ -94,6 +95,32 @@ def fetch(ids: list[str], timeout_s: float = 180.0) -> None:
         emit({"request_id": request_id, "status": "never_final"})
 
 
+def live(sentences: list[int]) -> None:
+    """One live stream of `sentences` (indices), each followed by 1 s of silence, sent in
+    100 ms chunks at the pace of a microphone; every event is printed as it comes."""
+    import numpy as np
+    from speech import SENTENCES, speak
+
+    rate, chunk = 16000, 1600
+    pause = np.zeros(rate, np.float32)
+    microphone = np.concatenate([part for i in sentences for part in (speak(SENTENCES[i]), pause)])
+    opened = call({"action": "stream_open", "sample_rate": rate, "language": "en"})
+    stream = opened["request_id"]
+    began = time.monotonic()
+    for k, start in enumerate(range(0, len(microphone), chunk)):
+        reply = call({"action": "stream_audio", "request_id": stream,
+                      "audio_data": microphone[start:start + chunk].tolist()})
+        for event in reply.get("events", []):
+            emit({"event": event.get("type"), "text": event.get("text"), "chunk": k})
+        if reply.get("status") != "success":
+            emit({"event": "error", "reply": reply})
+        time.sleep(max(0.0, began + (k + 1) * chunk / rate - time.monotonic()))
+    closed = call({"action": "stream_close", "request_id": stream})
+    for event in closed.get("events", []):
+        emit({"event": event.get("type"), "text": event.get("text"), "chunk": -1})
+    emit({"event": "closed", "status": closed.get("status")})
+
+
 def main() -> None:
     script = json.loads(sys.argv[1])
     do = script["do"]
@@ -108,6 +135,8 @@ def main() -> None:
             fetch([f"{prefix}{i}" for i in range(script["count"])])
     elif do == "fetch":
         fetch(script["ids"])
+    elif do == "live":
+        live(script["sentences"])
     elif do == "call":
         emit(call(script["message"], script.get("address", STT)))
     elif do == "metrics":

@@ -9,6 +9,7 @@ queue_for_batch job: one final result, and a second fetch finds nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -112,6 +113,29 @@ def test_kill_9_of_a_model_manager_under_load_loses_nothing(hosts):
     assert_all_right(results_of(load), {f"t{i}" for i in range(48)})
     assert_all_right([r for r in results_of(queued) if "request_id" in r], {f"k{i}" for i in range(8)})
     assert metrics(hosts)['voicebus_jobs_resent_total{task="stt"}'] > resent
+    ensure_two(hosts)
+
+
+def test_a_live_stream_keeps_streaming_through_the_loss_of_a_model_manager(hosts):
+    sentences = [0, 1, 2, 3, 4]
+    stream = hosts.client_async({"do": "live", "sentences": sentences})
+    assert stream.stdout is not None
+    # The first final is back: the stream is decoding on both managers. Kill one, mid-stream.
+    events = []
+    for line in stream.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "final":
+            break
+    hosts.manager[1].popen.send_signal(signal.SIGKILL)
+    events += results_of(stream)
+    assert events[-1] == {"event": "closed", "status": "success"}, events[-3:]
+    assert not [e for e in events if e["event"] == "error"], events
+    finals = [e["text"] for e in events if e["event"] == "final"]
+    # One final per utterance, each its own sentence's (the nearest of them all).
+    assert len(finals) == len(sentences), finals
+    for index, text in zip(sentences, finals, strict=True):
+        nearest = min(SENTENCES, key=lambda s: word_error_rate(s, text))
+        assert nearest == SENTENCES[index], (SENTENCES[index], text)
     ensure_two(hosts)
 
 
