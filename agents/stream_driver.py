@@ -51,7 +51,8 @@ class StreamDriver:
 
     def pump(self, stream: Stream[StreamJob]) -> None:
         """Send the stream's next jobs, as many as its buffer allows."""
-        for job_id, _slot, job in stream.release():
+        for released in stream.release():
+            job_id, job = released.job_id, released.payload
             if self._stopping():
                 failure = BusError(SHUTTING_DOWN, "the agent shut down before this output was made")
                 stream.fulfil(job_id, protocol.error_reply(failure, stream.stream_id))
@@ -83,10 +84,9 @@ class StreamDriver:
         taken = stream.take(time.monotonic())
         if taken is None:
             return
-        index, output, final = taken
         reader, stream.reader = stream.reader, None
-        self._send(reader, {**output, "index": index, "final": final})
-        if final:
+        self._send(reader, {**taken.output, "index": taken.index, "final": taken.final})
+        if taken.final:
             self.registry.close(stream.stream_id)
         else:
             self.pump(stream)  # a read makes room in the stream's buffer

@@ -13,14 +13,14 @@ Contract
   the job's answer; `push(output)` reserves one and fills it at once. `end_input()` says no
   more slots will come; the stream is `finished` once every slot has been taken.
 - Bounded: at most `max_buffered` outputs are in progress or ready-but-unread at once.
-  `release()` hands out the next jobs to run (job_id, slot, payload) only while that holds,
+  `release()` hands out the next jobs to run (`ReleasedJob`s) only while that holds,
   so a stream nobody reads makes no more than `max_buffered` outputs. While no output has
   come yet, only one job runs (`first_alone`): the first output is not held up by a batch
   with its siblings. `push` raises `StreamFull` when the bound is reached.
 - `fulfil(job_id, output)` fills that job's slot; False for a job the stream does not hold
   (cancelled, or answered already).
-- `take(now)` returns the next output in order, with its index and whether it is the last
-  one, or None when that output is not ready; reading renews the idle deadline.
+- `take(now)` returns the next output in order (`NextOutput`: with its index and whether it
+  is the last one), or None when that output is not ready; reading renews the idle deadline.
 - A stream that has not been read for `idle_s` (and has no read call waiting) `expired`;
   `cancel()` empties it and returns the job_ids still at the model manager, so the agent
   cancels them: nothing runs for a stream nobody reads.
@@ -47,6 +47,30 @@ class StreamFull(Exception):
     """`push` on a stream that already holds `max_buffered` unread outputs."""
 
 
+@dataclass(frozen=True)
+class ReleasedJob(Generic[P]):
+    """A job `release` hands out: to send to the model manager now; its answer fills `slot`."""
+
+    job_id: str
+    slot: int
+    payload: P
+
+
+@dataclass(frozen=True)
+class NextOutput:
+    """What `take` returns: the next output, its place in the stream's order, and whether it
+    is the stream's last."""
+
+    index: int
+    output: Output
+    final: bool
+
+    def __iter__(self) -> Iterator[Any]:
+        # agents/live/streams.py still unpacks it as (index, output, final): drop this once
+        # it reads the fields by name.
+        return iter((self.index, self.output, self.final))
+
+
 @dataclass
 class Stream(Generic[P]):
     stream_id: str
@@ -60,7 +84,7 @@ class Stream(Generic[P]):
     _slots: int = 0  # slots reserved so far
     _next: int = 0  # the next slot to take
     _input_ended: bool = False
-    _unsent: deque[tuple[str, int, P]] = field(default_factory=deque)
+    _unsent: deque[ReleasedJob[P]] = field(default_factory=deque)
     _pending: dict[str, int] = field(default_factory=dict)  # job_id -> slot, at the model manager
     _produced: int = 0  # outputs filled so far
 
@@ -74,7 +98,7 @@ class Stream(Generic[P]):
     def add_job(self, job_id: str, payload: P) -> int:
         """Reserve the next slot for `job_id`'s answer; the job waits for `release`."""
         slot = self._reserve()
-        self._unsent.append((job_id, slot, payload))
+        self._unsent.append(ReleasedJob(job_id, slot, payload))
         return slot
 
     def push(self, output: Output) -> int:
@@ -107,15 +131,15 @@ class Stream(Generic[P]):
     def has_room(self) -> bool:
         return self.in_progress() < self.max_buffered
 
-    def release(self) -> list[tuple[str, int, P]]:
+    def release(self) -> list[ReleasedJob[P]]:
         """The jobs to send to the model manager now, in slot order."""
         out = []
         while self._unsent and self.has_room():
             if self.first_alone and self._produced == 0 and self._pending:
                 break
-            job_id, slot, payload = self._unsent.popleft()
-            self._pending[job_id] = slot
-            out.append((job_id, slot, payload))
+            job = self._unsent.popleft()
+            self._pending[job.job_id] = job.slot
+            out.append(job)
         return out
 
     def fulfil(self, job_id: str, output: Output) -> bool:
@@ -127,15 +151,15 @@ class Stream(Generic[P]):
 
     # --- output -----------------------------------------------------------------------
 
-    def take(self, now: float) -> tuple[int, Output, bool] | None:
-        """(index, output, final) of the next output, or None when it is not ready yet."""
+    def take(self, now: float) -> NextOutput | None:
+        """The next output, or None when it is not ready yet."""
         self.idle_deadline = now + self.idle_s
         output = self._ready.pop(self._next, None)
         if output is None:
             return None
         index = self._next
         self._next += 1
-        return index, output, self.finished
+        return NextOutput(index, output, self.finished)
 
     @property
     def num_outputs(self) -> int:

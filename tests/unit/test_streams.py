@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.streams import Stream, StreamFull, StreamRegistry
+from agents.streams import NextOutput, ReleasedJob, Stream, StreamFull, StreamRegistry
 from model_manager.errors import BusError
 
 
@@ -18,13 +18,13 @@ def tts_stream(chunks: int, buffer: int = 3, now: float = 0.0, idle_s: float = 1
 
 def test_the_first_job_runs_alone_then_the_buffer_bounds_what_runs_ahead_of_the_reader():
     stream = tts_stream(6, buffer=3)
-    assert [job for job, _, _ in stream.release()] == ["j0"]
+    assert stream.release() == [ReleasedJob("j0", 0, "piece 0")]
     assert stream.release() == []  # nothing more until the first output is in
     assert stream.fulfil("j0", {"n": 0})
-    assert [job for job, _, _ in stream.release()] == ["j1", "j2"]  # 1 ready + 2 running = 3
+    assert [job.job_id for job in stream.release()] == ["j1", "j2"]  # 1 ready + 2 running = 3
     assert stream.release() == []
-    assert stream.take(1.0) == (0, {"n": 0}, False)
-    assert [job for job, _, _ in stream.release()] == ["j3"]  # a read made room for one
+    assert stream.take(1.0) == NextOutput(0, {"n": 0}, False)
+    assert [job.job_id for job in stream.release()] == ["j3"]  # a read made room for one
 
 
 def test_outputs_go_out_in_order_whatever_order_they_come_in():
@@ -33,11 +33,11 @@ def test_outputs_go_out_in_order_whatever_order_they_come_in():
     stream.fulfil("j0", {"n": 0})
     stream.release()
     assert stream.fulfil("j2", {"n": 2})
-    assert stream.take(0.0) == (0, {"n": 0}, False)
+    assert stream.take(0.0) == NextOutput(0, {"n": 0}, False)
     assert stream.take(0.0) is None  # j1 is not in yet
     stream.fulfil("j1", {"n": 1})
-    assert stream.take(0.0) == (1, {"n": 1}, False)
-    assert stream.take(0.0) == (2, {"n": 2}, True)
+    assert stream.take(0.0) == NextOutput(1, {"n": 1}, False)
+    assert stream.take(0.0) == NextOutput(2, {"n": 2}, True)
     assert stream.finished
 
 
@@ -76,11 +76,11 @@ def test_pushed_outputs_need_no_job_and_respect_the_bound():
     stream.push({"event": "partial", "text": "hel"})
     with pytest.raises(StreamFull):
         stream.push({"event": "partial", "text": "hello"})
-    assert stream.take(1.0) == (0, {"event": "speech_started"}, False)
+    assert stream.take(1.0) == NextOutput(0, {"event": "speech_started"}, False)
     stream.push({"event": "final", "text": "hello"})
     stream.end_input()
-    assert stream.take(1.0) == (1, {"event": "partial", "text": "hel"}, False)
-    assert stream.take(1.0) == (2, {"event": "final", "text": "hello"}, True)
+    assert stream.take(1.0) == NextOutput(1, {"event": "partial", "text": "hel"}, False)
+    assert stream.take(1.0) == NextOutput(2, {"event": "final", "text": "hello"}, True)
     with pytest.raises(ValueError):
         stream.push({"event": "late"})
 
