@@ -7,8 +7,7 @@ server's limits.request_timeout_ms, never lengthens it; at least 1 ms), `model_p
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,12 +20,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
-    ValidationError,
 )
 
-from agents.services import valid_unicode
 from model_manager.batcher import BULK, INTERACTIVE
 from model_manager.errors import INVALID_FIELD, MISSING_FIELD, BusError
+from model_manager.fields import Messages, Utf8Str, checked, valid_unicode
 from model_manager.protocol import PROTOCOL_VERSION
 
 PRIORITIES = {"interactive": INTERACTIVE, "bulk": BULK}
@@ -69,13 +67,6 @@ TimeoutMs = Annotated[
 ]
 
 
-def _utf8(value: str) -> str:
-    """A str that UTF-8 can carry (JSON's "\\ud800" escapes make lone surrogates)."""
-    if not valid_unicode(value):
-        raise ValueError("not UTF-8")
-    return value
-
-
 class ProtocolOption(BaseModel):
     """`protocol`: the version of the client protocol the client speaks, checked for every action."""
 
@@ -92,7 +83,7 @@ class RequestOptions(ProtocolOption):
     request_id: RequestId | None = None
     priority: Literal["interactive", "bulk"] | None = None
     timeout_ms: TimeoutMs | None = None
-    model_pref: Annotated[StrictStr, AfterValidator(_utf8)] | None = None
+    model_pref: Utf8Str | None = None
 
     def priority_level(self, default: int) -> int:
         return PRIORITIES[self.priority] if self.priority is not None else default
@@ -103,32 +94,22 @@ class RequestOptions(ProtocolOption):
 
 
 #: The invalid_field message of each option, from the value the client sent.
-_MESSAGES: dict[str, Callable[[Any], str]] = {
+OPTION_MESSAGES: Messages = {
     "protocol": lambda value: f"protocol {value!r:.50} is not served; this agent speaks "
                               f"protocol {PROTOCOL_VERSION}",
     "request_id": lambda value: "request_id must be a string or a number",
-    "priority": lambda value: f"priority must be one of {sorted(PRIORITIES)}, got {value!r}",
+    "priority": lambda value: f"priority must be one of {sorted(PRIORITIES)}, got {value!r:.50}",
     "timeout_ms": lambda value: f"timeout_ms must be a number of at least 1, got {value!r:.100}",
-    "model_pref": lambda value: f"model_pref must be a string, got {value!r}",
+    "model_pref": lambda value: f"model_pref must be a string, got {value!r:.50}",
 }
-
-Options = TypeVar("Options", bound=ProtocolOption)
-
-
-def _checked(record: type[Options], fields: dict[str, Any]) -> Options:
-    try:
-        return record.model_validate(fields)
-    except ValidationError as exc:
-        key = str(exc.errors(include_url=False)[0]["loc"][0])
-        raise BusError(INVALID_FIELD, _MESSAGES[key](fields.get(key))) from None
 
 
 def check_protocol(message: dict[str, Any]) -> None:
     """BusError(invalid_field) unless the message's `protocol`, if any, is served."""
-    _checked(ProtocolOption, message)
+    checked(ProtocolOption, message, OPTION_MESSAGES)
 
 
 def check_options(fields: dict[str, Any]) -> RequestOptions:
     """The shared options of a work request or item, or BusError(invalid_field) naming the first
     bad one."""
-    return _checked(RequestOptions, fields)
+    return checked(RequestOptions, fields, OPTION_MESSAGES)

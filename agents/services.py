@@ -5,7 +5,6 @@ queueing, batching, results, timeouts, streaming) is shared in `service_agent.py
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,25 +13,13 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from agents.items import synthesize_item, transcribe_item
 from model_manager.audio import decode_audio, load_resampler
 from model_manager.config import Limits
 from model_manager.engines.kokoro.text_split import split_for_streaming
-from model_manager.engines.whisper.request import beam_size_of, flag_of
-from model_manager.errors import INVALID_FIELD, MISSING_FIELD, TEXT_TOO_LONG, BusError
+from model_manager.errors import INVALID_FIELD, TEXT_TOO_LONG, BusError
 
 ParseItem = Callable[[dict[str, Any], Limits], dict[str, Any]]
-
-
-def valid_unicode(value: Any) -> bool:
-    """A str that UTF-8 can carry: JSON's "\\ud800" escapes make lone surrogates, which would
-    fail later, on the internal wire or in the journal, instead of as a clear error here."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 RenderResult = Callable[[dict[str, Any], dict[str, Any], Limits], dict[str, Any]]
@@ -63,33 +50,13 @@ class Service:
 # --- STT ------------------------------------------------------------------------------------
 
 
-# The documented range; the engine checks it again, with what else it knows.
-
-
 def parse_stt_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """Client item -> engine request {audio: float32 16 kHz, language?, task?, beam_size?};
-    anything else raises BusError. Only types are checked here: which languages and tasks a
-    model supports is the engine's business."""
-    request: dict[str, Any] = {"audio": decode_audio(fields, limits.max_audio_seconds)}
-    for key in ("language", "task"):
-        if fields.get(key) is not None:
-            if not valid_unicode(fields[key]):
-                raise BusError(INVALID_FIELD, f"{key} must be a string, got {type(fields[key]).__name__}")
-            request[key] = fields[key]
-    # The Whisper family's own rules (engines/whisper/request.py), checked here too so that
-    # a bad item is refused before its audio travels to the model manager.
-    if fields.get("beam_size") is not None:
-        request["beam_size"] = beam_size_of(fields["beam_size"])
-    if fields.get("vad") is not None:
-        request["vad"] = flag_of(fields, "vad", True)
-    # prompt, temperature and timestamps: checked by the engine (timestamps.prepare_details).
-    if fields.get("prompt") is not None and not valid_unicode(fields["prompt"]):
-        raise BusError(INVALID_FIELD, "prompt must be a string")
-    request.update({key: fields[key] for key in STT_DETAIL_FIELDS if fields.get(key) is not None})
-    return request
-
-
-STT_DETAIL_FIELDS = ("prompt", "temperature", "timestamps")
+    """Client item -> engine request {audio: float32 16 kHz, and the decoding fields the client
+    set: language, task, beam_size, vad, prompt, temperature, timestamps}, or BusError. The
+    fields are checked first, as a `TranscribeItem`, then the audio is decoded; which languages
+    and tasks a model supports is the engine's business."""
+    item = transcribe_item(fields)
+    return {"audio": decode_audio(fields, limits.max_audio_seconds), **item.given()}
 
 
 def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: Limits) -> dict:
@@ -101,53 +68,30 @@ def render_stt_result(result: dict[str, Any], _fields: dict[str, Any], _limits: 
 
 # --- TTS ------------------------------------------------------------------------------------
 
-AUDIO_FORMATS = ("wav", "pcm")
-
 
 def parse_tts_item(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """Client item -> engine request {text, voice?, speed?}; anything else raises BusError.
-    Voice names and the speed range are checked by the engine, which knows its voices."""
-    text = fields.get("text")
-    if text is None:
-        raise BusError(MISSING_FIELD, "text is required")
-    if not valid_unicode(text) or not text.strip():
-        raise BusError(INVALID_FIELD, "text must be a non-empty string")
-    if len(text) > limits.max_text_chars:
+    """Client item -> engine request {text, voice?, speed?}, or BusError. The fields are
+    checked first, as a `SynthesizeItem`, then the text's length and the output path. Voice
+    names and the speed range are checked by the engine, which knows its voices."""
+    item = synthesize_item(fields)
+    if len(item.text) > limits.max_text_chars:
         raise BusError(
-            TEXT_TOO_LONG, f"text has {len(text)} characters; the limit is {limits.max_text_chars}"
+            TEXT_TOO_LONG, f"text has {len(item.text)} characters; the limit is {limits.max_text_chars}"
         )
-    audio_format = fields.get("format", "wav")
-    if audio_format not in AUDIO_FORMATS:
-        raise BusError(INVALID_FIELD, f"format must be one of {list(AUDIO_FORMATS)}, got {audio_format!r}")
-    if fields.get("output_path") is not None:
-        confined_output_path(fields["output_path"], limits)
-    request: dict[str, Any] = {"text": text}
-    if fields.get("voice") is not None:
-        if not valid_unicode(fields["voice"]):
-            raise BusError(INVALID_FIELD, f"voice must be a string, got {type(fields['voice']).__name__}")
-        request["voice"] = fields["voice"]
-    if fields.get("speed") is not None:
-        speed = fields["speed"]
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not _finite(speed):
-            raise BusError(INVALID_FIELD, f"speed must be a finite number, got {speed!r:.50}")
-        request["speed"] = float(speed)
+    if item.output_path is not None:
+        confined_output_path(item.output_path, limits)
+    request: dict[str, Any] = {"text": item.text}
+    if item.voice is not None:
+        request["voice"] = item.voice
+    if item.speed is not None:
+        request["speed"] = item.speed
     return request
 
 
-def _finite(number: float) -> bool:
-    # JSON integers are unbounded, and float() of a huge one overflows.
-    try:
-        return math.isfinite(number)
-    except OverflowError:
-        return False
-
-
-def confined_output_path(value: Any, limits: Limits) -> Path:
-    """`value` resolved under limits.output_dir, for a new file; anything that would leave
-    the directory, name a directory, or replace an existing file is refused (a result never
-    overwrites another one)."""
-    if not valid_unicode(value) or not value or "\x00" in value:
-        raise BusError(INVALID_FIELD, "output_path must be a non-empty string")
+def confined_output_path(value: str, limits: Limits) -> Path:
+    """`value` (a file name, as `SynthesizeItem` checked it) resolved under limits.output_dir,
+    for a new file; anything that would leave the directory, name a directory, or replace an
+    existing file is refused (a result never overwrites another one)."""
     root = Path(limits.output_dir).resolve()
     path = (root / value).resolve()
     if not path.is_relative_to(root) or path == root:

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import numbers
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_manager.engines.base import Engine, Fields, resolve_device
 from model_manager.engines.kokoro import text_split
@@ -55,11 +54,11 @@ from model_manager.engines.kokoro.text_split import Pause
 from model_manager.errors import (
     INFERENCE_FAILED,
     INVALID_FIELD,
-    MISSING_FIELD,
     OUT_OF_MEMORY,
     TEXT_TOO_LONG,
     BusError,
 )
+from model_manager.fields import FiniteNumber, Messages, NonBlankStr, Utf8Str, checked
 
 if TYPE_CHECKING:
     from model_manager.engines.kokoro.g2p import Phonemizer
@@ -81,6 +80,29 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 #: Sub-batch limits: items on CUDA, and items x longest piece in tokens (bounds activation memory).
 _CUDA_MAX_ITEMS = 32
 _TOKEN_BUDGET = 16 * MAX_TOKENS
+
+
+class SpeechFields(BaseModel):
+    """A TTS request's fields as Kokoro takes them (docs/protocol.md §4): the types the TTS
+    agent also checks at intake (agents/items.py), and Kokoro's own speed range. What needs
+    the engine (the text's length limit and pause markers, the voice names) `prepare` checks."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    #: What to say; pause markers such as [pause:0.5] insert silence.
+    text: NonBlankStr
+    #: A pack name or a weighted mix (voices.py); absent: the engine's default voice.
+    voice: Utf8Str | None = None
+    #: Speaking rate, 1.0 (the default) as the voice speaks.
+    speed: Annotated[FiniteNumber, Field(ge=MIN_SPEED, le=MAX_SPEED)] | None = None
+
+
+#: The invalid_field message of each field, from the value the client sent.
+SPEECH_MESSAGES: Messages = {
+    "text": lambda value: "text must be a non-empty string",
+    "voice": lambda value: "voice must be a non-empty string",
+    "speed": lambda value: f"speed must be a finite number in [{MIN_SPEED}, {MAX_SPEED}], got {value!r:.50}",
+}
 
 
 @dataclass(frozen=True)
@@ -205,16 +227,11 @@ class KokoroEngine(Engine[SpeechRequest]):
     # --- Engine interface ------------------------------------------------------------------
 
     def prepare(self, fields: Fields) -> SpeechRequest:
-        """The one validation of a TTS item: text (non-empty, <= max_text_chars, well-formed
-        pause markers, something to speak), voice (canonical spelling), speed (finite, in
-        [0.25, 4])."""
-        if "text" not in fields or fields["text"] is None:
-            raise BusError(MISSING_FIELD, "text is required")
-        text = fields["text"]
-        if not isinstance(text, str):
-            raise BusError(INVALID_FIELD, f"text must be a string, not {type(text).__name__}")
-        if not text.strip():
-            raise BusError(INVALID_FIELD, "text is empty")
+        """The one validation of a TTS item: its fields' types and the speed's range
+        (`SpeechFields`), then the text (<= max_text_chars, well-formed pause markers,
+        something to speak) and the voice (canonical spelling)."""
+        speech = checked(SpeechFields, fields, SPEECH_MESSAGES)
+        text = speech.text
         if len(text) > self.max_text_chars:
             raise BusError(TEXT_TOO_LONG,
                            f"text has {len(text)} characters; the limit is {self.max_text_chars}")
@@ -225,10 +242,8 @@ class KokoroEngine(Engine[SpeechRequest]):
         speakable = any(c.isalnum() for s in segments if isinstance(s, str) for c in s)
         if not speakable and not any(isinstance(s, Pause) and s.seconds > 0 for s in segments):
             raise BusError(INVALID_FIELD, "text has nothing to speak (no letters or digits)")
-        voice = fields.get("voice")
-        voice = self.default_voice if voice is None else self.voices.normalise(voice)
-        speed = fields.get("speed")
-        request = SpeechRequest(text, voice, _check_speed(1.0 if speed is None else speed))
+        voice = self.default_voice if speech.voice is None else self.voices.normalise(speech.voice)
+        request = SpeechRequest(text, voice, 1.0 if speech.speed is None else speech.speed)
         # Planned here, on the model manager's prepare threads: a text with nothing to speak is
         # refused before it queues, and `split` and `run_batch` find its phonemes cached.
         try:
@@ -409,12 +424,3 @@ def _shared_phonemizer() -> Phonemizer:
 
     return Phonemizer(kokoro_convert.load_config()["vocab"])
 
-
-def _check_speed(speed: Any) -> float:
-    if isinstance(speed, bool) or not isinstance(speed, numbers.Real):
-        raise BusError(INVALID_FIELD, f"speed must be a number, not {type(speed).__name__}")
-    speed = float(speed)
-    if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
-        raise BusError(INVALID_FIELD,
-                       f"speed must be a finite number in [{MIN_SPEED}, {MAX_SPEED}], got {speed}")
-    return speed

@@ -1,36 +1,95 @@
 """The Whisper family's typed request, and the one place a request's fields are checked.
 
-`prepare_request` turns a client's fields into an `SttRequest`: audio validated, trimmed to
-its speech (unless `vad` is off), and given its lead-in of silence, encoder window and token
-bound by the model's `WindowPolicy`. Everything after it (batch key, cost, run_batch) reads
-the dataclass.
+`DecodeFields` is the record of a client's decoding fields (language, task, beam_size, vad,
+prompt, temperature, timestamps): their types and ranges, one rule each. The STT agent checks
+a client's item with it at intake (agents/items.py), and `prepare_request` checks the fields
+again with it, for those that reach the engine by other paths, before the rules that depend on
+the model. `prepare_request` turns a client's fields into an `SttRequest`: audio validated,
+trimmed to its speech (unless `vad` is off), and given its lead-in of silence, encoder window
+and token bound by the model's `WindowPolicy`. Everything after it (batch key, cost,
+run_batch) reads the dataclass.
 
-Light on purpose: the agents import `beam_size_of` and `flag_of` from here, so nothing at
-module level pulls in faster-whisper, CTranslate2 or torch.
+Light on purpose: the agents import `DecodeFields` from here, so nothing at module level
+pulls in faster-whisper, CTranslate2 or torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from model_manager.engines.whisper.window_policy import FULL_WINDOW_S, MAX_TARGET_POSITIONS, WindowPolicy
 from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, INVALID_FIELD, MISSING_FIELD, BusError
+from model_manager.fields import FiniteNumber, Messages, Utf8Str, checked, string_message
 
 SAMPLE_RATE = 16000
 #: The engine's own cap on one request; the agents refuse beyond limits.max_audio_seconds first.
 MAX_AUDIO_SECONDS = 3600.0
-TASKS = ("transcribe", "translate")
+Task = Literal["transcribe", "translate"]
+TASKS: tuple[str, ...] = get_args(Task)
 MIN_BEAM_SIZE = 1
 MAX_BEAM_SIZE = 10
 #: Values of the `timestamps` field (see timestamps.py).
-GRANULARITIES = ("segment", "word")
+Granularity = Literal["segment", "word"]
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 #: Prompt tokens kept (the last ones), as faster-whisper keeps them: half the decoder context.
 MAX_PROMPT_TOKENS = MAX_TARGET_POSITIONS // 2 - 1
 MAX_PROMPT_CHARS = 10_000
+
+
+class DecodeFields(BaseModel):
+    """How a client asks for its audio to be decoded (docs/protocol.md §3): every field
+    optional, absent or null meaning its default. Only what holds for any Whisper model is
+    checked here; which languages a model knows, whether it can translate and whether it can
+    decode prompts is `prepare_request`'s business."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    #: The spoken language's code ("de", any case; blank means absent), or absent: detect it.
+    #: English-only models take "en" or nothing.
+    language: Utf8Str | None = None
+    #: "transcribe" (the default), or "translate" into English.
+    task: Task | None = None
+    #: Beams of the beam search; 1, the default, is greedy decoding.
+    beam_size: Annotated[StrictInt, Field(ge=MIN_BEAM_SIZE, le=MAX_BEAM_SIZE)] | None = None
+    #: Trim the silence around the speech first; absent: the model's own `vad` option.
+    vad: StrictBool | None = None
+    #: Text that came before the audio (names, spellings, style); see `check_details`.
+    prompt: Annotated[Utf8Str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    #: The first decoding temperature, with fallback to higher ones (timestamps.py); absent:
+    #: one decoding, without fallback.
+    temperature: Annotated[FiniteNumber, Field(ge=0.0, le=1.0)] | None = None
+    #: "segment" or "word": the reply gets segments (and words) with their times.
+    timestamps: Granularity | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields the client set, as checked: what the agent sends on to the engine."""
+        return {key: value for key in DECODE_FIELDS if (value := getattr(self, key)) is not None}
+
+
+#: The names of the decoding fields (`DecodeFields.model_fields` is slow to read per request).
+DECODE_FIELDS: tuple[str, ...] = tuple(DecodeFields.model_fields)
+
+#: The invalid_field message of each decoding field, from the value the client sent.
+DECODE_MESSAGES: Messages = {
+    "language": string_message("language"),
+    "task": lambda value: f"task must be one of {', '.join(TASKS)}, got {value!r:.50}",
+    "beam_size": lambda value: f"beam_size must be an integer in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, "
+                               f"got {value!r:.50}",
+    "vad": lambda value: f"vad must be true or false, got {value!r:.50}",
+    "prompt": lambda value: f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters",
+    "temperature": lambda value: f"temperature must be a number in [0, 1], got {value!r:.50}",
+    "timestamps": lambda value: f"timestamps must be one of {list(GRANULARITIES)}, got {value!r:.50}",
+}
+
+
+def decode_fields(fields: Mapping[str, Any]) -> DecodeFields:
+    """A client's decoding fields, checked, or BusError(invalid_field) naming the first bad one."""
+    return checked(DecodeFields, fields, DECODE_MESSAGES)
 
 
 @dataclass(frozen=True)
@@ -87,16 +146,15 @@ class SttRequest:
         return max(1, -(-len(self.audio) // int(FULL_WINDOW_S * SAMPLE_RATE))) if self.has_speech else 0
 
 
-def validate_language(language: object, multilingual: bool, known: Mapping[str, int] | Sequence[str],
+def validate_language(language: str | None, multilingual: bool, known: Mapping[str, int] | Sequence[str],
                       model_name: str) -> str | None:
-    """Normalised language of a request, or BusError(INVALID_FIELD).
+    """Normalised language of a request (its type checked by `DecodeFields`), or
+    BusError(INVALID_FIELD).
 
     English-only models accept None or "en" and return "en". Multilingual models accept a code
     in `known` (case-insensitive) or None, meaning: detect it.
     """
-    if language is not None and not isinstance(language, str):
-        raise BusError(INVALID_FIELD, f"language must be a string or null, got {type(language).__name__}")
-    code = language.strip().lower() if isinstance(language, str) else None
+    code = language.strip().lower() if language is not None else None
     if code == "":
         code = None
     if not multilingual:
@@ -130,49 +188,17 @@ def validate_audio(audio: object) -> np.ndarray:
     return arr
 
 
-def beam_size_of(value: object) -> int:
-    """The checked `beam_size` field (1 when absent). The agents check a client's item with
-    this too, before its audio travels to the model manager."""
-    if value is None:
-        return 1
-    # bool is an int subclass; True as a beam size is a client bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise BusError(INVALID_FIELD, f"beam_size must be an integer in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, "
-                                      f"got {value!r:.50}")
-    if not MIN_BEAM_SIZE <= value <= MAX_BEAM_SIZE:
-        raise BusError(INVALID_FIELD, f"beam_size must be in {MIN_BEAM_SIZE}..{MAX_BEAM_SIZE}, got {value}")
-    return int(value)
-
-
-def flag_of(fields: Mapping[str, Any], name: str, default: bool) -> bool:
-    """The checked boolean field `name` (`default` when absent)."""
-    value = fields.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, (bool, np.bool_)):
-        raise BusError(INVALID_FIELD, f"{name} must be true or false, got {value!r:.50}")
-    return bool(value)
-
-
-def check_details(fields: Mapping[str, Any], encode: Callable[[str], list[int]] | None,
+def check_details(fields: Mapping[str, Any] | DecodeFields, encode: Callable[[str], list[int]] | None,
                   model_name: str) -> Details:
     """The `Details` of a client's `prompt`, `temperature` and `timestamps` fields, or
     BusError(INVALID_FIELD) for a bad value, or for any of them on an engine that cannot decode
     them (`encode` None). The prompt is encoded as " " + its text, its last MAX_PROMPT_TOKENS kept."""
-    prompt = fields.get("prompt")
-    temperature = fields.get("temperature")
-    granularity = fields.get("timestamps")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-        raise BusError(INVALID_FIELD, f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+    checked_fields = fields if isinstance(fields, DecodeFields) else decode_fields(fields)
+    granularity = checked_fields.timestamps
+    temperature = checked_fields.temperature
     if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not 0.0 <= temperature <= 1.0:
-            raise BusError(INVALID_FIELD, f"temperature must be a number in [0, 1], got {temperature!r:.50}")
-        temperature = round(float(temperature), 3)
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise BusError(INVALID_FIELD,
-                       f"timestamps must be one of {list(GRANULARITIES)}, got {granularity!r:.50}")
-    text = (prompt or "").strip()
+        temperature = round(temperature, 3)
+    text = (checked_fields.prompt or "").strip()
     if (text or temperature is not None or granularity is not None) and encode is None:
         raise BusError(INVALID_FIELD, f"model {model_name} cannot decode prompt, temperature or "
                                       "timestamps; use a ctranslate2 model")
@@ -193,17 +219,17 @@ def prepare_request(fields: Mapping[str, Any] | SttRequest, *, multilingual: boo
     from model_manager.engines.whisper import vad as speech_detector
     if isinstance(fields, SttRequest):
         return fields
-    task = fields.get("task") or "transcribe"
-    if task not in TASKS:
-        raise BusError(INVALID_FIELD, f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    # Checked at intake already when the fields came through an agent; not all of them do.
+    checked_fields = decode_fields(fields)
+    task = checked_fields.task or "transcribe"
     if task == "translate" and not multilingual:
         raise BusError(INVALID_FIELD, f"model {model_name} is English-only and cannot translate")
-    beam_size = beam_size_of(fields.get("beam_size"))
-    language = validate_language(fields.get("language"), multilingual, known_languages, model_name)
-    details = check_details(fields, encode_prompt, model_name)
+    beam_size = checked_fields.beam_size or MIN_BEAM_SIZE
+    language = validate_language(checked_fields.language, multilingual, known_languages, model_name)
+    details = check_details(checked_fields, encode_prompt, model_name)
     if details.requested:
         policy = WindowPolicy(min_window_s=FULL_WINDOW_S)
-    use_vad = flag_of(fields, "vad", vad_default)
+    use_vad = vad_default if checked_fields.vad is None else checked_fields.vad
     audio = validate_audio(fields.get("audio"))
     received_s = len(audio) / SAMPLE_RATE
     if use_vad:
