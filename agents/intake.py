@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from agents.options import check_options, check_protocol, echoable, required
+from agents.options import check_protocol, echoable, required
 from agents.services import Service
 from model_manager import protocol
 from model_manager.config import Limits
@@ -77,8 +77,7 @@ def prepare_frame(service: Service, limits: Limits, frame: bytes) -> Prepared:
 def _prepare_items(prepared: Prepared, message: dict[str, Any], service: Service, limits: Limits) -> None:
     action = message.get("action")
     if action in (service.single_action, "queue_for_batch", "stream"):
-        check_options(message)  # the protocol among them
-        request = service.parse_item(message, limits)
+        request = service.parse_item(message, limits)  # its record holds the options, protocol too
         prepared.items.append(Item(prepared.message, request))
         if action == "stream" and service.split_for_stream is not None:
             prepared.pieces = service.split_for_stream(request)
@@ -98,7 +97,6 @@ def _prepare_items(prepared: Prepared, message: dict[str, Any], service: Service
             try:
                 if not isinstance(raw, dict):
                     raise BusError(INVALID_FIELD, f"batch_data[{index}] must be a map/object")
-                check_options(fields)
                 item.request = service.parse_item(fields, limits)
             except BusError as exc:
                 item.error = exc
