@@ -1,10 +1,13 @@
 """Where the answer to one job goes: one `ReplySink` type, whatever asked for the job.
 
-A sink receives one finished reply entry (a success or an error reply, already rendered for
-the wire) through `deliver`. The agent never branches on what kind of request a job came
-from: it asks the sink who its client is (`owner`, for dropping the jobs of a client that
-hung up), whether a refusal for now is retried by the agent (`retries`: the client cannot
-send the job again, having only a request_id), and hands it the entry.
+A sink receives the job's outcome (its model manager's result, or the BusError that ended
+it) through `take`. A sink whose answer goes to a client has it rendered for the wire and
+takes the entry (a success or an error reply) through `deliver`; one whose answer stays in
+the agent (`DecodeReply`, a live stream's decode) takes the outcome itself, typed. The agent
+never branches on what kind of request a job came from: it asks the sink who its client is
+(`owner`, for dropping the jobs of a client that hung up), whether a refusal for now is
+retried by the agent (`retries`: the client cannot send the job again, having only a
+request_id), and hands it the outcome.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.live.decodes import Decoded, DecodeOutcome, decode_outcome
 from agents.results import ResultStore
 from agents.streams import Stream
+from model_manager.errors import INTERNAL, BusError
 
 Entry = dict[str, Any]
+#: A job's end: its model manager's result, or why it has none.
+Outcome = dict[str, Any] | BusError
+#: Renders an outcome as the job's reply entry (`Work.render`).
+Render = Callable[[Outcome], Entry]
 
 
 @dataclass(eq=False)
@@ -43,6 +52,10 @@ class ReplySink(ABC):
     owner: bytes | None = None
     #: Retry a refusal for now (overloaded, restarting) until the job's deadline.
     retries: bool = False
+
+    def take(self, outcome: Outcome, render: Render) -> None:
+        """Take the job's outcome; a sink whose answer goes to a client delivers it rendered."""
+        self.deliver(render(outcome))
 
     @abstractmethod
     def deliver(self, entry: Entry) -> None:
@@ -110,14 +123,28 @@ class QueuedReply(ReplySink):
 
 
 @dataclass(eq=False)
-class CallbackReply(ReplySink):
-    """An answer the agent's own code takes (a live stream's decode: agents/live/streams.py)."""
+class DecodeReply(ReplySink):
+    """A live stream's decode (agents/live/streams.py): its outcome goes to the stream as a
+    `Decoded` or the BusError, never rendered as a reply."""
 
-    on_answer: Callable[[Entry], None]
+    on_decoded: Callable[[DecodeOutcome], None]
     retries: bool = False
 
+    def take(self, outcome: Outcome, render: Render) -> None:
+        self.on_decoded(decode_outcome(outcome))
+
     def deliver(self, entry: Entry) -> None:
-        self.on_answer(entry)
+        # Only for a caller that still hands over a rendered reply (an error) instead of the
+        # outcome (`Work.fail`): read back into the outcome it was rendered from.
+        if entry.get("status") == "success":
+            self.on_decoded(Decoded.of(entry))
+            return
+        error = entry.get("error") or {}
+        self.on_decoded(BusError(error.get("code", INTERNAL), error.get("message", "")))
+
+
+#: The name the service agent still imports; its `on_answer` now takes a `DecodeOutcome`.
+CallbackReply = DecodeReply
 
 
 @dataclass(eq=False)

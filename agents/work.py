@@ -8,14 +8,16 @@ Contract:
   once; the others wait at the backend (agents/backend.py) for a manager with credit;
 - a queue_for_batch job is journaled before "queued" goes out, and `recover_journal` takes
   up the jobs a previous run left there;
-- `answer` delivers exactly one rendered reply per job, except that a refusal for now of a
-  job whose client cannot resend it is kept for another try.
+- `answer` hands each job's outcome to its sink exactly once (a sink for a client has it
+  rendered as its reply, `render`), except that a refusal for now of a job whose client
+  cannot resend it is kept for another try; `fail` ends a job with an error, never retried.
 The socket loop (agents/service_agent.py) routes frames here and model manager results to
 `answer`; it owns the in-flight table, the backend, the journal and the streams.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -29,7 +31,16 @@ from agents.live.streams import LiveStreams
 from agents.options import check_options, echoable, request_key, required
 from agents.results import ResultStore
 from agents.services import Service
-from agents.sinks import BatchCall, BatchItemReply, ClientCall, ClientReply, QueuedReply, ReplySink, Send
+from agents.sinks import (
+    BatchCall,
+    BatchItemReply,
+    ClientCall,
+    ClientReply,
+    Outcome,
+    QueuedReply,
+    ReplySink,
+    Send,
+)
 from agents.stream_driver import StreamDriver
 from model_manager import protocol
 from model_manager.batcher import BULK, INTERACTIVE
@@ -112,16 +123,20 @@ class Work:
         if job_ids:
             self.backend.cancel(job_ids)
 
-    def answer(self, job: InFlightJob, outcome: dict[str, Any] | BusError) -> None:
+    def answer(self, job: InFlightJob, outcome: Outcome) -> None:
         """Deliver `job`'s outcome to its sink, or keep it for another try: a refusal for now
         (overloaded, restarting) of a job whose client cannot resend it."""
         if isinstance(outcome, BusError) and outcome.code in RETRYABLE:
             hint_s = (outcome.retry_after_ms or 0) / 1000.0
             if self.inflight.retry_later(job, time.monotonic(), max(QUEUED_RETRY_S, hint_s)):
                 return
-        job.sink.deliver(self.render(job, outcome))
+        job.sink.take(outcome, functools.partial(self.render, job))
 
-    def render(self, job: InFlightJob, outcome: dict[str, Any] | BusError) -> dict[str, Any]:
+    def fail(self, job: InFlightJob, error: BusError) -> None:
+        """End `job` with `error` (its timeout, the agent shutting down): no other try."""
+        job.sink.take(error, functools.partial(self.render, job))
+
+    def render(self, job: InFlightJob, outcome: Outcome) -> dict[str, Any]:
         rid = job.fields.get("request_id")
         if isinstance(outcome, BusError):
             return protocol.error_reply(outcome, rid)

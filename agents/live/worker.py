@@ -8,11 +8,11 @@ Contract of `OffThread`:
   (which always uses the same lane) has its chunks reach its VAD in order. Lanes run in
   parallel: the VAD's ONNX run releases the GIL, so one agent's streams are not bounded by
   one core (Silero costs about 1 ms per 100 ms chunk, so one lane carries about 100 streams);
-- when a task finishes, its `(ticket, outcome)` is queued and one byte goes out on an
-  inproc PUSH socket: the loop polls `wake`, then `drain()` returns the finished tasks in
-  the order they finished (per lane, the order they were submitted), on the loop's thread.
-  The outcome is the task's return value, or the exception it raised (never lost, never
-  raised on a worker thread);
+- when a task finishes, a `Finished` (its ticket and outcome) is queued and one byte goes
+  out on an inproc PUSH socket: the loop polls `wake`, then `drain()` returns the finished
+  tasks in the order they finished (per lane, the order they were submitted), on the loop's
+  thread. The outcome is the task's return value, or the exception it raised (never lost,
+  never raised on a worker thread);
 - `close()` stops the threads after the tasks already queued.
 """
 
@@ -24,13 +24,23 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import zmq
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[], Any]
+T = TypeVar("T")  # what the caller tells its tasks apart by
+R = TypeVar("R")  # what a task returns
+
+
+@dataclass(frozen=True)
+class Finished(Generic[T, R]):
+    """A task that has run: the ticket it was submitted with, and what it returned or raised."""
+
+    ticket: T
+    outcome: R | Exception
 
 
 #: Lanes when the caller does not say: one per core, up to 4 (on a GPU box the VAD of a
@@ -38,7 +48,7 @@ Work = Callable[[], Any]
 DEFAULT_LANES = max(1, min(4, os.cpu_count() or 1))
 
 
-class OffThread:
+class OffThread(Generic[T, R]):
     def __init__(self, context: zmq.Context, name: str = "live-vad", lanes: int = DEFAULT_LANES) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
@@ -46,8 +56,9 @@ class OffThread:
         self.endpoint = f"inproc://{name}-{uuid.uuid4().hex}"
         self.wake = context.socket(zmq.PULL)
         self.wake.bind(self.endpoint)
-        self._done: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self._tasks: list[queue.Queue[tuple[Any, Work] | None]] = [queue.Queue() for _ in range(lanes)]
+        self._done: queue.Queue[Finished[T, R]] = queue.Queue()
+        self._tasks: list[queue.Queue[tuple[T, Callable[[], R]] | None]] = [
+            queue.Queue() for _ in range(lanes)]
         self._pushes = []  # one per lane, each used by its own thread only
         for _ in range(lanes):
             push = context.socket(zmq.PUSH)
@@ -59,16 +70,16 @@ class OffThread:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, ticket: Any, work: Work, lane: int = 0) -> None:
+    def submit(self, ticket: T, work: Callable[[], R], lane: int = 0) -> None:
         self._tasks[lane % self.lanes].put((ticket, work))
 
-    def drain(self) -> list[tuple[Any, Any]]:
+    def drain(self) -> list[Finished[T, R]]:
         while True:
             try:
                 self.wake.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-        finished = []
+        finished: list[Finished[T, R]] = []
         while True:
             try:
                 finished.append(self._done.get_nowait())
@@ -88,11 +99,12 @@ class OffThread:
         tasks, push = self._tasks[lane], self._pushes[lane]
         while (task := tasks.get()) is not None:
             ticket, work = task
+            outcome: R | Exception
             try:
                 outcome = work()
             except Exception as exc:  # handed to the loop, which answers the client
                 outcome = exc
-            self._done.put((ticket, outcome))
+            self._done.put(Finished(ticket, outcome))
             try:
                 push.send(b"", zmq.NOBLOCK)
             except zmq.Again:  # the loop has wake-ups queued already; it will drain this too

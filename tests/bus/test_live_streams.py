@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from speech import SENTENCES, speak
 
-from agents.live.streams import PARTIAL_PRIORITY, LiveSettings, LiveStreams
+from agents.live.decodes import PARTIAL_PRIORITY, Decoded
+from agents.live.settings import LiveSettings
+from agents.live.streams import LiveStreams
+from agents.live.worker import Finished
 from model_manager.errors import BusError
 
 
@@ -44,7 +47,7 @@ class FakeHost:
             if priority is not None and job_priority != priority:
                 continue
             _, _, on_answer = self.jobs.pop(job_id)
-            on_answer({"status": "success", "text": text, "timing": {"batch_size": 2}})
+            on_answer(Decoded(text, batch_size=2))
 
     def reply_to(self, call: Call) -> dict:
         return [r for c, r in self.replies if c is call][-1]
@@ -54,13 +57,13 @@ class InlineWorker:
     """OffThread's contract, run at once; `finished` is handed to on_worker by the test."""
 
     def __init__(self) -> None:
-        self.finished: list = []
+        self.finished: list[Finished] = []
 
     def submit(self, ticket: Any, work: Any, lane: int = 0) -> None:
         try:
-            self.finished.append((ticket, work()))
+            self.finished.append(Finished(ticket, work()))
         except Exception as exc:
-            self.finished.append((ticket, exc))
+            self.finished.append(Finished(ticket, exc))
 
 
 class Clock:
@@ -251,19 +254,19 @@ def test_partials_share_a_budget_fairly_and_it_adapts_to_the_engine():
                 send(streams, worker, clock, name, speech[offset : offset + 1600])
 
     feed(1.0)
-    assert streams.partial_budget == 2.0
+    assert streams.partials.budget == 2.0
     assert sorted(owner(j) for j in host.jobs) == ["a", "b"]  # c waits its turn
     first = next(iter(host.jobs))
     clock.now += 0.2  # quick: the budget grows
     _, _, on_answer = host.jobs.pop(first)
-    on_answer({"status": "success", "text": "hi"})
-    assert streams.partial_budget == 2.5
+    on_answer(Decoded("hi"))
+    assert streams.partials.budget == 2.5
     assert "c" in {owner(j) for j in host.jobs}  # the next in line, not the one just answered
     clock.now += 3.0  # slow: it halves, once for the round trip
     for job_id in list(host.jobs):
         _, _, on_answer = host.jobs.pop(job_id)
-        on_answer({"status": "success", "text": "hi there"})
-    assert streams.partial_budget == 1.25
+        on_answer(Decoded("hi there"))
+    assert streams.partials.budget == 1.25
     assert streams.stats()["partial_budget"] == 1
     assert len(host.jobs) == 1
 
@@ -305,7 +308,7 @@ def test_no_partial_starts_while_a_final_decode_is_out():
         send(streams, worker, clock, "a", speech[i : i + 1600])
     for job_id in list(host.jobs):
         _, _, on_answer = host.jobs.pop(job_id)
-        on_answer({"status": "error", "error": {"code": "timeout", "message": "slow"}})
+        on_answer(BusError("timeout", "slow"))
     for _ in range(8):
         clock.now += 0.1
         send(streams, worker, clock, "a", np.zeros(1600, np.float32))
@@ -316,5 +319,5 @@ def test_no_partial_starts_while_a_final_decode_is_out():
         send(streams, worker, clock, "b", speech[i : i + 1600])
     assert list(host.jobs) == [final_job]
     host.jobs.pop(final_job)
-    answer_final({"status": "success", "text": "Please call me."})
+    answer_final(Decoded("Please call me."))
     assert len(host.jobs) == 1 and next(iter(host.jobs.values()))[1] == PARTIAL_PRIORITY  # b's, now

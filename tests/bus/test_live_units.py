@@ -397,9 +397,9 @@ def test_off_thread_runs_tasks_in_order_and_hands_back_exceptions():
         while len(finished) < 6:
             assert worker.wake.poll(5000), "no wake-up from the worker"
             finished += worker.drain()
-        assert [t for t, _ in finished] == [0, 1, 2, 3, 4, "bad"]
-        assert [o for _, o in finished[:5]] == [0, 1, 4, 9, 16]
-        assert isinstance(finished[5][1], ZeroDivisionError)
+        assert [f.ticket for f in finished] == [0, 1, 2, 3, 4, "bad"]
+        assert [f.outcome for f in finished[:5]] == [0, 1, 4, 9, 16]
+        assert isinstance(finished[5].outcome, ZeroDivisionError)
     finally:
         worker.close()
 
@@ -423,10 +423,10 @@ def test_off_thread_lanes_keep_each_lanes_order_and_run_side_by_side():
         while len(finished) < 4:
             assert worker.wake.poll(10_000), "no wake-up from the worker"
             finished += worker.drain()
-        order = [t for t, _ in finished]
+        order = [f.ticket for f in finished]
         assert order.index("b0") < order.index("a0") < order.index("a1")
         assert order.index("b0") < order.index("b1")
-        assert dict(finished)["a0"] is True
+        assert {f.ticket: f.outcome for f in finished}["a0"] is True
     finally:
         worker.close()
 
