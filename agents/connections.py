@@ -15,7 +15,7 @@ its connection closed (sent just before the client hung up) is known for one fro
 that has gone.
 
 `ConnectionTracker` is pure; `message_fd` and `drain_monitor` are the socket glue that
-`agents/service_agent.py` feeds it with.
+`agents/front.py` feeds it with.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The control actions: `health`, `stats`, `configure` and `voices`, and the agent's own
-counters. Replies are built here from what the agent knows and what the model manager said;
-the agent only moves the messages."""
+"""The control actions' replies: `health`, `stats`, `configure` and `voices`, and the agent's
+own counters. Replies are built here, pure, from what the agent knows and what the model
+managers said; agents/control_actions.py asks the managers and sends the replies."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from agents.options import required
 from agents.sinks import ClientCall
@@ -29,7 +29,7 @@ class ControlCall:
     """A `stats` or `configure` call waiting for the model managers' answers."""
 
     call: ClientCall
-    kind: str  # "stats" | "configure"
+    kind: Literal["stats", "configure"]
     deadline: float
     #: The managers asked that have not answered yet.
     waiting: set[bytes] = field(default_factory=set)
