@@ -40,10 +40,10 @@ Contract:
   (a stale partial is replaced, not queued).
 - `close()` ends the open utterance at the end of the audio; the session is `done` once
   every final is out. Audio after `close()` is refused (ValueError).
-- The audio kept is bounded: from the open utterance's start (at most
-  `EndpointConfig.max_utterance_s` plus padding) or, between utterances, the padding and
-  minimum speech that a new utterance may reach back to; and `context_s` before the end of
-  the audio, for the context of the next decodes.
+- The audio kept (a `StreamAudio`, agents/live/audio.py) is bounded: from the open
+  utterance's start (at most `EndpointConfig.max_utterance_s` plus padding) or, between
+  utterances, the padding and minimum speech that a new utterance may reach back to; and
+  `context_s` before the end of the audio, for the context of the next decodes.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from agents.live.agreement import LocalAgreement, cut_context, repeats_itself
+from agents.live.audio import StreamAudio
 from agents.live.endpointing import EndpointConfig, Endpointer, SpeechEnded, SpeechStarted
-from agents.live.vad import SAMPLE_RATE
 
 SPEECH_STARTED, SPEECH_ENDED = "speech_started", "speech_ended"
 PARTIAL, FINAL, ERROR = "partial", "final", "error"
@@ -175,24 +175,16 @@ class _Heard:
     words: tuple[str, ...]
 
 
-@dataclass
-class _Chunk:
-    start: int  # absolute sample index
-    samples: np.ndarray
-    arrived_at: float
-
-
 class LiveSession:
     def __init__(self, config: LiveConfig | None = None) -> None:
         self.config = config or LiveConfig()
         self.endpointer = Endpointer(self.config.endpoint)
-        self.samples_received = 0
+        self.audio = StreamAudio()
         self.skipped_decodes = 0
         self.finals_from_partials = 0  # finals that needed no decode of their own
         self.finals_retried_alone = 0  # final decodes with context that lost or looped on the utterance
         self.partials_set_aside = 0  # partial decodes that looped or lost the context
         self.closed = False
-        self._chunks: list[_Chunk] = []
         self._utterances: dict[int, _Utterance] = {}  # not yet finalised, by index
         self._open: int | None = None  # the utterance being spoken
         self._next_utterance = 0
@@ -208,11 +200,11 @@ class LiveSession:
 
     @property
     def audio_seconds(self) -> float:
-        return self.samples_received / SAMPLE_RATE
+        return self.audio.seconds
 
     @property
     def buffered_seconds(self) -> float:
-        return sum(len(c.samples) for c in self._chunks) / SAMPLE_RATE
+        return self.audio.buffered_seconds
 
     @property
     def in_flight(self) -> list[int]:
@@ -230,9 +222,7 @@ class LiveSession:
         the VAD frames it completed."""
         if self.closed:
             raise ValueError("the stream is closed")
-        if len(audio):
-            self._chunks.append(_Chunk(self.samples_received, np.asarray(audio, dtype=np.float32), now))
-            self.samples_received += len(audio)
+        self.audio.append(audio, now)
         step = self._on_endpoints(self.endpointer.push(speech_probs), now)
         open_utterance = self._open_utterance()
         if open_utterance is not None:
@@ -278,7 +268,7 @@ class LiveSession:
         if shown and shown != utterance.last_partial_text and utterance.end_s is None:
             utterance.last_partial_text = shown
             event = LiveEvent(PARTIAL, utterance.index, utterance.start_s, request.end_s, shown,
-                              latency_s=now - self._arrival_of(request.end_s, default=now),
+                              latency_s=now - self.audio.arrival_of(request.end_s, default=now),
                               committed=" ".join(utterance.agreement.committed))
             if utterance.index == self._next_final:
                 step.events.append(event)
@@ -348,7 +338,7 @@ class LiveSession:
             step.events.append(LiveEvent(SPEECH_ENDED, utterance.index, utterance.start_s, endpoint.end_s))
             utterance.pending_partial, utterance.partial_wanted = None, False
             speech_end_s = max(utterance.start_s, endpoint.end_s - self.config.endpoint.speech_pad_s)
-            self._final_heard_at[utterance.index] = self._arrival_of(speech_end_s, default=now)
+            self._final_heard_at[utterance.index] = self.audio.arrival_of(speech_end_s, default=now)
             # A cut utterance's next one starts at the cut: its audio is not this one's.
             needed_end_s = endpoint.end_s if endpoint.cut else min(
                 speech_end_s + self.config.decode_pad_s, self.audio_seconds)
@@ -399,9 +389,9 @@ class LiveSession:
         context = self._context_for(utterance, end_s) if with_context else []
         first: _Utterance | _Heard = context[0] if context else utterance
         # Pad the start as far as the utterance before the first one heard allows.
-        start_s = max(first.start_s - self._extra_pad_s, first.previous_end_s, self._kept_from_s)
+        start_s = max(first.start_s - self._extra_pad_s, first.previous_end_s, self.audio.kept_from_s)
         start_s = min(first.start_s, start_s)
-        audio = self._audio_between(start_s, end_s)
+        audio = self.audio.between(start_s, end_s)
         request = DecodeRequest(self._next_decode, utterance.index, final, audio, start_s, end_s,
                                 context_words=tuple(w for h in context for w in h.words))
         self._next_decode += 1
@@ -439,31 +429,10 @@ class LiveSession:
                 following.pending_partial = None
         return step
 
-    def _audio_between(self, start_s: float, end_s: float) -> np.ndarray:
-        start, end = round(start_s * SAMPLE_RATE), round(end_s * SAMPLE_RATE)
-        pieces = [
-            c.samples[max(0, start - c.start) : max(0, end - c.start)]
-            for c in self._chunks
-            if c.start < end and c.start + len(c.samples) > start
-        ]
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-
     @property
     def _extra_pad_s(self) -> float:
         """How much further back than the endpointer's padding a decode's audio starts."""
         return max(0.0, self.config.decode_pad_s - self.config.endpoint.speech_pad_s)
-
-    @property
-    def _kept_from_s(self) -> float:
-        return self._chunks[0].start / SAMPLE_RATE if self._chunks else self.audio_seconds
-
-    def _arrival_of(self, time_s: float, default: float) -> float:
-        """When the audio at `time_s` arrived."""
-        sample = min(round(time_s * SAMPLE_RATE), self.samples_received - 1)
-        for chunk in self._chunks:
-            if chunk.start <= sample < chunk.start + len(chunk.samples):
-                return chunk.arrived_at
-        return default
 
     def _trim(self) -> None:
         while self._heard and self.audio_seconds - self._heard[0].start_s > self.config.context_s:
@@ -475,6 +444,4 @@ class LiveSession:
         if starts and self.config.context_s > 0:
             oldest_s = max(min(starts), self.audio_seconds - self.config.context_s)
             keep_from_s = min(keep_from_s, oldest_s - self._extra_pad_s)
-        keep_from = round(keep_from_s * SAMPLE_RATE)
-        while self._chunks and self._chunks[0].start + len(self._chunks[0].samples) <= keep_from:
-            self._chunks.pop(0)
+        self.audio.keep_from(keep_from_s)
