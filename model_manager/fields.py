@@ -79,14 +79,16 @@ def string_message(name: str) -> Callable[[Any], str]:
 Record = TypeVar("Record", bound=BaseModel)
 
 
-def checked(record: type[Record], fields: Mapping[str, Any], messages: Messages) -> Record:
+def checked(record: type[Record], fields: Mapping[str, Any], messages: Messages,
+            codes: Mapping[str, str] | None = None) -> Record:
     """`fields` as a `record`, or BusError for its first bad field in the record's order:
     missing_field "<field> is required" for a required field that is absent or null, else
-    invalid_field with the field's message from `messages`."""
+    the field's code from `codes` (invalid_field when it has none) with its message from
+    `messages`."""
     try:
         return record.model_validate(fields if isinstance(fields, dict) else dict(fields))
     except ValidationError as exc:
         key = str(exc.errors(include_url=False)[0]["loc"][0])
     if fields.get(key) is None and record.model_fields[key].is_required():
         raise BusError(MISSING_FIELD, f"{key} is required")
-    raise BusError(INVALID_FIELD, messages[key](fields.get(key)))
+    raise BusError((codes or {}).get(key, INVALID_FIELD), messages[key](fields.get(key)))

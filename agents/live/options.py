@@ -1,36 +1,77 @@
 """The fields of the live-stream actions, checked: what `stream_open` fixes for the whole
-stream (sample rate, dtype, decode options, stream options), a chunk's length, and how long
-`next_event` waits. Each function returns the checked value or raises BusError."""
+stream (a `StreamOpen` record: sample rate, dtype, stream options; the decode options as
+`transcribe` checks them), a chunk's length, and how long `next_event` waits. Each returns
+the checked value or raises BusError naming the field."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from agents.live.session import LiveConfig
 from agents.live.vad import SAMPLE_RATE
 from agents.services import parse_stt_item
 from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES
 from model_manager.config import Limits
-from model_manager.errors import INVALID_AUDIO, INVALID_FIELD, BusError
+from model_manager.errors import INVALID_AUDIO, BusError
+from model_manager.fields import FiniteNumber, Messages, checked
+
+#: The stream options' bounds, inclusive.
+SESSION_RANGES: dict[str, tuple[float, float]] = {
+    "partial_interval_ms": (100, 10_000),
+    "end_silence_ms": (100, 10_000),
+    "vad_threshold": (0.05, 0.95),
+    "context_ms": (0, 30_000),
+}
 
 
-def sample_rate(message: dict[str, Any]) -> int:
-    rate = message.get("sample_rate", SAMPLE_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        bounds = f"[{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]"
-        raise BusError(INVALID_AUDIO, f"sample_rate must be an integer in {bounds}, got {rate!r:.50}")
-    return rate
+def _within(key: str) -> Any:
+    """An optional finite number within `key`'s bounds."""
+    low, high = SESSION_RANGES[key]
+    return Annotated[FiniteNumber, Field(ge=low, le=high)] | None
 
 
-def dtype(message: dict[str, Any]) -> str:
-    name = message.get("dtype", "float32")
-    if not isinstance(name, str) or name not in SUPPORTED_DTYPES:
-        raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {name!r:.50}")
-    return name
+class StreamOpen(BaseModel):
+    """What `stream_open` fixes for the whole stream, besides its decode fields
+    (`decode_fields`); absent fields take the defaults below or the agent's settings."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: The rate the client's audio is recorded at; other rates than 16 kHz are resampled.
+    sample_rate: Annotated[StrictInt, Field(ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)] = SAMPLE_RATE
+    #: How the samples of a bytes chunk are stored (a list of numbers is read as it is).
+    dtype: Literal["float32", "int16"] = "float32"
+    #: How often the open utterance is re-decoded for a partial.
+    partial_interval_ms: _within("partial_interval_ms") = None
+    #: How long a pause ends an utterance.
+    end_silence_ms: _within("end_silence_ms") = None
+    #: Silero VAD's speech probability threshold.
+    vad_threshold: _within("vad_threshold") = None
+    #: How much of the stream's earlier speech a decode hears.
+    context_ms: _within("context_ms") = None
+
+
+def _range_message(key: str) -> Callable[[Any], str]:
+    low, high = SESSION_RANGES[key]
+    return lambda value: f"{key} must be a number in [{low}, {high}], got {value!r:.50}"
+
+
+_OPEN_MESSAGES: Messages = {
+    "sample_rate": lambda value: (f"sample_rate must be an integer in [{MIN_SAMPLE_RATE}, "
+                                  f"{MAX_SAMPLE_RATE}], got {value!r:.50}"),
+    "dtype": lambda value: f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {value!r:.50}",
+    **{key: _range_message(key) for key in SESSION_RANGES},
+}
+_OPEN_CODES = {"sample_rate": INVALID_AUDIO, "dtype": INVALID_AUDIO}
+
+
+def stream_open(message: dict[str, Any]) -> StreamOpen:
+    """A `stream_open`'s stream fields, or BusError naming the first bad one."""
+    return checked(StreamOpen, message, _OPEN_MESSAGES, _OPEN_CODES)
 
 
 def decode_fields(message: dict[str, Any]) -> dict[str, Any]:
@@ -43,24 +84,9 @@ def decode_fields(message: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-#: Stream options: (wire field, lowest, highest).
-_OPTIONS = {
-    "partial_interval_ms": (100, 10_000),
-    "end_silence_ms": (100, 10_000),
-    "vad_threshold": (0.05, 0.95),
-    "context_ms": (0, 30_000),
-}
-
-
-def session_config(message: dict[str, Any], base: LiveConfig) -> LiveConfig:
-    values: dict[str, float] = {}
-    for key, (low, high) in _OPTIONS.items():
-        value = message.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise BusError(INVALID_FIELD, f"{key} must be a number in [{low}, {high}], got {value!r:.50}")
-        values[key] = float(value)
+def session_config(opened: StreamOpen, base: LiveConfig) -> LiveConfig:
+    """The agent's session settings, with the stream's own options over them."""
+    values = {key: float(value) for key in SESSION_RANGES if (value := getattr(opened, key)) is not None}
     if not values:
         return base
     endpoint = base.endpoint
@@ -90,8 +116,15 @@ def chunk_seconds(data: Any, rate: int, dtype_name: str) -> float:
     return samples / rate
 
 
+class NextEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: How long the call may wait for an event, capped by the agent (0: answer at once).
+    timeout_ms: Annotated[FiniteNumber, Field(ge=0)] = 1000
+
+
 def wait_ms(message: dict[str, Any], cap_ms: int) -> int:
-    value = message.get("timeout_ms", 1000)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise BusError(INVALID_FIELD, f"timeout_ms must be a number >= 0, got {value!r:.50}")
-    return int(min(value, cap_ms))
+    """How long a `next_event` call waits, or BusError for a bad `timeout_ms`."""
+    asked = checked(NextEvent, message, {
+        "timeout_ms": lambda value: f"timeout_ms must be a number >= 0, got {value!r:.50}"})
+    return int(min(asked.timeout_ms, cap_ms))

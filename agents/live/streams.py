@@ -177,8 +177,9 @@ class LiveStreams:
     # --- actions -----------------------------------------------------------------------
 
     def open(self, call: ClientCall, message: dict[str, Any], request_id: str, now: float) -> None:
-        sample_rate, dtype = options.sample_rate(message), options.dtype(message)
-        config = options.session_config(message, self.settings.session)
+        opened = options.stream_open(message)
+        sample_rate, dtype = opened.sample_rate, opened.dtype
+        config = options.session_config(opened, self.settings.session)
         fields = options.decode_fields(message)
         outputs: Stream[None] = Stream.open(request_id, now, self.settings.idle_timeout_s,
                                             self.settings.max_buffered_events, first_alone=False)
