@@ -148,7 +148,7 @@ class AgentParts:
         expired = self.inflight.expired(now)
         self.work.cancel_at_model_manager([job.job_id for job in expired])
         for job in expired:
-            job.sink.deliver(self.work.render(job, BusError(TIMEOUT, "no result within the request timeout")))
+            self.work.fail(job, BusError(TIMEOUT, "no result within the request timeout"))
         for job in self.inflight.due(now):  # turned away for now earlier: another try
             self.work.submit(job)
         self.backend.tick(now)

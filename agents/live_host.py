@@ -4,11 +4,11 @@ runs on, and the handlers of the live actions (`stream_open`, `stream_audio`, `n
 
 `LiveStreams` decides everything about a live stream; this adapter only lends it the
 agent's means. Contract:
-- `send` puts a reply on the client socket; `routing_id` is the connection a call came on;
+- `send` puts a reply on the client socket;
 - `submit_decode` makes a decode an in-flight job like any other (deadline, model manager,
-  resends), whose answer goes to `on_answer` once; a final is retried when a manager turns
-  it away for now, as its client cannot resend it, while a partial is not (a newer one
-  covers its audio);
+  resends), whose outcome (a `Decoded`, or the BusError that ended it) goes to `on_answer`
+  once; a final is retried when a manager turns it away for now, as its client cannot
+  resend it, while a partial is not (a newer one covers its audio);
 - `drop_jobs` forgets jobs unanswered and cancels them at their model manager;
 - each handler reads the request_id and the clock and hands the call to `streams`;
   `stream_open` checks the stream's options and model at once, since a stream's partials
@@ -27,10 +27,12 @@ import zmq
 
 from agents.inflight import InFlight
 from agents.intake import Prepared
-from agents.live.streams import FINAL_PRIORITY, LiveSettings, LiveStreams
+from agents.live.decodes import FINAL_PRIORITY, DecodeOutcome
+from agents.live.settings import LiveSettings
+from agents.live.streams import LiveStreams
 from agents.live.worker import DEFAULT_LANES, OffThread
 from agents.options import check_options, request_key, required
-from agents.sinks import CallbackReply, ClientCall, Send
+from agents.sinks import ClientCall, DecodeReply, Send
 from agents.work import Work
 from model_manager.config import Config
 
@@ -74,13 +76,10 @@ class LiveStreamHost:
     def send(self, call: ClientCall, reply: dict[str, Any]) -> None:
         self._send(call, reply)
 
-    def routing_id(self, call: ClientCall) -> bytes:
-        return call.routing_id
-
     def submit_decode(self, job_id: str, fields: dict[str, Any], request: dict[str, Any], priority: int,
-                      timeout_ms: int, target_ms: int, on_answer: Callable[[dict[str, Any]], None]) -> None:
+                      timeout_ms: int, target_ms: int, on_answer: Callable[[DecodeOutcome], None]) -> None:
         work = self._work()
-        sink = CallbackReply(on_answer, retries=priority == FINAL_PRIORITY)
+        sink = DecodeReply(on_answer, retries=priority == FINAL_PRIORITY)
         work.submit(work.job(job_id, fields, request, sink, priority, timeout_ms, target_ms))
 
     def drop_jobs(self, job_ids: list[str]) -> None:
