@@ -46,7 +46,6 @@ from agents.stream_driver import StreamDriver, StreamJob
 from agents.streams import StreamRegistry
 from agents.work import Work
 from model_manager.config import Config
-from model_manager.errors import TIMEOUT, BusError
 from model_manager.metrics import Exporter
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class AgentParts:
         self.backend = Backend(config, task, self.inflight,
                                lambda job, outcome: self.work.answer(job, outcome),
                                lambda identity, answer: self.control.on_answer(identity, answer))
-        self.shutdown = Shutdown(self.inflight, self.backend)
+        self.shutdown = Shutdown(self.inflight, self.backend, lambda job, error: self.work.fail(job, error))
         self.streams: StreamRegistry[StreamJob] = StreamRegistry(limits.max_open_streams)
         self.stream_driver = StreamDriver(
             self.streams, self.inflight, lambda job: self.work.submit(job), send,
@@ -145,12 +144,7 @@ class AgentParts:
     def tick(self, now: float) -> None:
         if self.live is not None:
             self.live.streams.tick(now)
-        expired = self.inflight.expired(now)
-        self.work.cancel_at_model_manager([job.job_id for job in expired])
-        for job in expired:
-            self.work.fail(job, BusError(TIMEOUT, "no result within the request timeout"))
-        for job in self.inflight.due(now):  # turned away for now earlier: another try
-            self.work.submit(job)
+        self.work.tick(now)
         self.backend.tick(now)
         self.stream_driver.expire(now)
         self.control.tick(now)

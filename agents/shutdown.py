@@ -22,8 +22,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from agents.inflight import InFlight
-from model_manager import protocol
+from agents.inflight import InFlight, InFlightJob
 from model_manager.errors import SHUTTING_DOWN, BusError
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,11 @@ class WaitingLine(Protocol):
 
 
 class Shutdown:
-    def __init__(self, inflight: InFlight, line: WaitingLine, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    def __init__(self, inflight: InFlight, line: WaitingLine, fail: Callable[[InFlightJob, BusError], None],
+                 grace_s: float = SHUTDOWN_GRACE_S) -> None:
         self.inflight = inflight
         self.line = line
+        self.fail = fail  # Work.fail: the job's sink gets the error, rendered for its client
         self.grace_s = grace_s
         self.stopping = False
         self.deadline = math.inf
@@ -70,7 +71,7 @@ class Shutdown:
             if job is not None and job.sink.owner is not None:
                 self.inflight.pop(job_id)
                 self.line.forget(job_id)
-                job.sink.deliver(protocol.error_reply(gone, job.fields.get("request_id")))
+                self.fail(job, gone)
 
     def over(self, now: float, clients_waiting: bool) -> bool:
         """Whether the loop may end: nobody waits for a reply, or the grace time is up."""
@@ -81,6 +82,6 @@ class Shutdown:
         for job in self.inflight:
             if job.sink.owner is not None:
                 self.inflight.pop(job.job_id)
-                job.sink.deliver(protocol.error_reply(gone, job.fields.get("request_id")))
+                self.fail(job, gone)
         for answer in others:
             answer(gone)

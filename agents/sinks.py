@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.live.decodes import Decoded, DecodeOutcome, decode_outcome
+from agents.live.decodes import DecodeOutcome, decode_outcome
 from agents.results import ResultStore
 from agents.streams import Stream
-from model_manager.errors import INTERNAL, BusError
+from model_manager.errors import BusError
 
 Entry = dict[str, Any]
 #: A job's end: its model manager's result, or why it has none.
@@ -134,17 +134,7 @@ class DecodeReply(ReplySink):
         self.on_decoded(decode_outcome(outcome))
 
     def deliver(self, entry: Entry) -> None:
-        # Only for a caller that still hands over a rendered reply (an error) instead of the
-        # outcome (`Work.fail`): read back into the outcome it was rendered from.
-        if entry.get("status") == "success":
-            self.on_decoded(Decoded.of(entry))
-            return
-        error = entry.get("error") or {}
-        self.on_decoded(BusError(error.get("code", INTERNAL), error.get("message", "")))
-
-
-#: The name the service agent still imports; its `on_answer` now takes a `DecodeOutcome`.
-CallbackReply = DecodeReply
+        raise TypeError("a live decode takes its outcome (take), never a rendered reply")
 
 
 @dataclass(eq=False)

@@ -65,11 +65,6 @@ class NextOutput:
     output: Output
     final: bool
 
-    def __iter__(self) -> Iterator[Any]:
-        # agents/live/streams.py still unpacks it as (index, output, final): drop this once
-        # it reads the fields by name.
-        return iter((self.index, self.output, self.final))
-
 
 @dataclass
 class Stream(Generic[P]):

@@ -52,6 +52,7 @@ from model_manager.errors import (
     INVALID_FIELD,
     NOT_FOUND,
     RETRYABLE,
+    TIMEOUT,
     BusError,
     internal_error,
 )
@@ -131,6 +132,16 @@ class Work:
             if self.inflight.retry_later(job, time.monotonic(), max(QUEUED_RETRY_S, hint_s)):
                 return
         job.sink.take(outcome, functools.partial(self.render, job))
+
+    def tick(self, now: float) -> None:
+        """Jobs past their timeout end with `timeout` (and are cancelled where they run);
+        jobs turned away for now earlier get another try once due."""
+        expired = self.inflight.expired(now)
+        self.cancel_at_model_manager([job.job_id for job in expired])
+        for job in expired:
+            self.fail(job, BusError(TIMEOUT, "no result within the request timeout"))
+        for job in self.inflight.due(now):
+            self.submit(job)
 
     def fail(self, job: InFlightJob, error: BusError) -> None:
         """End `job` with `error` (its timeout, the agent shutting down): no other try."""

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agents.live import options
-from agents.live.decodes import FINAL_PRIORITY, PARTIAL_PRIORITY, DecodeJob, DecodeOutcome
+from agents.live.decodes import DecodeJob, DecodeOutcome
 from agents.live.partials import PartialBudget
 from agents.live.session import DecodeRequest, LiveSession, Step
 from agents.live.settings import LiveSettings
@@ -75,7 +75,7 @@ from model_manager.errors import (
 )
 
 # The service agent imports these from here.
-__all__ = ["FINAL_PRIORITY", "PARTIAL_PRIORITY", "LiveHost", "LiveSettings", "LiveStreams"]
+__all__ = ["LiveHost", "LiveStreams"]
 
 #: How many ended streams are remembered, to tell a late caller why its stream is gone.
 REMEMBERED_CLOSED = 1024
@@ -387,8 +387,7 @@ class LiveStreams:
         events = []
         # The outputs' index is the event's place in the stream's order: `seq` on the wire.
         while (taken := stream.outputs.take(self.clock())) is not None:
-            index, event, _ = taken
-            events.append({**event, "seq": index})
+            events.append({**taken.output, "seq": taken.index})
         done = done or self.streams.get(stream.stream_id) is not stream
         reply = {"status": "success", "request_id": stream.stream_id, "events": events, "done": done}
         self.host.send(call, reply)

@@ -51,13 +51,6 @@ def test_a_decode_sink_hands_over_the_outcome_typed_and_never_renders_it():
     assert sink.owner is None and sink.retries
 
 
-def test_a_rendered_error_delivered_to_a_decode_sink_reaches_it_as_the_bus_error():
-    taken: list[DecodeOutcome] = []
-    DecodeReply(taken.append).deliver({"status": "error", "error": {"code": TIMEOUT, "message": "late"}})
-    (error,) = taken
-    assert isinstance(error, BusError) and (error.code, error.message) == (TIMEOUT, "late")
-
-
 def test_a_client_sink_takes_its_outcome_rendered():
     sent: list[tuple[ClientCall, Entry]] = []
     call = ClientCall([b"client", b""], None)

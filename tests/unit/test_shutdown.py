@@ -8,6 +8,7 @@ from typing import Any
 from agents.inflight import InFlight, InFlightJob
 from agents.shutdown import SERVED_WHILE_STOPPING, Shutdown
 from agents.sinks import ReplySink
+from model_manager import protocol
 from model_manager.errors import BusError
 
 
@@ -41,12 +42,17 @@ def add(inflight: InFlight, job_id: str, owner: bytes | None) -> Recorder:
     return sink
 
 
+def fail(job: InFlightJob, error: BusError) -> None:
+    """As Work.fail renders it for a client."""
+    job.sink.deliver(protocol.error_reply(error, job.fields.get("request_id")))
+
+
 def codes(sink: Recorder) -> list[str]:
     return [entry["error"]["code"] for entry in sink.entries]
 
 
 def test_a_stopping_agent_admits_only_actions_that_start_no_new_work():
-    shutdown = Shutdown(InFlight(), Line())
+    shutdown = Shutdown(InFlight(), Line(), fail)
     assert shutdown.admits("transcribe") and shutdown.admits("health")
     shutdown.begin(0.0)
     assert not shutdown.admits("transcribe") and not shutdown.admits("stream_open")
@@ -55,7 +61,7 @@ def test_a_stopping_agent_admits_only_actions_that_start_no_new_work():
 
 def test_waiting_work_is_refused_every_turn_and_journaled_work_stays():
     inflight, line = InFlight(), Line()
-    shutdown = Shutdown(inflight, line)
+    shutdown = Shutdown(inflight, line, fail)
     waiting = add(inflight, "w", b"client")
     journaled = add(inflight, "q", None)
     running = add(inflight, "run", b"client")  # a model manager holds it: not in the line
@@ -73,7 +79,7 @@ def test_waiting_work_is_refused_every_turn_and_journaled_work_stays():
 
 
 def test_the_loop_ends_when_no_client_waits_or_the_grace_time_is_up():
-    shutdown = Shutdown(InFlight(), Line(), grace_s=30.0)
+    shutdown = Shutdown(InFlight(), Line(), fail, grace_s=30.0)
     assert not shutdown.over(0.0, clients_waiting=False)  # not stopping
     shutdown.begin(10.0)
     shutdown.begin(20.0)  # a second stop signal changes nothing
@@ -84,7 +90,7 @@ def test_the_loop_ends_when_no_client_waits_or_the_grace_time_is_up():
 
 def test_at_the_end_every_waiting_client_hears_shutting_down():
     inflight = InFlight()
-    shutdown = Shutdown(inflight, Line())
+    shutdown = Shutdown(inflight, Line(), fail)
     client = add(inflight, "a", b"client")
     journaled = add(inflight, "q", None)
     told: list[BusError] = []
