@@ -54,10 +54,10 @@ from model_manager.errors import (
     BusError,
     internal_error,
 )
+from model_manager.jobs import Job, Outcome
 from model_manager.metrics import BusMetrics, Exporter
 from model_manager.models import ModelSet
 from model_manager.preparing import Arrival, PreparePool
-from model_manager.scheduler import Job, Outcome
 
 log = logging.getLogger(__name__)
 

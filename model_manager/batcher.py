@@ -1,7 +1,7 @@
 """The dynamic batcher: a pure queue that decides which requests run together, and when.
 
 No sockets, threads or clocks live here: the caller passes `now` (seconds, monotonic) to
-every method, so the policy is tested with a simulated clock. `scheduler.py` drives it.
+every method, so the policy is tested with a simulated clock. `model_queue.py` drives it.
 
 Contract
 --------

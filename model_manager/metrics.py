@@ -3,7 +3,7 @@
 Nothing is counted here: every number is read at scrape time from what the bus already
 records, so `stats` and the metrics can never disagree.
 - Events (requests answered, batches fired, engine calls, fallbacks) come from each model's
-  `scheduler.WorkerStats`, the one record of its batches: lifetime counters, and
+  `worker_stats.WorkerStats`, the one record of its batches: lifetime counters, and
   histograms over fixed buckets.
 - Levels (queue depth, workers, memory) come from the model manager's own `stats()`.
 
@@ -52,7 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from model_manager.scheduler import BATCH_SIZE_BUCKETS, Histogram, WorkerStats
+from model_manager.worker_stats import BATCH_SIZE_BUCKETS, Histogram, WorkerStats
 
 log = logging.getLogger(__name__)
 

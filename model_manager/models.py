@@ -18,8 +18,10 @@ from typing import Any
 from model_manager.config import Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import INVALID_FIELD, MODEL_UNAVAILABLE, UNKNOWN_MODEL, BusError
+from model_manager.jobs import Job, Outcome
 from model_manager.memory import read_memory
-from model_manager.scheduler import Job, ModelWorker, Outcome, WorkerStats
+from model_manager.scheduler import ModelWorker
+from model_manager.worker_stats import WorkerStats
 
 log = logging.getLogger(__name__)
 

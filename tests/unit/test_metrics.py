@@ -20,8 +20,10 @@ from model_manager.batcher import BatchPolicy
 from model_manager.config import ConfigError, load_config
 from model_manager.engines.base import Engine, Request
 from model_manager.errors import BusError
+from model_manager.jobs import Job
 from model_manager.metrics import BusMetrics
-from model_manager.scheduler import Job, ModelWorker, WorkerStats
+from model_manager.scheduler import ModelWorker
+from model_manager.worker_stats import WorkerStats
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -15,7 +15,8 @@ import pytest
 from model_manager.batcher import BatchPolicy
 from model_manager.engines.base import Engine, Request
 from model_manager.errors import OUT_OF_MEMORY, BusError
-from model_manager.scheduler import Job, ModelWorker, Timed, Timing
+from model_manager.jobs import Job, Timed, Timing
+from model_manager.scheduler import ModelWorker
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,10 @@ def test_each_bucket_forms_its_own_batches_and_learns_its_own_size():
     assert done.wait(10)
     worker.stop(5)
     assert all(len({x % 2 for x in call}) == 1 for call in engine.calls)  # never mixed
-    assert set(worker.costs) >= {"short", "long"}
-    assert sum(worker.costs["short"].observations(s) for s in (1, 2, 4)) >= 1
-    assert sum(worker.costs["long"].observations(s) for s in (1, 2, 4)) >= 1
+    costs = worker.queue.sizes.costs
+    assert set(costs) >= {"short", "long"}
+    assert sum(costs["short"].observations(s) for s in (1, 2, 4)) >= 1
+    assert sum(costs["long"].observations(s) for s in (1, 2, 4)) >= 1
     assert set(worker.snapshot()["buckets"]) >= {"short", "long"}
 
 
@@ -301,9 +303,10 @@ def batches_behind_an_urgent_job(target_in_s: float) -> tuple[list[list[int]], J
     now = time.monotonic()
     worker = ModelWorker(engine, BatchPolicy(max_batch_size=4, min_batch_size=1), on_done,
                          clock=lambda: time.monotonic() if engine.calls else now)
+    cost = worker.queue.sizes.cost()
     for size, seconds in ((1, 0.1), (2, 0.18), (4, 0.32)):
-        for _ in range(worker.cost.min_observations):
-            worker.cost.observe(size, float(size), seconds)
+        for _ in range(cost.min_observations):
+            cost.observe(size, float(size), seconds)
     engine.gate.clear()
     urgent = Job(job_id="0", model="scripted", request={"x": 0}, key="k", deadline=1e12, priority=-1,
                  target=now + target_in_s)

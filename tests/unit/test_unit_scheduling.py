@@ -14,7 +14,8 @@ import pytest
 from model_manager.batcher import BatchPolicy
 from model_manager.engines.base import Engine
 from model_manager.errors import INFERENCE_FAILED, OVERLOADED, SHUTTING_DOWN, TIMEOUT, BusError
-from model_manager.scheduler import Job, ModelWorker, Timed
+from model_manager.jobs import Job, Timed
+from model_manager.scheduler import ModelWorker
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,8 @@ def test_long_requests_of_one_kind_take_turns_with_each_other_and_with_short_one
     # while the first long request's unit runs goes before the second one's waiting unit.
     bus = Harness(dynamic=True, max_batch_size=1)
     for bucket, cost, seconds in (("long", 30.0, 1.0), ("short", 2.0, 0.1)):
-        for _ in range(bus.worker.cost.min_observations):
-            bus.worker._cost(bucket).observe(1, cost, seconds)
+        for _ in range(bus.worker.queue.sizes.cost().min_observations):
+            bus.worker.queue.sizes.cost(bucket).observe(1, cost, seconds)
 
     def short_arrives() -> None:
         bus.clock.now = 0.95
@@ -256,7 +257,7 @@ def test_stop_answers_a_request_with_units_left_once():
 def test_while_short_requests_are_about_units_batch_only_as_far_as_it_holds_them_back_little(
         seconds_by_size, slice_size):
     bus = Harness(dynamic=True, max_batch_size=4, min_batch_size=4)
-    long_cost = bus.worker._cost("long")
+    long_cost = bus.worker.queue.sizes.cost("long")
     for size, seconds in seconds_by_size.items():
         for _ in range(long_cost.min_observations):
             long_cost.observe(size, 30.0 * size, seconds)

@@ -12,7 +12,8 @@ from typing import Any
 
 from model_manager.batcher import BatchPolicy
 from model_manager.engines.base import Engine, Request
-from model_manager.scheduler import Job, ModelWorker
+from model_manager.jobs import Job
+from model_manager.scheduler import ModelWorker
 
 
 class Clock:
@@ -97,7 +98,7 @@ def test_the_warm_up_measures_every_size_as_often_as_the_cost_model_needs():
     worker.warm_up()
     # An unmeasured first call, then each size twice (min_observations), up and then down.
     assert [size for _, size in engine.calls] == [1, 1, 2, 4, 8, 8, 4, 2, 1]
-    cost = worker.costs["short"]
+    cost = worker.queue.sizes.costs["short"]
     assert {s: cost.observations(s) for s in (1, 2, 4, 8)} == {1: 2, 2: 2, 4: 2, 8: 2}
     worker.start()
     snapshot = worker.snapshot()  # the warm bucket's choice, not that of a bucket with no numbers
