@@ -14,9 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from agents.live.session import LiveConfig
 from agents.live.vad import SAMPLE_RATE
-from agents.services import parse_stt_item
 from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES
-from model_manager.config import Limits
+from model_manager.engines.whisper.request import DECODE_MESSAGES, DecodeFields
 from model_manager.errors import INVALID_AUDIO, BusError
 from model_manager.fields import FiniteNumber, Messages, checked
 
@@ -74,11 +73,15 @@ def stream_open(message: dict[str, Any]) -> StreamOpen:
     return checked(StreamOpen, message, _OPEN_MESSAGES, _OPEN_CODES)
 
 
+#: The decoding fields a stream takes (prompts, temperatures and timestamps are not served on
+#: live decodes).
+STREAM_DECODE_FIELDS = ("language", "task", "beam_size")
+
+
 def decode_fields(message: dict[str, Any]) -> dict[str, Any]:
     """The fields every decode of the stream carries, checked as `transcribe` checks them."""
-    options = {k: message[k] for k in ("language", "task", "beam_size") if message.get(k) is not None}
-    request = parse_stt_item({**options, "audio_data": [0.0]}, Limits())
-    fields = {k: v for k, v in request.items() if k != "audio"}
+    asked = {k: message[k] for k in STREAM_DECODE_FIELDS if k in message}
+    fields = checked(DecodeFields, asked, DECODE_MESSAGES).given()
     if message.get("model_pref") is not None:
         fields["model_pref"] = message["model_pref"]
     return fields
