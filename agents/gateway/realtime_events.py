@@ -2,11 +2,13 @@
 `session.update`, and the bus's live-stream events turned into Realtime server events.
 
 Contract of `RealtimeSettings.updated(session)`: the settings with the fields that `session`
-(a `session.update`'s `session` object) sets; RealtimeError, naming the field, for a value
-voicebus cannot honour (a format other than audio/pcm, audio/pcmu, audio/pcma; a `rate`
-outside 8000..48000; `semantic_vad`; a transcription `prompt`, which live decodes do not
-take so that they batch together). Fields it does not know are ignored, as OpenAI's own
-server ignores what does not apply to transcription.
+(a `session.update`'s `session` object, GA or beta shape) sets; RealtimeError, naming the
+field, for a value of the wrong type or one voicebus cannot honour (a format other than
+audio/pcm, audio/pcmu, audio/pcma; a `rate` outside 8000..48000; `semantic_vad`; a
+transcription `prompt`, which live decodes do not take so that they batch together). The
+session is checked by the typed records of realtime_session.py, which say what each field
+may be. Fields it does not know are ignored, as OpenAI's own server ignores what does not
+apply to transcription.
 
 Contract of `TranscriptEvents`:
 - `take(bus_events)` takes live-stream events in any order and returns the Realtime events
@@ -28,11 +30,9 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: The rates a client's raw audio may have (OpenAI's audio/pcm is 24 kHz; G.711 is 8 kHz).
-MIN_RATE, MAX_RATE = 8000, 48000
-#: G.711's rate, fixed by the format.
-G711_RATE = 8000
-DEFAULT_PCM_RATE = 24000
+from pydantic import ValidationError
+
+from agents.gateway.realtime_session import DEFAULT_PCM_RATE, Session, refusal_of
 
 
 class RealtimeError(Exception):
@@ -55,65 +55,32 @@ class RealtimeSettings:
     silence_duration_ms: int = 500
     threshold: float = 0.5
 
-    def updated(self, session: dict[str, Any]) -> RealtimeSettings:
+    def updated(self, session: Any) -> RealtimeSettings:
         if not isinstance(session, dict):
             raise RealtimeError("invalid_value", "session must be an object", "session")
         session = from_beta_shape(session)
+        try:
+            audio_input = Session.model_validate(session).audio_input()
+        except ValidationError as error:
+            raise RealtimeError(*refusal_of(error, session)) from None
+        # An update changes what it sends, and only that.
+        sent = audio_input.model_fields_set
         settings = self
-        audio_input = ((session.get("audio") or {}).get("input") or {}) if isinstance(
-            session.get("audio"), dict) else {}
-        if "format" in audio_input:
-            settings = settings._with_format(audio_input["format"])
-        transcription = audio_input.get("transcription")
-        if isinstance(transcription, dict):
-            if transcription.get("prompt"):
-                raise RealtimeError("unsupported_value", "a transcription prompt is not supported on live "
-                                    "streams (their decodes batch together without one)",
-                                    "session.audio.input.transcription.prompt")
-            if transcription.get("model"):
-                settings = replace(settings, model=str(transcription["model"]))
-            if "language" in transcription:
-                settings = replace(settings, language=transcription["language"] or None)
-        if "turn_detection" in audio_input:
-            settings = settings._with_turn_detection(audio_input["turn_detection"])
-        return settings
-
-    def _with_format(self, fmt: Any) -> RealtimeSettings:
-        param = "session.audio.input.format"
-        if not isinstance(fmt, dict):
-            raise RealtimeError("invalid_value", "format must be an object", param)
-        kind = fmt.get("type", "audio/pcm")
-        if kind not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
-            raise RealtimeError("unsupported_value", f"audio format {kind!r:.40} is not supported: "
-                                "use audio/pcm, audio/pcmu or audio/pcma", f"{param}.type")
-        if kind != "audio/pcm":
-            return replace(self, format=kind, sample_rate=G711_RATE)
-        rate = fmt.get("rate", DEFAULT_PCM_RATE)
-        if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
-            raise RealtimeError("invalid_value", f"rate must be an integer in {MIN_RATE}..{MAX_RATE}, "
-                                f"got {rate!r:.40}", f"{param}.rate")
-        return replace(self, format=kind, sample_rate=rate)
-
-    def _with_turn_detection(self, turn: Any) -> RealtimeSettings:
-        param = "session.audio.input.turn_detection"
-        if turn is None:
-            return replace(self, server_vad=False)
-        if not isinstance(turn, dict) or turn.get("type", "server_vad") != "server_vad":
-            raise RealtimeError("unsupported_value", "turn_detection must be server_vad or null", param)
-        settings = replace(self, server_vad=True)
-        silence = turn.get("silence_duration_ms")
-        if silence is not None:
-            if isinstance(silence, bool) or not isinstance(silence, int) or not 100 <= silence <= 10000:
-                raise RealtimeError("invalid_value", "silence_duration_ms must be an integer in 100..10000",
-                                    f"{param}.silence_duration_ms")
-            settings = replace(settings, silence_duration_ms=silence)
-        threshold = turn.get("threshold")
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-                    0.05 <= threshold <= 0.95):
-                raise RealtimeError("invalid_value", "threshold must be a number in 0.05..0.95",
-                                    f"{param}.threshold")
-            settings = replace(settings, threshold=float(threshold))
+        if "format" in sent:
+            settings = replace(settings, format=audio_input.format.type, sample_rate=audio_input.format.rate)
+        transcription = audio_input.transcription
+        if transcription is not None:
+            if transcription.model:
+                settings = replace(settings, model=transcription.model)
+            if "language" in transcription.model_fields_set:
+                settings = replace(settings, language=transcription.language or None)
+        if "turn_detection" in sent:
+            turn = audio_input.turn_detection
+            settings = replace(settings, server_vad=turn is not None)
+            if turn is not None and turn.silence_duration_ms is not None:
+                settings = replace(settings, silence_duration_ms=turn.silence_duration_ms)
+            if turn is not None and turn.threshold is not None:
+                settings = replace(settings, threshold=turn.threshold)
         return settings
 
     def session_object(self) -> dict[str, Any]:
@@ -143,7 +110,8 @@ def from_beta_shape(session: dict[str, Any]) -> dict[str, Any]:
     audio_input: dict[str, Any] = {}
     if "input_audio_format" in session:
         name = session["input_audio_format"]
-        audio_input["format"] = BETA_FORMATS.get(name, {"type": str(name)})
+        # str(): a name that is a list or an object is refused as an unknown format, not a crash.
+        audio_input["format"] = BETA_FORMATS.get(str(name), {"type": str(name)})
     if "input_audio_transcription" in session:
         audio_input["transcription"] = session["input_audio_transcription"]
     if "turn_detection" in session:

@@ -79,20 +79,6 @@ def test_settings_from_session_update():
     assert shown["turn_detection"] is None and shown["format"] == {"type": "audio/pcma"}
 
 
-@pytest.mark.parametrize("audio_input, param", [
-    ({"format": {"type": "audio/pcm", "rate": 100}}, "session.audio.input.format.rate"),
-    ({"format": {"type": "audio/opus"}}, "session.audio.input.format.type"),
-    ({"turn_detection": {"type": "semantic_vad"}}, "session.audio.input.turn_detection"),
-    ({"turn_detection": {"type": "server_vad", "silence_duration_ms": 5}},
-     "session.audio.input.turn_detection.silence_duration_ms"),
-    ({"transcription": {"prompt": "Zoë"}}, "session.audio.input.transcription.prompt"),
-])
-def test_settings_voicebus_cannot_honour_are_refused_by_name(audio_input, param):
-    with pytest.raises(RealtimeError) as refused:
-        RealtimeSettings().updated({"audio": {"input": audio_input}})
-    assert refused.value.param == param
-
-
 def test_pcm_arriving_in_odd_pieces_decodes_as_the_whole_does():
     rate = 24000
     tone = (np.sin(np.arange(rate) * 2 * np.pi * 440 / rate) * 10000).astype("<i2").tobytes()
