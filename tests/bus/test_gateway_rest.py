@@ -287,8 +287,10 @@ def test_no_bus_is_503_with_retry_after(bus):
     nowhere = {"STT_PORT": free_port(), "TTS_PORT": free_port()}
     env = {f"VOICEBUS__ENDPOINTS__{key}": str(port) for key, port in nowhere.items()}
     with gateway_process(bus, env, wait_ready=False) as url:
-        time.sleep(1.5)  # a health round finds no agents
-        assert httpx.get(f"{url}/health").status_code == 503
+        deadline = time.monotonic() + 10  # until a health round has found no agents
+        while (status := httpx.get(f"{url}/health").status_code) != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status == 503
         reply = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"RIFF")})
         assert reply.status_code == 503 and reply.headers["Retry-After"]
         assert reply.json()["error"]["code"] == "model_unavailable"

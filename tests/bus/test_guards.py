@@ -185,7 +185,14 @@ def test_a_job_beyond_what_may_wait_for_a_model_manager_is_answered_at_once(tmp_
         waiting.connect(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         waiting.send_json({"action": "synthesize", "text": "Hi.", "model_pref": "kokoro-82m",
                            "request_id": "r1"})
-        time.sleep(0.5)  # r1 waits at the agent for a model manager
+        deadline = time.monotonic() + 10  # until r1 waits at the agent for a model manager
+        while True:
+            sock.send_json({"action": "stats"})
+            assert sock.poll(10_000)
+            if sock.recv_json()["in_flight"] >= 1:
+                break
+            assert time.monotonic() < deadline, "r1 never reached the agent"
+            time.sleep(0.05)
         started = time.monotonic()
         sock.send_json({"action": "synthesize", "text": "Hi.", "request_id": "r2"})
         assert sock.poll(10_000)
