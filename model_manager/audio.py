@@ -8,11 +8,13 @@ only) with a `dtype` of "float32" (samples in [-1, 1]) or "int16" (PCM). Every p
 from __future__ import annotations
 
 from math import gcd
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from model_manager.errors import AUDIO_TOO_LONG, INVALID_AUDIO, MISSING_FIELD, BusError
+from model_manager.fields import Messages, checked
 
 WHISPER_SAMPLE_RATE = 16_000
 SUPPORTED_DTYPES = {"float32": np.float32, "int16": np.int16}
@@ -22,17 +24,42 @@ MAX_SAMPLE_RATE = 384_000
 FLOAT_HEADROOM = 1.5
 
 
+class AudioFields(BaseModel):
+    """How a client's samples are to be read (`audio_data` itself is checked by
+    `decode_audio`, sample by sample, where a record would cost too much)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: The rate the audio was recorded at; anything but 16 kHz is resampled.
+    sample_rate: Annotated[StrictInt, Field(ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)] = WHISPER_SAMPLE_RATE
+    #: How raw bytes hold the samples: required with bytes; a list of numbers is read as it is
+    #: ("int16": PCM integers, else floats in [-1, 1]).
+    dtype: Literal["float32", "int16"] | None = None
+
+
+AUDIO_MESSAGES: Messages = {
+    "sample_rate": lambda value: (f"sample_rate must be an integer in [{MIN_SAMPLE_RATE}, "
+                                  f"{MAX_SAMPLE_RATE}], got {value!r:.50}"),
+    "dtype": lambda value: f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {value!r:.50}",
+}
+#: Bad audio fields are invalid_audio, as bad samples are.
+AUDIO_CODES = {"sample_rate": INVALID_AUDIO, "dtype": INVALID_AUDIO}
+
+
+def audio_fields(fields: dict[str, Any]) -> AudioFields:
+    """The sample rate and dtype of `fields`, checked (BusError invalid_audio naming the field)."""
+    # Only these two go to the record: `audio_data` may hold a million samples.
+    return checked(AudioFields, {k: fields[k] for k in ("sample_rate", "dtype") if k in fields},
+                   AUDIO_MESSAGES, AUDIO_CODES)
+
+
 def decode_audio(fields: dict[str, Any], max_seconds: float) -> np.ndarray:
     """Validate `audio_data`/`sample_rate`/`dtype` and return float32 mono 16 kHz samples."""
     if "audio_data" not in fields or fields["audio_data"] is None:
         raise BusError(MISSING_FIELD, "audio_data is required")
-    rate = fields.get("sample_rate", WHISPER_SAMPLE_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise BusError(
-            INVALID_AUDIO,
-            f"sample_rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {rate!r}",
-        )
-    samples = _to_array(fields["audio_data"], fields.get("dtype"))
+    how = audio_fields(fields)
+    rate = how.sample_rate
+    samples = _to_array(fields["audio_data"], how.dtype)
     if samples.size == 0:
         raise BusError(INVALID_AUDIO, "audio_data is empty")
     seconds = samples.size / rate
@@ -49,9 +76,7 @@ def decode_audio(fields: dict[str, Any], max_seconds: float) -> np.ndarray:
     return resample(samples, rate, WHISPER_SAMPLE_RATE)
 
 
-def _to_array(data: Any, dtype: Any) -> np.ndarray:
-    if dtype is not None and (not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES):
-        raise BusError(INVALID_AUDIO, f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {dtype!r}")
+def _to_array(data: Any, dtype: str | None) -> np.ndarray:
     if isinstance(data, (bytes, bytearray, memoryview)):
         if dtype is None:
             raise BusError(MISSING_FIELD, "dtype ('float32' or 'int16') is required with raw audio bytes")

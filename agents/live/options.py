@@ -10,11 +10,10 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.live.session import LiveConfig
-from agents.live.vad import SAMPLE_RATE
-from model_manager.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_DTYPES
+from model_manager.audio import AUDIO_CODES, AUDIO_MESSAGES, SUPPORTED_DTYPES, AudioFields
 from model_manager.engines.whisper.request import DECODE_MESSAGES, DecodeFields
 from model_manager.errors import INVALID_AUDIO, BusError
 from model_manager.fields import FiniteNumber, Messages, checked
@@ -34,15 +33,12 @@ def _within(key: str) -> Any:
     return Annotated[FiniteNumber, Field(ge=low, le=high)] | None
 
 
-class StreamOpen(BaseModel):
+class StreamOpen(AudioFields):
     """What `stream_open` fixes for the whole stream, besides its decode fields
-    (`decode_fields`); absent fields take the defaults below or the agent's settings."""
+    (`decode_fields`): how its chunks' samples are read (`AudioFields`: the sample rate,
+    the dtype, float32 unless set), and its stream options; absent options take the agent's
+    settings."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    #: The rate the client's audio is recorded at; other rates than 16 kHz are resampled.
-    sample_rate: Annotated[StrictInt, Field(ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)] = SAMPLE_RATE
-    #: How the samples of a bytes chunk are stored (a list of numbers is read as it is).
     dtype: Literal["float32", "int16"] = "float32"
     #: How often the open utterance is re-decoded for a partial.
     partial_interval_ms: _within("partial_interval_ms") = None
@@ -59,18 +55,12 @@ def _range_message(key: str) -> Callable[[Any], str]:
     return lambda value: f"{key} must be a number in [{low}, {high}], got {value!r:.50}"
 
 
-_OPEN_MESSAGES: Messages = {
-    "sample_rate": lambda value: (f"sample_rate must be an integer in [{MIN_SAMPLE_RATE}, "
-                                  f"{MAX_SAMPLE_RATE}], got {value!r:.50}"),
-    "dtype": lambda value: f"dtype must be one of {sorted(SUPPORTED_DTYPES)}, got {value!r:.50}",
-    **{key: _range_message(key) for key in SESSION_RANGES},
-}
-_OPEN_CODES = {"sample_rate": INVALID_AUDIO, "dtype": INVALID_AUDIO}
+_OPEN_MESSAGES: Messages = {**AUDIO_MESSAGES, **{key: _range_message(key) for key in SESSION_RANGES}}
 
 
 def stream_open(message: dict[str, Any]) -> StreamOpen:
     """A `stream_open`'s stream fields, or BusError naming the first bad one."""
-    return checked(StreamOpen, message, _OPEN_MESSAGES, _OPEN_CODES)
+    return checked(StreamOpen, message, _OPEN_MESSAGES, AUDIO_CODES)
 
 
 #: The decoding fields a stream takes (prompts, temperatures and timestamps are not served on
