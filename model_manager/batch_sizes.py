@@ -6,11 +6,12 @@ every call.
 
 Contract
 --------
-- `policy` and `dynamic_batching` are the worker's settings, as configured. `refresh()`
+- `policy` and `dynamic_batching` are the worker's settings, as configured; `width` is the
+  engine's `batch_width`, the most requests it runs at once. `refresh()`
   chooses each bucket's size for its next batch from the bucket's `CostModel` (requests of
   one bucket cost alike per unit: one Whisper window length) and returns the policy the
-  batcher is to apply. With dynamic batching off, or batching disabled, the configured sizes
-  apply as they are; `chooses` says whether per-group sizes (`group_size`) apply at all.
+  batcher is to apply, never past `width`. With dynamic batching off, or batching disabled,
+  the configured sizes apply as they are; `chooses` says whether per-group sizes (`group_size`) apply at all.
 - `group_size(key, now, splitting)` is the batch size of `key`'s group: its bucket's chosen
   size. While requests that run whole came within SHORT_WORK_MEMORY_S and units of split
   requests join the group (`splitting`), it is a slice of that: the largest batch measured to
@@ -51,9 +52,11 @@ class BatchSizes:
     """The batch-size policy of one model's worker (see the module docstring)."""
 
     def __init__(self, policy: BatchPolicy, dynamic_batching: bool = True,
-                 cost_model: CostModel | None = None) -> None:
+                 cost_model: CostModel | None = None, width: int | None = None) -> None:
         self.policy = policy  # as configured; `refresh` returns the effective one
         self.dynamic_batching = dynamic_batching
+        #: The engine's `batch_width`: with dynamic batching, no batch is larger.
+        self.width = width
         self._template = cost_model or CostModel()
         #: One cost model per bucket; None: requests in no bucket (engines with one kind).
         self.costs: dict[Hashable, CostModel] = {None: self._template}
@@ -68,6 +71,13 @@ class BatchSizes:
         if bucket not in self.costs:
             self.costs[bucket] = self._template.for_bucket()
         return self.costs[bucket]
+
+    @property
+    def top(self) -> int:
+        """The largest batch dynamic batching may choose: the configured maximum, and no more
+        than the engine can run at once."""
+        top = self.policy.max_batch_size
+        return top if self.width is None else max(1, min(top, self.width))
 
     @property
     def chooses(self) -> bool:
@@ -95,8 +105,8 @@ class BatchSizes:
 
     def warm_up_sizes(self, max_items: int | None = None) -> list[int]:
         """The batch sizes a warm-up measures, in order (CostModel.warm_up_sizes)."""
-        top = min(self.policy.max_batch_size, max_items or self.policy.max_batch_size)
-        return self._template.warm_up_sizes(top)
+        top = self.top if self.chooses else self.policy.max_batch_size
+        return self._template.warm_up_sizes(min(top, max_items or top))
 
     def warmed_up(self, bucket: Hashable) -> None:
         """The warm-up measured `bucket`: buckets it did not reach start from its numbers."""
@@ -113,9 +123,11 @@ class BatchSizes:
         """
         p = self.policy
         if self.chooses:
-            self.choices = {b: self.cost(b).choose(1, p.max_batch_size) for b in self.costs}
+            top = self.top
+            self.choices = {b: self.cost(b).choose(1, top) for b in self.costs}
             self.choice = self.choices[self.last_bucket]
-            return p
+            return p if top == p.max_batch_size else replace(
+                p, max_batch_size=top, min_batch_size=min(p.min_batch_size, top))
         self.choices = {}
         self.choice = SizeChoice(p.max_batch_size, "dynamic_batching is off: configured sizes")
         size = self.choice.size
@@ -126,7 +138,7 @@ class BatchSizes:
         of split requests join (`splitting`) while short requests are about, a slice of it."""
         bucket = self._key_buckets.get(key)
         if bucket not in self.choices:  # first seen since the last refresh
-            self.choices[bucket] = self.cost(bucket).choose(1, self.policy.max_batch_size)
+            self.choices[bucket] = self.cost(bucket).choose(1, self.top)
         size = self.choices[bucket].size
         if size > 1 and now - self._whole_seen < SHORT_WORK_MEMORY_S and splitting:
             return self._slice(bucket, size)

@@ -52,7 +52,7 @@ class ModelQueue:
         self.engine = engine
         self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
         self.splits: SplitBook[Job] = SplitBook()
-        self.sizes = BatchSizes(policy, dynamic_batching, cost_model)
+        self.sizes = BatchSizes(policy, dynamic_batching, cost_model, width=engine.batch_width)
         self._clock = clock
 
     def __len__(self) -> int:

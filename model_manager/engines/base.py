@@ -62,6 +62,10 @@ class Engine(ABC, Generic[R]):
     num_parameters: int
     #: "cpu" or "cuda", after resolving "auto".
     device: str
+    #: How many requests one forward pass can hold; None: as many as fit. An engine that runs
+    #: its requests one after another (1) gains nothing from a larger batch, whose first
+    #: requests would only wait for its last: dynamic batching keeps its batches to this.
+    batch_width: int | None = None
 
     def prepare(self, fields: Fields) -> R:
         return fields  # type: ignore[return-value]

@@ -112,3 +112,20 @@ def test_a_clean_batch_teaches_its_bucket_and_becomes_what_the_choice_describes(
     assert sizes.last_bucket == "short"
     assert sizes.cost("short").throughput(2) == pytest.approx(8.0)
     assert sizes.snapshot()["throughput_by_size"] == {"2": 8.0}
+
+
+def test_an_engine_that_runs_one_request_at_a_time_gets_batches_of_one():
+    # Kokoro on a CPU runs a batch's requests one after another: a batch of 8 answers its
+    # first request only when its eighth is done, for no gain in throughput.
+    sizes = BatchSizes(BatchPolicy(max_batch_size=8, min_batch_size=2), width=1)
+    assert sizes.warm_up_sizes() == [1, 1]
+    measured(sizes, None, {1: 1.0})
+    effective = sizes.refresh()
+    assert (effective.max_batch_size, effective.min_batch_size) == (1, 1)
+    assert sizes.choice.size == 1 and sizes.group_size("key", 0.0, splitting=False) == 1
+
+
+def test_the_engines_width_does_not_override_sizes_set_by_hand():
+    sizes = BatchSizes(BatchPolicy(max_batch_size=8, min_batch_size=2), dynamic_batching=False, width=1)
+    effective = sizes.refresh()
+    assert (effective.max_batch_size, effective.min_batch_size) == (8, 2)
