@@ -165,10 +165,7 @@ def managers_main(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"meta": meta(args), "managers": stage}
     report["meta"]["load_average_end"] = os.getloadavg()[0]
     print(managers_table(stage))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(args, report)
     return 0
 
 
@@ -181,10 +178,7 @@ def windows_main(args: argparse.Namespace) -> int:
                                                                           args.seed)}
     report["meta"]["load_average_end"] = os.getloadavg()[0]
     print(window_table(report["windows"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(args, report)
     return 0
 
 
@@ -216,10 +210,7 @@ def mixed_main(args: argparse.Namespace) -> int:
     report["mixed"] = mixed_stage(specs, plan, factory, skipped, lambda _n: None, args.seed)
     report["meta"]["load_average_end"] = os.getloadavg()[0]
     print(mixed_table(report["mixed"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(args, report)
     return 0
 
 
@@ -278,6 +269,14 @@ def run_peer(
         return result
     finally:
         peer.stop()
+
+
+def write_json(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The report as JSON at --json, when given."""
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {args.json}")
 
 
 def meta(args: argparse.Namespace) -> dict[str, Any]:
@@ -416,10 +415,7 @@ def main_http_only(args: argparse.Namespace, plan: Plan, specs: dict[Task, Model
     problems = report_text.http_problems(report["http"], list(specs))
     for problem in problems:
         print(f"report problem: {problem}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {args.json}")
+    write_json(args, report)
     return 1 if problems else 0
 
 
@@ -528,10 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [] if live_only else report_text.validate_report(report)
     for problem in problems:
         print(f"report problem: {problem}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))  # problems or not: keep the data
-        print(f"wrote {args.json}")
+    write_json(args, report)  # problems or not: keep the data
     if args.plot and not live_only:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         write_plot(report, args.plot)
