@@ -4,41 +4,20 @@ lists, the models are a stand-in engine's, and arrival times come from a clock t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_scheduler import Echo
+from test_scheduler import EchoEngine
 
 from model_manager import replies
 from model_manager.admission import Admission
 from model_manager.config import parse_config
-from model_manager.engines.base import Engine, Request
-from model_manager.errors import INVALID_FIELD, BusError
+from model_manager.errors import INVALID_FIELD
 from model_manager.jobs import Job, Outcome
 from model_manager.models import ModelSet
 
 AGENT, OTHER = b"tcp://agent:5810", b"tcp://other:5810"
-
-
-class EchoEngine(Engine):
-    """Echoes "x"; `prepare` refuses x == -1."""
-
-    task = "stt"
-    name = "echo"
-    num_parameters = 1
-    device = "cpu"
-
-    def prepare(self, fields: Any) -> Request:
-        if fields.get("x") == -1:
-            raise BusError(INVALID_FIELD, "x must not be -1")
-        return fields
-
-    def batch_key(self, request: Request) -> str:
-        return "k"
-
-    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
-        return [Echo(r["x"]) for r in requests]
 
 
 class Manager:

@@ -7,18 +7,16 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 
 import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_scheduler import Echo
+from test_scheduler import EchoEngine
 
 from agents.monitor import Monitor, MonitorServer, ThroughputMeter
 from model_manager import memory
 from model_manager.batcher import BatchPolicy
 from model_manager.config import ConfigError, load_config
-from model_manager.engines.base import Engine, Request
 from model_manager.errors import BusError
 from model_manager.jobs import Job
 from model_manager.metrics import BusMetrics
@@ -37,26 +35,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def scrape(metrics: BusMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples(generate_latest(metrics.registry).decode())
-
-
-class EchoEngine(Engine):
-    """Echoes "x"; a batch holding `poison` fails, so the worker retries it one by one."""
-
-    task = "stt"
-    name = "echo"
-    num_parameters = 1
-    device = "cpu"
-
-    def __init__(self, poison: int) -> None:
-        self.poison = poison
-
-    def batch_key(self, request: Request) -> str:
-        return "k"
-
-    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
-        if any(r["x"] == self.poison for r in requests):
-            raise ValueError("poisoned item")
-        return [Echo(r["x"]) for r in requests]
 
 
 def test_a_worker_feeds_the_metrics_of_its_batches_and_failures():

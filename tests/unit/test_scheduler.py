@@ -14,7 +14,7 @@ import pytest
 
 from model_manager.batcher import BatchPolicy
 from model_manager.engines.base import Engine, Request
-from model_manager.errors import OUT_OF_MEMORY, BusError
+from model_manager.errors import INVALID_FIELD, OUT_OF_MEMORY, BusError
 from model_manager.jobs import Job, Timed, Timing
 from model_manager.scheduler import ModelWorker
 
@@ -27,6 +27,32 @@ class Echo:
 
     def to_wire(self) -> dict[str, Any]:
         return {"y": self.y}
+
+
+class EchoEngine(Engine):
+    """Echoes each request's "x": `prepare` refuses x == -1, and a batch holding `poison`
+    fails (so the worker retries it one item at a time)."""
+
+    task = "stt"
+    name = "echo"
+    num_parameters = 1
+    device = "cpu"
+
+    def __init__(self, poison: int | None = None) -> None:
+        self.poison = poison
+
+    def prepare(self, fields: Any) -> Request:
+        if fields.get("x") == -1:
+            raise BusError(INVALID_FIELD, "x must not be -1")
+        return fields
+
+    def batch_key(self, request: Request) -> str:
+        return "k"
+
+    def run_batch(self, requests: Sequence[Request]) -> list[Echo]:
+        if self.poison is not None and any(r["x"] == self.poison for r in requests):
+            raise ValueError("poisoned item")
+        return [Echo(r["x"]) for r in requests]
 
 
 class ScriptedEngine(Engine):
