@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from agents.live.options import SESSION_RANGES
 from model_manager.fields import FiniteNumber, Utf8Str, string_message
 
 #: The rates a client's raw audio may have (OpenAI's audio/pcm is 24 kHz; G.711 is 8 kHz).
@@ -30,6 +31,10 @@ G711_RATE = 8000
 DEFAULT_PCM_RATE = 24000
 
 INVALID_VALUE, UNSUPPORTED_VALUE = "invalid_value", "unsupported_value"
+#: Turn detection's bounds are the live stream's own (it becomes the stream's end_silence_ms
+#: and vad_threshold), so that the two can never disagree.
+SILENCE_MS = SESSION_RANGES["end_silence_ms"]
+THRESHOLD = SESSION_RANGES["vad_threshold"]
 
 
 class _Record(BaseModel):
@@ -71,10 +76,11 @@ class TurnDetection(_Record):
     Absent numbers keep the session's values."""
 
     type: Literal["server_vad"] = "server_vad"  # semantic_vad is not served
-    #: How long a silence ends an utterance, in ms: an integer in 100..10000.
-    silence_duration_ms: Annotated[StrictInt, Field(ge=100, le=10000)] | None = None
-    #: How sure the voice detector must be that a frame is speech: a number in 0.05..0.95.
-    threshold: Annotated[FiniteNumber, Field(ge=0.05, le=0.95)] | None = None
+    #: How long a silence ends an utterance, in ms: an integer in SILENCE_MS (100..10000).
+    silence_duration_ms: Annotated[StrictInt, Field(ge=SILENCE_MS[0], le=SILENCE_MS[1])] | None = None
+    #: How sure the voice detector must be that a frame is speech: a number in THRESHOLD
+    #: (0.05..0.95).
+    threshold: Annotated[FiniteNumber, Field(ge=THRESHOLD[0], le=THRESHOLD[1])] | None = None
 
 
 class AudioInput(_Record):
@@ -145,9 +151,10 @@ REFUSALS: dict[str, Refusal] = {
     "session.audio.input.turn_detection.type": _NOT_SERVER_VAD._replace(
         param="session.audio.input.turn_detection"),
     "session.audio.input.turn_detection.silence_duration_ms": Refusal(
-        INVALID_VALUE, lambda value: "silence_duration_ms must be an integer in 100..10000"),
+        INVALID_VALUE,
+        lambda value: f"silence_duration_ms must be an integer in {SILENCE_MS[0]}..{SILENCE_MS[1]}"),
     "session.audio.input.turn_detection.threshold": Refusal(
-        INVALID_VALUE, lambda value: "threshold must be a number in 0.05..0.95"),
+        INVALID_VALUE, lambda value: f"threshold must be a number in {THRESHOLD[0]}..{THRESHOLD[1]}"),
 }
 
 
