@@ -59,14 +59,25 @@ def stats(hosts: Hosts) -> dict:
     return hosts.client({"do": "call", "message": {"action": "stats"}})[0]
 
 
-def wait_in_flight(hosts: Hosts, load: subprocess.Popen) -> None:
-    """Until the agent holds some of `load`'s requests: the moment to break something."""
+def wait_in_flight(hosts: Hosts, load: subprocess.Popen, manager: int | None = None) -> None:
+    """Until the agent holds some of `load`'s requests (with `manager`: until that model
+    manager holds some): the moment to break something."""
     deadline = time.monotonic() + 60
-    while stats(hosts)["in_flight"] < 1:
+    while held_by(hosts, manager) < 1:
         # A load that ended unseen is too short for this machine: say so, not "timed out".
         assert load.poll() is None, "the load finished before any poll saw it in flight"
         assert time.monotonic() < deadline, "no work in flight within 60 s"
         time.sleep(0.1)
+
+
+def held_by(hosts: Hosts, manager: int | None) -> int:
+    """Requests in flight at the agent, or the jobs model manager `manager` holds."""
+    figures = stats(hosts)
+    if manager is None:
+        return figures["in_flight"]
+    found = re.search(r"model manager ([0-9a-f]{12}) serving", hosts.manager[manager].log())
+    assert found, "the model manager has not logged its instance"
+    return sum(m["in_flight"] for m in figures["model_managers"] if m["instance"].startswith(found[1]))
 
 
 def served_by(hosts: Hosts) -> dict[str, int]:
@@ -110,7 +121,7 @@ def test_kill_9_of_a_model_manager_under_load_loses_nothing(hosts):
     resent = metrics(hosts)['voicebus_jobs_resent_total{task="stt"}']
     load = hosts.client_async({"do": "transcribe", "count": 48, "clients": 8})
     queued = hosts.client_async({"do": "queue", "count": 8, "ids": "k"})
-    wait_in_flight(hosts, load)
+    wait_in_flight(hosts, load, manager=1)  # so that the kill takes jobs with it
     hosts.manager[1].popen.send_signal(signal.SIGKILL)
     assert_all_right(results_of(load), {f"t{i}" for i in range(48)})
     assert_all_right([r for r in results_of(queued) if "request_id" in r], {f"k{i}" for i in range(8)})
