@@ -328,6 +328,10 @@ class ModelSpec(_Section):
     optional: bool = False
     #: Worker threads sharing this model's queue: >1 keeps several batches in flight.
     instances: int = Field(1, ge=1, le=16)
+    #: A second copy of the model that runs long requests' units (30 s windows, text pieces)
+    #: at the lowest OS priority, beside the requests that run whole (model_manager/lanes.py);
+    #: "auto": on a CPU, where a unit takes seconds.
+    long_lane: bool | Literal["auto"] = "auto"
     #: Extra keyword arguments for the engine's constructor (e.g. voices_dir, backend).
     options: dict[str, Any] = Field(default_factory=dict)
 

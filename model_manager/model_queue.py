@@ -15,13 +15,18 @@ Contract
 - With unit scheduling, queued work is ordered by expected finish (`BatchSizes.order`); a
   split's units count the long requests of their kind that share the worker, so that they
   take turns. Without it, the queue runs in arrival order.
+- Lanes (lanes.py): with `long_lane`, the units of split requests queue apart from the
+  requests that run whole, and each lane's worker takes batches of its own lane only
+  (`next_batch(lane, ...)`), so the two never batch together and run side by side. Without
+  it, one queue holds both, and units are released in slices while short requests are about
+  (`BatchSizes.group_size`).
 - `expire()` takes out what is past its deadline and returns what to answer, once each: a
   whole request with `timeout`, a split request at its first expired unit with that unit's
   cause ("part 2 of 4 failed: ..."), its other units out of the queue.
-- `next_batch(idle_since, incoming, cap)` is the batch due now, if any: no larger than
+- `next_batch(lane, idle_since, incoming, cap)` is the lane's batch due now, if any: no larger than
   what memory allows (`cap`) nor than lets the most urgent job make its target.
-  `seconds_until_due` is how long the worker may sleep: until a batch can be due, or the
-  soonest deadline.
+  `seconds_until_due(lane, ...)` is how long the lane's worker may sleep: until a batch can
+  be due, or the soonest deadline.
 - `unit_done(ref, outcome, waited_s, run)` records one unit's outcome: a `Joined` when it
   was the split's last, a `Failed` at its first failure (its other units leave the queue),
   else None, and the split's next units are queued.
@@ -41,6 +46,7 @@ from model_manager.cost_model import CostModel
 from model_manager.engines.base import Engine
 from model_manager.errors import OVERLOADED, TIMEOUT, BusError
 from model_manager.jobs import Clock, Job, Outcome
+from model_manager.lanes import LONG, Lane
 from model_manager.units import BatchRun, Failed, Joined, SplitBook, UnitRef
 
 
@@ -48,23 +54,44 @@ class ModelQueue:
     """The queued work of one model's worker (see the module docstring)."""
 
     def __init__(self, engine: Engine, policy: BatchPolicy, dynamic_batching: bool, clock: Clock,
-                 cost_model: CostModel | None = None) -> None:
+                 cost_model: CostModel | None = None, long_lane: bool = False) -> None:
         self.engine = engine
+        #: The requests that run whole, and the units of split ones when there is no long lane.
         self.batcher: DynamicBatcher[Job] = DynamicBatcher(policy)
+        #: With a long lane, the units of split requests.
+        self.long_batcher: DynamicBatcher[Job] | None = DynamicBatcher(policy) if long_lane else None
         self.splits: SplitBook[Job] = SplitBook()
         self.sizes = BatchSizes(policy, dynamic_batching, cost_model, width=engine.batch_width)
         self._clock = clock
 
     def __len__(self) -> int:
-        return len(self.batcher)
+        return sum(len(b) for b in self._batchers())
+
+    def _batchers(self) -> list[DynamicBatcher[Job]]:
+        return [self.batcher] if self.long_batcher is None else [self.batcher, self.long_batcher]
+
+    def _lane(self, lane: Lane) -> DynamicBatcher[Job] | None:
+        """The lane's batcher; None for the long lane of a queue without one."""
+        return self.long_batcher if lane == LONG else self.batcher
+
+    @property
+    def _units(self) -> DynamicBatcher[Job]:
+        """Where the units of split requests queue."""
+        return self.batcher if self.long_batcher is None else self.long_batcher
+
+    def queued(self) -> list[Job]:
+        return [job for batcher in self._batchers() for job in batcher.queued()]
 
     def refresh(self) -> None:
-        """Choose the next batches' sizes and give the batcher the matching policy."""
-        self.batcher.policy = self.sizes.refresh()
-        self.batcher.group_size = self._group_size if self.sizes.chooses else None
+        """Choose the next batches' sizes and give the batchers the matching policy."""
+        policy = self.sizes.refresh()
+        for batcher in self._batchers():
+            batcher.policy = policy
+            batcher.group_size = self._group_size if self.sizes.chooses else None
 
     def _group_size(self, key: Hashable) -> int:
-        splitting = any(parent.key == key for parent in self.splits.parents())
+        # Units are sliced only where short requests would wait behind them: in a shared queue.
+        splitting = self.long_batcher is None and any(parent.key == key for parent in self.splits.parents())
         return self.sizes.group_size(key, self._clock(), splitting)
 
     # --- in --------------------------------------------------------------------------------
@@ -74,27 +101,27 @@ class ModelQueue:
         self.sizes.queued(job)
         now = self._clock()
         try:
+            # A split request counts as one, however many units it has; units already queued
+            # count as what they are, work waiting.
+            if len(self) >= self.batcher.policy.max_queue_size:
+                raise QueueFull(f"{len(self)} requests already queued")
             if len(units) > 1:
-                self._open_split(job, units, now)
+                self._release(self.splits.open(job, units), now)
             else:
                 self.batcher.add(job, job.key, now, job.priority, order=self.sizes.order(job, now))
                 self.sizes.whole_arrived(now)
         except QueueFull as exc:
             message = f"{self.engine.name}: queue is full ({exc}); retry later"
-            retry_ms = self.sizes.drain_estimate_ms(self.batcher.queued())
+            retry_ms = self.sizes.drain_estimate_ms(self.queued())
             raise BusError(OVERLOADED, message, retry_after_ms=retry_ms) from None
-
-    def _open_split(self, job: Job, units: list[Any], now: float) -> None:
-        if len(self.batcher) >= self.batcher.policy.max_queue_size:  # one request, however many units
-            raise QueueFull(f"{len(self.batcher)} requests already queued")
-        self._release(self.splits.open(job, units), now)
 
     def _release(self, split: int, now: float) -> None:
         """Queue the split's next units: a batch of their kind."""
         parent = self.splits.parent(split)
         if parent is None:
             return
-        room = self.batcher.batch_size(parent.key) if self.batcher.policy.enabled else 1
+        units = self._units
+        room = units.batch_size(parent.key) if units.policy.enabled else 1
         # Long requests of one kind share the worker: each unit's expected finish counts one
         # unit of each of them, so that they take turns with each other and with short
         # requests, instead of one after another ahead of them.
@@ -102,8 +129,8 @@ class ModelQueue:
         for ref, request in self.splits.release(split, room):
             unit = replace(parent, request=request, cost=self.engine.cost(request),
                            bucket=self.engine.bucket(request), prepare_s=0.0, unit=ref)
-            self.batcher.add(unit, unit.key, now, unit.priority, order=self.sizes.order(unit, now, sharing),
-                             admitted=True)
+            units.add(unit, unit.key, now, unit.priority, order=self.sizes.order(unit, now, sharing),
+                      admitted=True)
 
     # --- out -------------------------------------------------------------------------------
 
@@ -111,7 +138,7 @@ class ModelQueue:
         """Take out what is past its deadline; the requests to answer, and with what."""
         now = self._clock()
         answers = []
-        for job in self.batcher.remove(lambda j: j.deadline <= now):
+        for job in [j for b in self._batchers() for j in b.remove(lambda j: j.deadline <= now)]:
             expired = BusError(TIMEOUT, "request expired in the queue before it could run")
             if job.unit is None:
                 answers.append((job, expired))
@@ -119,22 +146,31 @@ class ModelQueue:
                 answers.append((failed.parent, failed.error))
         return answers
 
-    def next_batch(self, idle_since: float | None, incoming: int, cap: Callable[[int], int]
+    def next_batch(self, lane: Lane, idle_since: float | None, incoming: int, cap: Callable[[int], int]
                    ) -> Batch[Job] | None:
-        """The batch due now, if any. `idle_since`: when the worker last finished a batch,
-        None while it runs one; `incoming`: jobs on their way (they hold the fast path);
+        """The lane's batch due now, if any. `idle_since`: when the lane's worker last
+        finished a batch, None while it runs one; `incoming`: jobs on their way (they hold
+        the fast path of the short lane: they are being prepared, so they run whole);
         `cap(n)`: how many of n items memory allows (asked with dynamic batching only)."""
+        batcher = self._lane(lane)
+        if batcher is None:
+            return None
         now = self._clock()
-        limit = self.batcher.policy.max_batch_size
+        limit = batcher.policy.max_batch_size
         if self.sizes.dynamic_batching:
-            limit = self.sizes.limit(self.batcher.queued(), now, cap(limit))
-        return self.batcher.next_batch(now, limit=limit, idle_since=idle_since, incoming=incoming)
+            limit = self.sizes.limit(batcher.queued(), now, cap(limit))
+        return batcher.next_batch(now, limit=limit, idle_since=idle_since,
+                                  incoming=0 if lane == LONG else incoming)
 
-    def seconds_until_due(self, idle_since: float | None, incoming: int) -> float | None:
-        """How long until a batch can be due or a queued job expires; None: nothing queued."""
+    def seconds_until_due(self, lane: Lane, idle_since: float | None, incoming: int) -> float | None:
+        """How long until a batch of the lane can be due or one of its jobs expires; None:
+        nothing queued there."""
+        batcher = self._lane(lane)
+        if batcher is None:
+            return None
         now = self._clock()
-        wait = self.batcher.seconds_until_due(now, idle_since, incoming)
-        deadlines = [j.deadline for j in self.batcher.queued()]
+        wait = batcher.seconds_until_due(now, idle_since, 0 if lane == LONG else incoming)
+        deadlines = [j.deadline for j in batcher.queued()]
         if deadlines:
             soonest = max(0.0, min(deadlines) - now)
             wait = soonest if wait is None else min(wait, soonest)
@@ -153,15 +189,16 @@ class ModelQueue:
         """Close a split at its first failed unit and take its other units out of the queue."""
         failed = self.splits.failed(ref, error)
         if failed is not None:
-            self.batcher.remove(lambda j: j.unit is not None and j.unit.split == ref.split)
+            self._units.remove(lambda j: j.unit is not None and j.unit.split == ref.split)
         return failed
 
     def cancel(self, job_ids: set[str]) -> int:
         """Drop these jobs unanswered; how many requests were dropped."""
-        removed = self.batcher.remove(lambda j: j.job_id in job_ids)
+        removed = [j for b in self._batchers() for j in b.remove(lambda j: j.job_id in job_ids)]
         splits = self.splits.cancel(lambda parent: parent.job_id in job_ids)
         return sum(j.unit is None for j in removed) + len(splits)
 
     def drain(self) -> list[Job]:
         """Empty the queue: every request in it, to answer (a split request once)."""
-        return [job for job in self.batcher.drain() if job.unit is None] + self.splits.drain()
+        drained = [job for batcher in self._batchers() for job in batcher.drain()]
+        return [job for job in drained if job.unit is None] + self.splits.drain()

@@ -9,16 +9,18 @@ exporter read them, so every access to `workers` goes through one lock (`worker_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from model_manager.config import Config, ConfigError, ModelSpec, parse_config
 from model_manager.engines.base import Engine
 from model_manager.errors import INVALID_FIELD, MODEL_UNAVAILABLE, UNKNOWN_MODEL, BusError
 from model_manager.jobs import Job, Outcome
+from model_manager.lanes import build_at_low_priority, wants_long_lane
 from model_manager.memory import read_memory
 from model_manager.scheduler import ModelWorker
 from model_manager.worker_stats import WorkerStats
@@ -46,10 +48,13 @@ def select_engine(engines: Sequence[Engine], task: str, model_pref: str | None) 
 
 class ModelSet:
     def __init__(self, config: Config, deliver: Callable[[Job, Outcome], None],
-                 engines: Sequence[Engine] | None = None) -> None:
+                 engines: Sequence[Engine] | None = None,
+                 long_lanes: Mapping[str, Engine] | None = None) -> None:
         self.config = config
         self._deliver = deliver
         self.engines: list[Engine] = list(engines or [])
+        #: Model name -> the copy of its engine that runs its long lane (lanes.py).
+        self.long_lanes: dict[str, Engine] = dict(long_lanes or {})
         self.workers: dict[str, ModelWorker] = {}
         self.load_error: str | None = None
         self.loaded = threading.Event()
@@ -76,6 +81,10 @@ class ModelSet:
                 engine = build_engine(spec)
                 log.info("loaded %s on %s in %.1f s", spec.name, engine.device, time.perf_counter() - started)
                 self.engines.append(engine)
+                if wants_long_lane(spec.long_lane, engine.device):
+                    started = time.perf_counter()
+                    self.long_lanes[spec.name] = build_at_low_priority(functools.partial(build_engine, spec))
+                    log.info("long lane of %s loaded in %.1f s", spec.name, time.perf_counter() - started)
             self.start_workers(warm_up=self.config.batch_processing_config.warmup)
         except Exception as exc:  # the model manager exits saying why
             log.exception("model loading failed")
@@ -88,7 +97,8 @@ class ModelSet:
         instances = {s.name: s.instances for s in self._configured()}
         for engine in self.engines:
             worker = ModelWorker(engine, policy, self._deliver, dynamic_batching=policy.dynamic_batching,
-                                 instances=instances.get(engine.name, 1))
+                                 instances=instances.get(engine.name, 1),
+                                 long_lane=self.long_lanes.get(engine.name))
             if warm_up and policy.dynamic_batching and policy.enabled:
                 worker.warm_up()
             with self._lock:

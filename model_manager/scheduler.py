@@ -17,6 +17,9 @@ in a module of its own:
 - The figures (worker_stats.py): the one record of every batch, read by `stats` and the
   Prometheus exporter.
 The worker itself keeps the threads and the answers:
+- Lanes (lanes.py): with a long lane, a second copy of the engine runs the units of split
+  requests on a thread of its own at the lowest OS priority, beside the threads that run
+  every request whole, so a short request never waits for a long one's window or piece.
 - A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
   jobs for this model are still being prepared (`expect` / `expected_left`): they would
   have run alone one after another.
@@ -43,6 +46,7 @@ from model_manager.cost_model import CostModel
 from model_manager.engines.base import Engine
 from model_manager.errors import INFERENCE_FAILED, SHUTTING_DOWN, BusError
 from model_manager.jobs import Clock, Job, Outcome, Timed, Timing
+from model_manager.lanes import LONG, SHORT, Lane, lower_priority
 from model_manager.memory import MemoryBudget
 from model_manager.model_queue import ModelQueue
 from model_manager.percentiles import percentiles_ms
@@ -54,7 +58,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelWorker:
-    """Runs one engine's batches on `instances` threads that share one queue.
+    """Runs one engine's batches on `instances` threads that share one queue, and the units
+    of split requests on `long_lane` (a second copy of the engine) when given.
 
     More than one instance keeps a second batch in flight while the first one's CPU-side
     pre/post-processing runs; whether that pays is an engine and device question, so it is
@@ -70,24 +75,33 @@ class ModelWorker:
         clock: Clock = time.monotonic,
         instances: int = 1,
         cost_model: CostModel | None = None,
+        long_lane: Engine | None = None,
     ) -> None:
         self.engine = engine
-        self.queue = ModelQueue(engine, policy, dynamic_batching, clock, cost_model)
+        self.long_lane = long_lane
+        self.queue = ModelQueue(engine, policy, dynamic_batching, clock, cost_model,
+                                long_lane=long_lane is not None)
         self.memory = MemoryBudget(engine.device)
         self.stats = WorkerStats()
-        self._runner = ResilientRun(engine, self.memory, self.stats)
+        self._runners = {SHORT: ResilientRun(engine, self.memory, self.stats)}
+        if long_lane is not None:
+            self._runners[LONG] = ResilientRun(long_lane, self.memory, self.stats)
         self._batch_numbers = itertools.count()
-        self._idle_since = float("-inf")
+        self._idle_since: dict[Lane, float] = {lane: float("-inf") for lane in self._runners}
+        self._busy: dict[Lane, int] = {lane: 0 for lane in self._runners}
+        self._short_batches = 0  # batches the short lane started: see _measures()
         self._incoming = 0  # jobs on their way (being prepared): see expect()
         self._on_done = on_done
         self._clock = clock
         self._cond = threading.Condition()  # guards the queue and the counts here
         self._stopping = False
-        self._busy = 0
         self._threads = [
-            threading.Thread(target=self._loop, name=f"worker-{engine.name}-{i}", daemon=True)
+            threading.Thread(target=self._loop, args=(SHORT,), name=f"worker-{engine.name}-{i}", daemon=True)
             for i in range(max(1, instances))
         ]
+        if long_lane is not None:
+            self._threads.append(threading.Thread(target=self._loop, args=(LONG,),
+                                                  name=f"worker-{engine.name}-long", daemon=True))
 
     @property
     def policy(self) -> BatchPolicy:
@@ -122,6 +136,8 @@ class ModelWorker:
         if not requests:
             return
         self.engine.run_batch(requests[:1])  # first-call allocations are not batching cost
+        if self.long_lane is not None:
+            self.long_lane.run_batch(requests[:1])
         bucket = self.engine.bucket(requests[0])
         with self._cond:
             cost = self.queue.sizes.cost(bucket)
@@ -147,7 +163,7 @@ class ModelWorker:
         """An expected job was queued (submit first), answered or dropped."""
         with self._cond:
             self._incoming = max(0, self._incoming - 1)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def submit(self, job: Job) -> None:
         """Queue a prepared job; raises BusError shutting_down or overloaded (queue full)."""
@@ -162,7 +178,7 @@ class ModelWorker:
                 raise
             if len(units) > 1:
                 self.stats.split_opened()
-            self._cond.notify()
+            self._cond.notify_all()  # the threads wait for different lanes
 
     def _units_of(self, job: Job) -> list[Any]:
         """The units `job` runs as: its engine's `split`, or the request whole when unit
@@ -204,79 +220,95 @@ class ModelWorker:
 
     @property
     def busy(self) -> int:
-        """How many instances are running a batch right now."""
-        return self._busy
+        """How many threads (instances and the long lane) are running a batch right now."""
+        return sum(self._busy.values())
 
     def queue_depth(self) -> int:
         return len(self.queue)
 
     # --- the worker thread -------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, lane: Lane) -> None:
+        if lane == LONG:
+            lower_priority()
         while True:
             with self._cond:
-                batch = self._next_batch_locked()
+                batch = self._next_batch_locked(lane)
                 if batch is None:
                     return
-                self._busy += 1
-            self._run_counted(batch)
+                self._started_locked(lane)
+            self._run_counted(batch, lane)
 
     def run_next(self) -> bool:
-        """Run the batch that is due now, if any, on the calling thread; False when none is.
-        For driving a worker step by step with an explicit clock (tests, tools): call it on
-        a worker whose threads were never started."""
-        with self._cond:
-            batch = self._due_batch_locked()
-            if batch is None:
-                return False
-            self._busy += 1
-        self._run_counted(batch)
-        return True
+        """Run the batch that is due now, if any, on the calling thread (the short lane's
+        first, then the long lane's); False when none is. For driving a worker step by step
+        with an explicit clock (tests, tools): call it on a worker whose threads were never
+        started."""
+        for lane in self._runners:
+            with self._cond:
+                batch = self._due_batch_locked(lane)
+                if batch is None:
+                    continue
+                self._started_locked(lane)
+            self._run_counted(batch, lane)
+            return True
+        return False
 
-    def _run_counted(self, batch: Batch[Job]) -> None:
+    def _started_locked(self, lane: Lane) -> None:
+        self._busy[lane] += 1
+        if lane == SHORT:
+            self._short_batches += 1
+
+    def _run_counted(self, batch: Batch[Job], lane: Lane) -> None:
         try:
-            self._run(batch)
+            self._run(batch, lane)
         finally:
             with self._cond:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle_since = self._clock()
+                self._busy[lane] -= 1
+                if self._busy[lane] == 0:
+                    self._idle_since[lane] = self._clock()
                 self.queue.refresh()
+                self._cond.notify_all()  # the other lane may wait on a size this batch measured
 
-    def _next_batch_locked(self) -> Batch[Job] | None:
+    def _next_batch_locked(self, lane: Lane) -> Batch[Job] | None:
         while not self._stopping:
-            batch = self._due_batch_locked()
+            batch = self._due_batch_locked(lane)
             if batch is not None:
                 return batch
-            self._cond.wait(timeout=self.queue.seconds_until_due(self._idle_since_locked(), self._incoming))
+            self._cond.wait(timeout=self.queue.seconds_until_due(lane, self._idle_since_locked(lane),
+                                                                 self._incoming))
         return None
 
-    def _due_batch_locked(self) -> Batch[Job] | None:
-        """Answer what expired in the queue, then take the batch that is due, if one is."""
+    def _due_batch_locked(self, lane: Lane) -> Batch[Job] | None:
+        """Answer what expired in the queue, then take the lane's batch that is due, if one is."""
         for job, expired in self.queue.expire():
             self._finish(job, expired)
-        return self.queue.next_batch(self._idle_since_locked(), self._incoming, cap=self.memory.max_items)
+        return self.queue.next_batch(lane, self._idle_since_locked(lane), self._incoming,
+                                     cap=self.memory.max_items)
 
-    def _idle_since_locked(self) -> float | None:
-        """When the last batch ended, while none runs; None while one does."""
-        return self._idle_since if self._busy == 0 else None
+    def _idle_since_locked(self, lane: Lane) -> float | None:
+        """When the lane's last batch ended, while none runs; None while one does."""
+        return self._idle_since[lane] if self._busy[lane] == 0 else None
 
     # --- running a batch and answering -------------------------------------------------
 
-    def _run(self, batch: Batch[Job]) -> None:
+    def _run(self, batch: Batch[Job], lane: Lane) -> None:
         self.stats.batch_started(len(batch.items), batch.reason, batch.waited_s)
         log.info(
-            "batch start model=%s size=%d reason=%s oldest_wait_ms=%.1f",
+            "batch start model=%s lane=%s size=%d reason=%s oldest_wait_ms=%.1f",
             self.engine.name,
+            lane,
             len(batch.items),
             batch.reason,
             max(batch.waited_s, default=0.0) * 1000,
         )
+        with self._cond:
+            measures = self._measures_locked(lane)
         started = time.perf_counter()
-        ran = self._runner.run([j.request for j in batch.items])
+        ran = self._runners[lane].run([j.request for j in batch.items])
         elapsed = time.perf_counter() - started
-        if ran.clean:  # a batch that needed no fallback measures its size
-            with self._cond:
+        with self._cond:
+            if ran.clean and measures():  # a batch that needed no fallback measures its size
                 self.queue.sizes.observe(batch.items, elapsed)
         outcomes = ran.outcomes
         ok = sum(not isinstance(o, BusError) for o in outcomes)
@@ -296,12 +328,21 @@ class ModelWorker:
                 outcome = Timed(outcome, Timing.of(job.prepare_s, waited_s, elapsed, len(outcomes)))
             self._finish(job, outcome)
 
+    def _measures_locked(self, lane: Lane) -> Callable[[], bool]:
+        """Whether the batch starting now on `lane` will measure its size: asked once it ran.
+        The long lane yields the cores to the short lane, so its batch measures only if the
+        short lane ran nothing meanwhile; else its time says how busy the short lane was."""
+        if lane == SHORT:
+            return lambda: True
+        idle, started = self._busy[SHORT] == 0, self._short_batches
+        return lambda: idle and self._short_batches == started
+
     def _unit_done(self, ref: UnitRef, waited_s: float, outcome: Outcome, run: BatchRun) -> None:
         """Record one unit's outcome; answer its request once it is joined or has failed."""
         with self._cond:
             closed = self.queue.unit_done(ref, outcome, waited_s, run)
             if closed is None:  # its next units may have been queued
-                self._cond.notify()
+                self._cond.notify_all()
         if closed is None:
             return
         if not isinstance(closed, Joined):
@@ -346,9 +387,10 @@ class ModelWorker:
             "workers": {
                 "total": len(self._threads),
                 "ready": 0 if self._stopping else sum(t.is_alive() for t in self._threads),
-                "busy": self._busy,
+                "busy": self.busy,
             },
-            "busy": self._busy > 0,
+            "busy": self.busy > 0,
+            "long_lane": self.long_lane is not None,
             "policy": {
                 "enabled": policy.enabled,
                 "dynamic_batching": dynamic,

@@ -19,9 +19,13 @@ def transcribe(bus, audio: np.ndarray) -> dict:
     return bus.request(message, encoding="msgpack")
 
 
-def split_requests(bus) -> int:
+def model_stats(bus) -> dict:
     models = bus.request({"action": "stats"})["models"]
-    return next(m for m in models if m["model"] == MODEL)["split_requests"]
+    return next(m for m in models if m["model"] == MODEL)
+
+
+def split_requests(bus) -> int:
+    return model_stats(bus)["split_requests"]
 
 
 def long_recording(seconds: float) -> np.ndarray:
@@ -34,6 +38,7 @@ def long_recording(seconds: float) -> np.ndarray:
 
 def test_a_short_request_is_answered_while_a_long_recording_is_transcribed(bus):
     long, short = long_recording(65), speak(SENTENCES[1])  # three 30 s windows
+    assert model_stats(bus)["long_lane"]  # on a CPU the units run on a lane of their own
     # One window per batch, whatever this machine's measured best size for 30 s windows.
     with fixed_batching(bus, bus.stt_address, max_batch_size=1, min_batch_size=1):
         alone = transcribe(bus, long)

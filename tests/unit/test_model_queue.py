@@ -9,16 +9,18 @@ from test_unit_scheduling import Clock, SplittingEngine, Text
 from model_manager.batcher import BatchPolicy
 from model_manager.errors import OVERLOADED, TIMEOUT, BusError
 from model_manager.jobs import Job
+from model_manager.lanes import LONG, SHORT, Lane
 from model_manager.model_queue import ModelQueue
 from model_manager.units import BatchRun, Failed, Joined
 
 
 class Queue:
-    def __init__(self, **policy: object) -> None:
+    def __init__(self, long_lane: bool = False, **policy: object) -> None:
         self.clock = Clock()
         self.engine = SplittingEngine(self.clock)
         settings = {"max_batch_size": 2, "min_batch_size": 1, "max_queue_size": 4, **policy}
-        self.queue = ModelQueue(self.engine, BatchPolicy(**settings), False, clock=self.clock)
+        self.queue = ModelQueue(self.engine, BatchPolicy(**settings), False, clock=self.clock,
+                                long_lane=long_lane)
         self.queue.refresh()
 
     def add(self, name: str, parts: int = 1, deadline: float = 1e12) -> None:
@@ -27,13 +29,17 @@ class Queue:
                   deadline=deadline, cost=self.engine.cost(request))
         self.queue.add(job, self.engine.split(request))
 
-    def batch(self) -> list[Job]:
-        """The jobs of the batch due now (the worker idle, nothing on its way); [] if none."""
-        batch = self.queue.next_batch(idle_since=float("-inf"), incoming=0, cap=lambda n: n)
-        return [] if batch is None else batch.items
+    def batch(self, lane: Lane | None = None) -> list[Job]:
+        """The jobs of the lane's batch due now (the worker idle, nothing on its way); [] if
+        none. No lane: the short lane's, else the long lane's, as `ModelWorker.run_next`."""
+        for each in (SHORT, LONG) if lane is None else (lane,):
+            batch = self.queue.next_batch(each, idle_since=float("-inf"), incoming=0, cap=lambda n: n)
+            if batch is not None:
+                return batch.items
+        return []
 
-    def take(self) -> list[str]:
-        return [SplittingEngine.label(j.request) for j in self.batch()]
+    def take(self, lane: Lane | None = None) -> list[str]:
+        return [SplittingEngine.label(j.request) for j in self.batch(lane)]
 
 
 def test_a_split_request_queues_a_batch_of_units_at_a_time_and_joins_once():
@@ -101,3 +107,47 @@ def test_cancel_and_drain_give_each_request_once():
     assert q.queue.cancel({"L"}) == 1 and len(q.queue) == 2
     assert sorted(job.job_id for job in q.queue.drain()) == ["S", "T"]
     assert len(q.queue) == 0
+
+
+# --- with a long lane ------------------------------------------------------------------------
+
+
+def test_with_a_long_lane_units_and_whole_requests_never_share_a_lane():
+    q = Queue(long_lane=True, max_batch_size=4, max_queue_size=8)
+    q.add("L", parts=3)
+    q.add("S")
+    q.add("T")
+    assert q.take(LONG) == ["L0", "L1", "L2"]
+    assert q.take(SHORT) == ["S", "T"]
+    assert q.take(SHORT) == [] and q.take(LONG) == []
+
+
+def test_a_short_request_is_due_on_its_lane_while_the_long_lane_runs():
+    q = Queue(long_lane=True)
+    q.add("L", parts=6)
+    assert q.take(LONG) == ["L0", "L1"]
+    q.add("S")  # L's units are running, and its next ones queued behind them in their lane
+    assert q.take(SHORT) == ["S"]
+    assert q.take(SHORT) == []
+
+
+def test_expiry_cancel_and_drain_reach_the_long_lane():
+    q = Queue(long_lane=True, max_queue_size=8)
+    q.add("L", parts=4, deadline=1.0)
+    q.add("M", parts=2)
+    q.add("S")
+    q.clock.now = 1.0
+    answers = {job.job_id: error for job, error in q.queue.expire()}
+    assert set(answers) == {"L"} and answers["L"].code == TIMEOUT
+    assert q.queue.cancel({"M"}) == 1
+    assert q.take(LONG) == []
+    assert [j.job_id for j in q.queue.drain()] == ["S"]
+
+
+def test_a_full_queue_counts_the_units_of_both_lanes():
+    q = Queue(long_lane=True, max_batch_size=2, max_queue_size=3)
+    q.add("L", parts=4)  # two units queued
+    q.add("S")
+    with pytest.raises(BusError) as refused:
+        q.add("T")
+    assert refused.value.code == OVERLOADED
