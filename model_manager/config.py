@@ -30,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    PlainValidator,
     ValidationError,
     create_model,
     field_validator,
@@ -96,6 +97,15 @@ def _tcp_address(value: str) -> str:
 
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_listed)]
+
+
+def _true_false_or_auto(value: Any) -> Any:
+    if value is True or value is False or value == "auto":
+        return value
+    raise Broken("", "must be true, false or auto", value)
+
+
+TrueFalseOrAuto = Annotated[bool | Literal["auto"], PlainValidator(_true_false_or_auto)]
 TcpAddresses = Annotated[tuple[Annotated[str, AfterValidator(_tcp_address)], ...], BeforeValidator(_listed)]
 
 
@@ -331,7 +341,7 @@ class ModelSpec(_Section):
     #: A second copy of the model that runs long requests' units (30 s windows, text pieces)
     #: at the lowest OS priority, beside the requests that run whole (model_manager/lanes.py);
     #: "auto": on a CPU, where a unit takes seconds.
-    long_lane: bool | Literal["auto"] = "auto"
+    long_lane: TrueFalseOrAuto = "auto"
     #: Extra keyword arguments for the engine's constructor (e.g. voices_dir, backend).
     options: dict[str, Any] = Field(default_factory=dict)
 

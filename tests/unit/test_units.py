@@ -83,6 +83,7 @@ def test_environment_overrides_any_key():
         ({"VOICEBUS__LIMITS__RESULT_TTL_S": "true"}, "limits.result_ttl_s"),
         ({"VOICEBUS__ENDPOINTS__HOST": "5"}, "endpoints.host"),
         ({"VOICEBUS__MODELS__STT__0__INSTANCES": "17"}, "models.stt.0.instances"),
+        ({"VOICEBUS__MODELS__STT__0__LONG_LANE": "often"}, "models.stt.0.long_lane: must be true, false"),
         ({"VOICEBUS__MODELS__STT__1__NAME": "whisper-tiny.en"}, "models.stt: model names must be unique"),
         ({"VOICEBUS__GATEWAY__VOICE_NAMES__ALLOY": "7"}, "gateway.voice_names.alloy"),
         ({"VOICEBUS__MODELS__FOO": "[]"}, "models.foo: unknown key"),
