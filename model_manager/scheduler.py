@@ -19,7 +19,9 @@ in a module of its own:
 The worker itself keeps the threads and the answers:
 - Lanes (lanes.py): with a long lane, a second copy of the engine runs the units of split
   requests on a thread of its own at the lowest OS priority, beside the threads that run
-  every request whole, so a short request never waits for a long one's window or piece.
+  every request whole, so a short request never waits for a long one's window or piece. A
+  long batch the OS has starved past `LONG_LANE_PATIENCE` times what it takes alone makes the
+  short lane start nothing new until it ends: a long request always advances.
 - A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
   jobs for this model are still being prepared (`expect` / `expected_left`): they would
   have run alone one after another.
@@ -56,6 +58,13 @@ from model_manager.worker_stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
+#: A long-lane batch may take this many times what it takes alone (when short requests keep
+#: every core busy, the OS gives it almost nothing); past that, the short lane waits for it.
+LONG_LANE_PATIENCE = 10.0
+#: Seconds: the patience never counts from less than this, so that a batch whose time alone
+#: is not measured yet, or is tiny, still has room to be slowed without stalling the short lane.
+LONG_LANE_PATIENCE_MIN_S = 2.0
+
 
 class ModelWorker:
     """Runs one engine's batches on `instances` threads that share one queue, and the units
@@ -90,6 +99,8 @@ class ModelWorker:
         self._idle_since: dict[Lane, float] = {lane: float("-inf") for lane in self._runners}
         self._busy: dict[Lane, int] = {lane: 0 for lane in self._runners}
         self._short_batches = 0  # batches the short lane started: see _measures()
+        self._long_overdue_at: float | None = None  # while a long batch runs: see _short_lane_yields
+        self.short_lane_yields = 0
         self._incoming = 0  # jobs on their way (being prepared): see expect()
         self._on_done = on_done
         self._clock = clock
@@ -236,7 +247,7 @@ class ModelWorker:
                 batch = self._next_batch_locked(lane)
                 if batch is None:
                     return
-                self._started_locked(lane)
+                self._started_locked(lane, batch)
             self._run_counted(batch, lane)
 
     def run_next(self) -> bool:
@@ -249,15 +260,23 @@ class ModelWorker:
                 batch = self._due_batch_locked(lane)
                 if batch is None:
                     continue
-                self._started_locked(lane)
+                self._started_locked(lane, batch)
             self._run_counted(batch, lane)
             return True
         return False
 
-    def _started_locked(self, lane: Lane) -> None:
+    def _started_locked(self, lane: Lane, batch: Batch[Job]) -> None:
         self._busy[lane] += 1
         if lane == SHORT:
             self._short_batches += 1
+            return
+        alone = sum(self.queue.sizes.solo_seconds(job) for job in batch.items)
+        self._long_overdue_at = self._clock() + max(LONG_LANE_PATIENCE * alone, LONG_LANE_PATIENCE_MIN_S)
+
+    def _short_lane_yields_locked(self) -> bool:
+        """Whether the long lane's batch has run past its patience: then the short lane starts
+        nothing new until it ends, and the batch has the cores the short lane leaves."""
+        return self._long_overdue_at is not None and self._clock() >= self._long_overdue_at
 
     def _run_counted(self, batch: Batch[Job], lane: Lane) -> None:
         try:
@@ -265,6 +284,8 @@ class ModelWorker:
         finally:
             with self._cond:
                 self._busy[lane] -= 1
+                if lane == LONG:
+                    self._long_overdue_at = None
                 if self._busy[lane] == 0:
                     self._idle_since[lane] = self._clock()
                 self.queue.refresh()
@@ -272,6 +293,12 @@ class ModelWorker:
 
     def _next_batch_locked(self, lane: Lane) -> Batch[Job] | None:
         while not self._stopping:
+            if lane == SHORT and self._short_lane_yields_locked():
+                self.short_lane_yields += 1
+                log.info("short lane waits for an overdue long-lane batch model=%s", self.engine.name)
+                while not self._stopping and self._short_lane_yields_locked():
+                    self._cond.wait(timeout=1.0)  # woken when the long batch ends
+                continue
             batch = self._due_batch_locked(lane)
             if batch is not None:
                 return batch
@@ -391,6 +418,7 @@ class ModelWorker:
             },
             "busy": self.busy > 0,
             "long_lane": self.long_lane is not None,
+            "short_lane_yields": self.short_lane_yields,
             "policy": {
                 "enabled": policy.enabled,
                 "dynamic_batching": dynamic,

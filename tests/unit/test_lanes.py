@@ -13,7 +13,7 @@ from test_unit_scheduling import Clock, Part, SplittingEngine
 from model_manager.batcher import BatchPolicy
 from model_manager.jobs import Job, Timed
 from model_manager.lanes import LONG_LANE_NICE, build_at_low_priority, thread_nice, wants_long_lane
-from model_manager.scheduler import ModelWorker
+from model_manager.scheduler import LONG_LANE_PATIENCE_MIN_S, ModelWorker
 
 
 def test_auto_means_a_long_lane_on_a_cpu_only():
@@ -62,37 +62,67 @@ class GatedEngine(SplittingEngine):
         return super().run_batch(requests)
 
 
+class Lanes:
+    """A started worker with a long lane, on gated stand-in engines and an explicit clock."""
+
+    def __init__(self) -> None:
+        self.clock, self.gate = Clock(), threading.Event()
+        self.short = GatedEngine(self.clock, self.gate)
+        self.long = GatedEngine(self.clock, self.gate)
+        self.answers: dict[str, Any] = {}
+        self.done = threading.Condition()
+        policy = BatchPolicy(max_batch_size=1, min_batch_size=1)
+        self.worker = ModelWorker(self.short, policy, self._on_done, dynamic_batching=False,
+                                  clock=self.clock, long_lane=self.long)
+
+    def _on_done(self, job: Job, outcome: Any) -> None:
+        with self.done:
+            self.answers[job.job_id] = outcome
+            self.done.notify_all()
+
+    def submit(self, name: str, parts: int = 1) -> None:
+        request = (name, parts)
+        self.worker.submit(Job(job_id=name, model="splitting", request=request,
+                               key=self.short.batch_key(request), deadline=1e12,
+                               cost=self.short.cost(request)))
+
+    def answered(self, name: str, within_s: float = 10) -> bool:
+        with self.done:
+            return self.done.wait_for(lambda: name in self.answers, within_s)
+
+
 def test_a_short_request_is_answered_while_the_long_lane_runs_a_unit():
-    clock, gate = Clock(), threading.Event()
-    short_engine, long_engine = GatedEngine(clock, gate), GatedEngine(clock, gate)
-    answers: dict[str, Any] = {}
-    done = threading.Condition()
-
-    def on_done(job: Job, outcome: Any) -> None:
-        with done:
-            answers[job.job_id] = outcome
-            done.notify_all()
-
-    policy = BatchPolicy(max_batch_size=1, min_batch_size=1)
-    worker = ModelWorker(short_engine, policy, on_done, dynamic_batching=False, clock=clock,
-                         long_lane=long_engine)
-    worker.start()
+    lanes = Lanes()
+    lanes.worker.start()
     try:
-        for name, parts in (("L", 2), ("S", 1)):
-            request = (name, parts)
-            worker.submit(Job(job_id=name, model="splitting", request=request,
-                              key=short_engine.batch_key(request), deadline=1e12,
-                              cost=short_engine.cost(request)))
-        assert long_engine.running_unit.wait(10)
-        with done:
-            assert done.wait_for(lambda: "S" in answers, 10)  # while L's first unit holds its lane
-        assert "L" not in answers
-        gate.set()
-        with done:
-            assert done.wait_for(lambda: "L" in answers, 10)
+        lanes.submit("L", 2)
+        lanes.submit("S")
+        assert lanes.long.running_unit.wait(10)
+        assert lanes.answered("S")  # while L's first unit holds its lane
+        assert "L" not in lanes.answers
+        lanes.gate.set()
+        assert lanes.answered("L")
     finally:
-        gate.set()
-        worker.stop(timeout=5)
-    assert isinstance(answers["L"], Timed) and answers["L"].result.text == "L0 L1"
-    assert long_engine.calls == [["L0"], ["L1"]] and short_engine.calls == [["S"]]
-    assert long_engine.nice == {LONG_LANE_NICE} and short_engine.nice == {thread_nice()}
+        lanes.gate.set()
+        lanes.worker.stop(timeout=5)
+    assert isinstance(lanes.answers["L"], Timed) and lanes.answers["L"].result.text == "L0 L1"
+    assert lanes.long.calls == [["L0"], ["L1"]] and lanes.short.calls == [["S"]]
+    assert lanes.long.nice == {LONG_LANE_NICE} and lanes.short.nice == {thread_nice()}
+
+
+def test_the_short_lane_waits_for_a_long_batch_starved_past_its_patience():
+    lanes = Lanes()
+    lanes.worker.start()
+    try:
+        lanes.submit("L", 2)
+        assert lanes.long.running_unit.wait(10)
+        lanes.clock.now += LONG_LANE_PATIENCE_MIN_S + 1  # nothing measured: the patience's floor
+        lanes.submit("S")
+        assert not lanes.answered("S", within_s=0.3)  # it waits for the overdue unit ...
+        lanes.gate.set()
+        assert lanes.answered("S") and lanes.answered("L")
+    finally:
+        lanes.gate.set()
+        lanes.worker.stop(timeout=5)
+    assert lanes.short.calls == [["S"]] and lanes.long.calls[0] == ["L0"]
+    assert lanes.worker.snapshot()["short_lane_yields"] >= 1  # the explicit clock may make L1 overdue too
