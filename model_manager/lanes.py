@@ -9,10 +9,14 @@ copy of the engine, on its own worker thread, that runs only the units of split 
 request that runs whole. The two run at the same time; the long lane's threads have the
 lowest scheduling priority (nice 19), so the kernel preempts them whenever the short lane's
 threads (of this model or of any other in the process) want a core, and gives them every
-cycle the short lane leaves. On two cores, a batch of four short commands decoded in the same
-time with a long recording being decoded beside it at nice 19 as alone (p50 340 against
-342 ms), and 1.22x slower beside it at the same priority; the recording still got 0.69 of the
-0.95 windows a second it got at the same priority (docs/benchmarks.md).
+cycle the short lane leaves. Measured on two cores (`scripts/lane_priority.py`, 3 rounds,
+docs/benchmarks.md): batches of four voice commands took 0.80-1.08x their time alone beside
+a long recording decoded at nice 19, against 1.12-1.56x beside it at the same priority;
+batches of four TTS replies 0.90-1.04x against 2.19-2.28x. The price is the long work's
+share: beside back-to-back short batches the recording got 0.56 windows a second instead of
+1.00, and the long text's pieces almost nothing. So the worker bounds it (scheduler.py,
+LONG_LANE_PATIENCE): a long batch slowed past ten times its time alone makes the short lane
+wait for it.
 
 Linux keeps the nice value per thread, and a new thread starts with its creator's. So the
 copy is built on a thread that lowered its own priority first, and the threads its runtime
