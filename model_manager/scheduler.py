@@ -60,10 +60,13 @@ log = logging.getLogger(__name__)
 
 #: A long-lane batch may take this many times what it takes alone (when short requests keep
 #: every core busy, the OS gives it almost nothing); past that, the short lane waits for it.
-LONG_LANE_PATIENCE = 10.0
+#: Only a floor against starvation: in the mixed benchmark on two cores, units ran about 6x
+#: slower than alone, and a patience of 10x already held voice commands behind them (p95
+#: 6.2 s in one round against 0.5 s alone).
+LONG_LANE_PATIENCE = 30.0
 #: Seconds: the patience never counts from less than this, so that a batch whose time alone
 #: is not measured yet, or is tiny, still has room to be slowed without stalling the short lane.
-LONG_LANE_PATIENCE_MIN_S = 2.0
+LONG_LANE_PATIENCE_MIN_S = 10.0
 
 
 class ModelWorker:
