@@ -59,14 +59,14 @@ from model_manager.worker_stats import WorkerStats
 log = logging.getLogger(__name__)
 
 #: A long-lane batch may take this many times what it takes alone (when short requests keep
-#: every core busy, the OS gives it almost nothing); past that, the short lane waits for it.
-#: Only a floor against starvation: in the mixed benchmark on two cores, units ran about 6x
-#: slower than alone, and a patience of 10x already held voice commands behind them (p95
-#: 6.2 s in one round against 0.5 s alone).
+#: every core busy, the OS gives it almost nothing), and at least LONG_LANE_PATIENCE_MIN_S;
+#: past that, the short lane waits for it. Only a floor against starvation: in the mixed
+#: benchmark on two cores, a batch of two 30 s windows took 10-13 s beside short work (about
+#: 10x alone), and a patience of 10 s held voice commands behind it (p95 2.1 s in that round
+#: against 0.5 s alone).
 LONG_LANE_PATIENCE = 30.0
-#: Seconds: the patience never counts from less than this, so that a batch whose time alone
-#: is not measured yet, or is tiny, still has room to be slowed without stalling the short lane.
-LONG_LANE_PATIENCE_MIN_S = 10.0
+#: Seconds; also what a batch whose time alone is not measured yet gets.
+LONG_LANE_PATIENCE_MIN_S = 30.0
 
 
 class ModelWorker:
