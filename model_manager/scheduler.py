@@ -101,7 +101,7 @@ class ModelWorker:
         self._batch_numbers = itertools.count()
         self._idle_since: dict[Lane, float] = {lane: float("-inf") for lane in self._runners}
         self._busy: dict[Lane, int] = {lane: 0 for lane in self._runners}
-        self._short_batches = 0  # batches the short lane started: see _measures()
+        self._short_batches = 0  # batches the short lane started: see _measures_locked()
         self._long_overdue_at: float | None = None  # while a long batch runs: see _short_lane_yields
         self.short_lane_yields = 0
         self._incoming = 0  # jobs on their way (being prepared): see expect()
