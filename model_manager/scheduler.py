@@ -20,7 +20,7 @@ The worker itself keeps the threads and the answers:
 - Lanes (lanes.py): with a long lane, a second copy of the engine runs the units of split
   requests on a thread of its own at the lowest OS priority, beside the threads that run
   every request whole, so a short request never waits for a long one's window or piece. A
-  long batch the OS has starved past `LONG_LANE_PATIENCE` times what it takes alone makes the
+  long batch the OS has starved past `lanes.LONG_LANE_PATIENCE` times what it takes alone makes the
   short lane start nothing new until it ends: a long request always advances.
 - A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
   jobs for this model are still being prepared (`expect` / `expected_left`): they would
@@ -48,7 +48,7 @@ from model_manager.cost_model import CostModel
 from model_manager.engines.base import Engine
 from model_manager.errors import INFERENCE_FAILED, SHUTTING_DOWN, BusError
 from model_manager.jobs import Clock, Job, Outcome, Timed, Timing
-from model_manager.lanes import LONG, SHORT, Lane, lower_priority
+from model_manager.lanes import LONG, SHORT, Lane, LaneBook, lower_priority
 from model_manager.memory import MemoryBudget
 from model_manager.model_queue import ModelQueue
 from model_manager.percentiles import percentiles_ms
@@ -58,15 +58,6 @@ from model_manager.worker_stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
-#: A long-lane batch may take this many times what it takes alone (when short requests keep
-#: every core busy, the OS gives it almost nothing), and at least LONG_LANE_PATIENCE_MIN_S;
-#: past that, the short lane waits for it. Only a floor against starvation: in the mixed
-#: benchmark on two cores, a batch of two 30 s windows took 10-13 s beside short work (about
-#: 10x alone), and a patience of 10 s held voice commands behind it (p95 2.1 s in that round
-#: against 0.5 s alone).
-LONG_LANE_PATIENCE = 30.0
-#: Seconds; also what a batch whose time alone is not measured yet gets.
-LONG_LANE_PATIENCE_MIN_S = 30.0
 
 
 class ModelWorker:
@@ -99,11 +90,7 @@ class ModelWorker:
         if long_lane is not None:
             self._runners[LONG] = ResilientRun(long_lane, self.memory, self.stats)
         self._batch_numbers = itertools.count()
-        self._idle_since: dict[Lane, float] = {lane: float("-inf") for lane in self._runners}
-        self._busy: dict[Lane, int] = {lane: 0 for lane in self._runners}
-        self._short_batches = 0  # batches the short lane started: see _measures_locked()
-        self._long_overdue_at: float | None = None  # while a long batch runs: see _short_lane_yields
-        self.short_lane_yields = 0
+        self._lanes = LaneBook(tuple(self._runners))
         self._incoming = 0  # jobs on their way (being prepared): see expect()
         self._on_done = on_done
         self._clock = clock
@@ -235,7 +222,7 @@ class ModelWorker:
     @property
     def busy(self) -> int:
         """How many threads (instances and the long lane) are running a batch right now."""
-        return sum(self._busy.values())
+        return sum(self._lanes.busy.values())
 
     def queue_depth(self) -> int:
         return len(self.queue)
@@ -269,37 +256,24 @@ class ModelWorker:
         return False
 
     def _started_locked(self, lane: Lane, batch: Batch[Job]) -> None:
-        self._busy[lane] += 1
-        if lane == SHORT:
-            self._short_batches += 1
-            return
-        alone = sum(self.queue.sizes.solo_seconds(job) for job in batch.items)
-        self._long_overdue_at = self._clock() + max(LONG_LANE_PATIENCE * alone, LONG_LANE_PATIENCE_MIN_S)
-
-    def _short_lane_yields_locked(self) -> bool:
-        """Whether the long lane's batch has run past its patience: then the short lane starts
-        nothing new until it ends, and the batch has the cores the short lane leaves."""
-        return self._long_overdue_at is not None and self._clock() >= self._long_overdue_at
+        alone = sum(self.queue.sizes.solo_seconds(job) for job in batch.items) if lane == LONG else 0.0
+        self._lanes.started(lane, self._clock(), alone)
 
     def _run_counted(self, batch: Batch[Job], lane: Lane) -> None:
         try:
             self._run(batch, lane)
         finally:
             with self._cond:
-                self._busy[lane] -= 1
-                if lane == LONG:
-                    self._long_overdue_at = None
-                if self._busy[lane] == 0:
-                    self._idle_since[lane] = self._clock()
+                self._lanes.finished(lane, self._clock())
                 self.queue.refresh()
                 self._cond.notify_all()  # the other lane may wait on a size this batch measured
 
     def _next_batch_locked(self, lane: Lane) -> Batch[Job] | None:
         while not self._stopping:
-            if lane == SHORT and self._short_lane_yields_locked():
-                self.short_lane_yields += 1
+            if lane == SHORT and self._lanes.short_lane_waits(self._clock()):
+                self._lanes.yields += 1
                 log.info("short lane waits for an overdue long-lane batch model=%s", self.engine.name)
-                while not self._stopping and self._short_lane_yields_locked():
+                while not self._stopping and self._lanes.short_lane_waits(self._clock()):
                     self._cond.wait(timeout=1.0)  # woken when the long batch ends
                 continue
             batch = self._due_batch_locked(lane)
@@ -318,7 +292,7 @@ class ModelWorker:
 
     def _idle_since_locked(self, lane: Lane) -> float | None:
         """When the lane's last batch ended, while none runs; None while one does."""
-        return self._idle_since[lane] if self._busy[lane] == 0 else None
+        return self._lanes.idle_since(lane)
 
     # --- running a batch and answering -------------------------------------------------
 
@@ -332,8 +306,8 @@ class ModelWorker:
             batch.reason,
             max(batch.waited_s, default=0.0) * 1000,
         )
-        with self._cond:
-            measures = self._measures_locked(lane)
+        with self._cond:  # the long lane yields the cores: see LaneBook.measure_long
+            measures = self._lanes.measure_long() if lane == LONG else lambda: True
         started = time.perf_counter()
         ran = self._runners[lane].run([j.request for j in batch.items])
         elapsed = time.perf_counter() - started
@@ -357,15 +331,6 @@ class ModelWorker:
             if not isinstance(outcome, BusError):
                 outcome = Timed(outcome, Timing.of(job.prepare_s, waited_s, elapsed, len(outcomes)))
             self._finish(job, outcome)
-
-    def _measures_locked(self, lane: Lane) -> Callable[[], bool]:
-        """Whether the batch starting now on `lane` will measure its size: asked once it ran.
-        The long lane yields the cores to the short lane, so its batch measures only if the
-        short lane ran nothing meanwhile; else its time says how busy the short lane was."""
-        if lane == SHORT:
-            return lambda: True
-        idle, started = self._busy[SHORT] == 0, self._short_batches
-        return lambda: idle and self._short_batches == started
 
     def _unit_done(self, ref: UnitRef, waited_s: float, outcome: Outcome, run: BatchRun) -> None:
         """Record one unit's outcome; answer its request once it is joined or has failed."""
@@ -421,7 +386,7 @@ class ModelWorker:
             },
             "busy": self.busy > 0,
             "long_lane": self.long_lane is not None,
-            "short_lane_yields": self.short_lane_yields,
+            "short_lane_yields": self._lanes.yields,
             "policy": {
                 "enabled": policy.enabled,
                 "dynamic_batching": dynamic,

@@ -12,8 +12,18 @@ from test_unit_scheduling import Clock, Part, SplittingEngine
 
 from model_manager.batcher import BatchPolicy
 from model_manager.jobs import Job, Timed
-from model_manager.lanes import LONG_LANE_NICE, build_at_low_priority, thread_nice, wants_long_lane
-from model_manager.scheduler import LONG_LANE_PATIENCE_MIN_S, ModelWorker
+from model_manager.lanes import (
+    LONG,
+    LONG_LANE_NICE,
+    LONG_LANE_PATIENCE,
+    LONG_LANE_PATIENCE_MIN_S,
+    SHORT,
+    LaneBook,
+    build_at_low_priority,
+    thread_nice,
+    wants_long_lane,
+)
+from model_manager.scheduler import ModelWorker
 
 
 def test_auto_means_a_long_lane_on_a_cpu_only():
@@ -43,6 +53,39 @@ def test_a_failed_build_raises_on_the_callers_thread():
 
     with pytest.raises(FileNotFoundError, match="no weights here"):
         build_at_low_priority(build)
+
+
+def test_the_book_says_when_each_lane_went_idle():
+    book = LaneBook((SHORT, LONG))
+    assert book.idle_since(SHORT) == float("-inf")
+    book.started(SHORT, 1.0)
+    book.started(LONG, 1.5, alone_s=0.5)
+    assert book.idle_since(SHORT) is None and book.idle_since(LONG) is None
+    book.finished(SHORT, 2.0)
+    assert book.idle_since(SHORT) == 2.0 and book.idle_since(LONG) is None
+
+
+def test_a_long_batch_is_overdue_past_its_patience_and_never_sooner_than_the_floor():
+    book = LaneBook((SHORT, LONG))
+    book.started(LONG, 0.0, alone_s=0.1)  # 30 x 0.1 s is under the floor
+    assert not book.short_lane_waits(LONG_LANE_PATIENCE_MIN_S - 0.01)
+    assert book.short_lane_waits(LONG_LANE_PATIENCE_MIN_S)
+    book.finished(LONG, 40.0)
+    assert not book.short_lane_waits(1e9)
+    book.started(LONG, 0.0, alone_s=2.0)
+    assert not book.short_lane_waits(LONG_LANE_PATIENCE * 2.0 - 0.01)
+    assert book.short_lane_waits(LONG_LANE_PATIENCE * 2.0)
+
+
+def test_a_long_batch_measures_its_size_only_when_the_short_lane_ran_nothing_meanwhile():
+    book = LaneBook((SHORT, LONG))
+    quiet = book.measure_long()
+    assert quiet()
+    book.started(SHORT, 0.0)
+    assert not quiet()  # a short batch started while it ran
+    assert not book.measure_long()()  # one is running as it starts
+    book.finished(SHORT, 1.0)
+    assert book.measure_long()()
 
 
 class GatedEngine(SplittingEngine):
