@@ -14,9 +14,9 @@ docs/benchmarks.md): batches of four voice commands took 0.80-1.08x their time a
 a long recording decoded at nice 19, against 1.12-1.56x beside it at the same priority;
 batches of four TTS replies 0.90-1.04x against 2.19-2.28x. The price is the long work's
 share: beside back-to-back short batches the recording got 0.56 windows a second instead of
-1.00, and the long text's pieces almost nothing. So the worker bounds it (scheduler.py,
-LONG_LANE_PATIENCE): a long batch slowed past 30 times its time alone (and 30 s) makes the
-short lane wait for it.
+1.00, and the long text's pieces almost nothing. So a long batch has a patience
+(LONG_LANE_PATIENCE, kept by `LaneBook`): slowed past 30 times its time alone (and 30 s), it
+makes the short lane wait for it.
 
 Linux keeps the nice value per thread, and a new thread starts with its creator's. So the
 copy is built on a thread that lowered its own priority first, and the threads its runtime
