@@ -20,8 +20,9 @@ The worker itself keeps the threads and the answers:
 - Lanes (lanes.py): with a long lane, a second copy of the engine runs the units of split
   requests on a thread of its own at the lowest OS priority, beside the threads that run
   every request whole, so a short request never waits for a long one's window or piece. A
-  long batch the OS has starved past `lanes.LONG_LANE_PATIENCE` times what it takes alone makes the
-  short lane start nothing new until it ends: a long request always advances.
+  long batch the OS has starved past its patience (`lanes.LONG_LANE_PATIENCE` times what it
+  takes alone) makes the short lane start nothing new until it ends: a long request always
+  advances.
 - A lone request reaching an idle worker runs at once (see batcher: fast_path), unless more
   jobs for this model are still being prepared (`expect` / `expected_left`): they would
   have run alone one after another.
@@ -57,7 +58,6 @@ from model_manager.units import BatchRun, Joined, UnitRef
 from model_manager.worker_stats import WorkerStats
 
 log = logging.getLogger(__name__)
-
 
 
 class ModelWorker:
