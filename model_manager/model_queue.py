@@ -82,6 +82,10 @@ class ModelQueue:
     def queued(self) -> list[Job]:
         return [job for batcher in self._batchers() for job in batcher.queued()]
 
+    def _remove(self, predicate: Callable[[Job], bool]) -> list[Job]:
+        """Take every queued job for which `predicate` is true out of both lanes."""
+        return [job for batcher in self._batchers() for job in batcher.remove(predicate)]
+
     def refresh(self) -> None:
         """Choose the next batches' sizes and give the batchers the matching policy."""
         policy = self.sizes.refresh()
@@ -138,7 +142,7 @@ class ModelQueue:
         """Take out what is past its deadline; the requests to answer, and with what."""
         now = self._clock()
         answers = []
-        for job in [j for b in self._batchers() for j in b.remove(lambda j: j.deadline <= now)]:
+        for job in self._remove(lambda j: j.deadline <= now):
             expired = BusError(TIMEOUT, "request expired in the queue before it could run")
             if job.unit is None:
                 answers.append((job, expired))
@@ -194,11 +198,10 @@ class ModelQueue:
 
     def cancel(self, job_ids: set[str]) -> int:
         """Drop these jobs unanswered; how many requests were dropped."""
-        removed = [j for b in self._batchers() for j in b.remove(lambda j: j.job_id in job_ids)]
+        removed = self._remove(lambda j: j.job_id in job_ids)
         splits = self.splits.cancel(lambda parent: parent.job_id in job_ids)
         return sum(j.unit is None for j in removed) + len(splits)
 
     def drain(self) -> list[Job]:
         """Empty the queue: every request in it, to answer (a split request once)."""
-        drained = [job for batcher in self._batchers() for job in batcher.drain()]
-        return [job for job in drained if job.unit is None] + self.splits.drain()
+        return [job for job in self._remove(lambda _job: True) if job.unit is None] + self.splits.drain()
